@@ -1,0 +1,272 @@
+"""The backbone: a transformers model with its tokenizer or processor, turning rendered inputs into token states.
+
+Classes come from the model's config through transformers' Auto classes (``AutoModel``: the base model, without an
+LM head), never from its name. GGUF files are converted once to a plain folder (:mod:`mmembed.gguf`); processors
+that need torchvision are replaced by image-only ones (:mod:`mmembed.processing`); a PEFT LoRA adapter can sit on
+top (:mod:`mmembed.lora`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
+
+from . import lora
+from .errors import ModelNotFoundError
+from .gguf import convert_gguf
+from .inputs import PromptTemplate, Rendered, Renderer, image_markup_for
+from .processing import load_processor, tokenizer_of
+
+logger = logging.getLogger(__name__)
+
+#: mmembed's own keys in a batch; they are not passed to the model.
+MMEMBED_KEYS = ("prefix_lengths",)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        value = getattr(torch, dtype)
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'auto'.")
+    return value
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model_path(name_or_path: str | Path, gguf_file: str | None = None, **hub_kwargs: Any) -> tuple[str, Any]:
+    """Return ``(folder_or_hub_id, config)``; GGUF files are converted first. Raises ModelNotFoundError."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if gguf_file is not None or (path.suffix == ".gguf"):
+        gguf_path = (path / gguf_file) if gguf_file is not None else path
+        name = str(convert_gguf(gguf_path))
+    elif path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"'{path}' exists but has no config.json: it is not a Hugging Face model folder. "
+                                     f"Point to the folder that holds config.json (or to a .gguf file).")
+        name = str(path)
+    try:
+        config = AutoConfig.from_pretrained(name, **hub_kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"no model at '{name_or_path}': it is not a local folder and could not be fetched from the hub ({exc}). "
+            f"Check the path, or download the model first; mmembed never needs the network for a local folder."
+        ) from exc
+    return name, config
+
+
+def load_base_model(path: str, **kwargs: Any) -> nn.Module:
+    """``AutoModel.from_pretrained`` (the base model, no LM head); weights missing from the checkpoint are an error
+    (they would be random), while unused ones (an LM head) are expected and not reported."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"'{path}': {len(missing)} weights of {type(model).__name__} are not in the checkpoint "
+                         f"(e.g. {missing[:3]}); they would be random. Check that the folder holds the full model.")
+    return model
+
+
+class Backbone(nn.Module):
+    """A transformers model plus its tokenizer/processor and prompt template: rendered inputs -> token states."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        template: PromptTemplate | None = None,
+        *,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        layer: int = -1,
+        name_or_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.template = template or PromptTemplate()
+        self.layer = layer
+        self.name_or_path = name_or_path
+        base = lora.base_model(model)
+        config = base.config
+        self.is_encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        tokenizer = self.tokenizer
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if padding_side is not None:
+            if padding_side not in ("left", "right"):
+                raise ValueError(f"padding_side={padding_side!r}; use 'left' or 'right'.")
+            if self.is_encoder and padding_side == "left":
+                raise ValueError(f"{type(base).__name__} is an encoder with absolute positions: use "
+                                 f"padding_side='right'.")
+            tokenizer.padding_side = padding_side
+        text_config = config.get_text_config()
+        limit = getattr(text_config, "max_position_embeddings", None)
+        self.max_length = max_length or min(x for x in (tokenizer.model_max_length, limit, 1 << 20) if x)
+        params = inspect.signature(base.forward).parameters
+        self._forward_params = set(params)
+        self._accepts_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        # Left padding shifts positions unless they are given; models with their own multimodal rope index
+        # (Qwen-VL family) derive positions from the attention mask themselves.
+        self._positions_from_mask = ("position_ids" in params and not self.is_encoder
+                                     and not hasattr(base, "get_rope_index"))
+        self.renderer = Renderer(self.template, processor, image_markup_for(processor))
+        self._prefix_cache: dict[tuple[str, bool], int] = {}
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        template: PromptTemplate | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        device: str | torch.device | None = None,
+        gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        layer: int = -1,
+        model_kwargs: dict | None = None,
+        processor_kwargs: dict | None = None,
+    ) -> Backbone:
+        """Load a backbone from a folder, a hub id or a GGUF file, optionally with a LoRA adapter."""
+        hub = {"trust_remote_code": trust_remote_code}
+        path, config = resolve_model_path(name_or_path, gguf_file, **hub)
+        processor = load_processor(path, config, **hub, **(processor_kwargs or {}))
+        model = load_base_model(path, dtype=resolve_dtype(dtype), **hub, **(model_kwargs or {}))
+        if adapter is not None:
+            model = lora.load_adapter(model, adapter)
+        model.to(device or default_device()).eval()
+        return cls(model, processor, template, max_length=max_length, padding_side=padding_side, layer=layer,
+                   name_or_path=str(name_or_path))
+
+    # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def tokenizer(self) -> Any:
+        return tokenizer_of(self.processor)
+
+    @property
+    def config(self) -> PreTrainedConfig:
+        return lora.base_model(self.model).config
+
+    @property
+    def supports_images(self) -> bool:
+        return self.renderer.multimodal
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.get_text_config().hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """Chat-rendered strings already hold the model's special tokens; plain strings get them added."""
+        return not self.renderer.uses_chat
+
+    # ----------------------------------------------------------------------------------------------- tokenizing
+    def prefix_length(self, prefix: str) -> int:
+        """Number of tokens the rendered ``prefix`` occupies at the start of the sequence."""
+        key = (prefix, self.add_special_tokens)
+        if key not in self._prefix_cache:
+            ids = self.tokenizer(prefix, add_special_tokens=self.add_special_tokens)["input_ids"] if prefix else []
+            if not prefix and self.add_special_tokens:
+                ids = self.tokenizer("", add_special_tokens=True)["input_ids"]
+            self._prefix_cache[key] = len(ids)
+        return self._prefix_cache[key]
+
+    def tokenize(self, rendered: list[Rendered], with_prefix_lengths: bool = False) -> dict[str, Tensor]:
+        """Tokenize (and process images of) one batch of rendered inputs, padded."""
+        texts = [r.text for r in rendered]
+        images = [img for r in rendered for img in r.images]
+        if images:
+            batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt",
+                                   add_special_tokens=self.add_special_tokens)
+        else:
+            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt", add_special_tokens=self.add_special_tokens)
+        batch = dict(batch)
+        if with_prefix_lengths:
+            batch["prefix_lengths"] = torch.tensor([self.prefix_length(r.prefix) for r in rendered])
+        return batch
+
+    def tokenize_texts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of rendered text-only inputs, unpadded (for length sorting and :meth:`pad`)."""
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length,
+                              add_special_tokens=self.add_special_tokens)["input_ids"]
+
+    def pad(self, input_ids: list[list[int]]) -> dict[str, Tensor]:
+        return dict(self.tokenizer.pad({"input_ids": input_ids}, padding=True, return_tensors="pt"))
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def model_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()
+                  if k not in MMEMBED_KEYS}
+        mask = inputs.get("attention_mask")
+        if self._positions_from_mask and mask is not None and "position_ids" not in inputs and bool(
+                (mask[:, 0] == 0).any()):
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if "use_cache" in self._forward_params or self._accepts_kwargs:
+            inputs["use_cache"] = False
+        return inputs
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Token states ``(batch, seq, hidden)`` at ``self.layer`` (intermediate layers pass the final norm)."""
+        intermediate = self.layer not in (-1, self.config.get_text_config().num_hidden_layers)
+        out = self.model(**self.model_inputs(batch), output_hidden_states=intermediate, return_dict=True)
+        if not intermediate:
+            return out.last_hidden_state
+        hidden = out.hidden_states[self.layer]
+        norm = self.final_norm()
+        return norm(hidden) if norm is not None else hidden
+
+    def final_norm(self) -> nn.Module | None:
+        """The decoder's final normalisation, when the architecture has one."""
+        base = lora.base_model(self.model)
+        try:
+            decoder = base.get_decoder()
+        except (AttributeError, ValueError, NotImplementedError):
+            decoder = base
+        return getattr(decoder, "norm", None)
+
+    # ----------------------------------------------------------------------------------------------- saving
+    def save(self, folder: str | Path, adapter_only: bool = False) -> None:
+        """Save model weights (safetensors) and processor; LoRA adapters are merged unless ``adapter_only``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if lora.has_adapter(self.model) and not adapter_only:
+            model = lora.merged_copy(self.model)
+        elif adapter_only and not lora.has_adapter(self.model):
+            raise ValueError("adapter_only=True but this model has no LoRA adapter.")
+        else:
+            model = self.model
+        model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)

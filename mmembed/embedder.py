@@ -1,0 +1,264 @@
+"""The Embedder: backbone -> pooler -> (truncate) -> normalise, with ``encode`` and a saved folder that mirrors it.
+
+Folder layout (``Embedder.save``)::
+
+    config.json, model.safetensors, tokenizer / processor files    the backbone (module 0, at the root)
+    1_Pooling/mmembed_pooling.json (+ config.json for ST)          the pooler
+    2_Normalize/                                                   L2 normalisation (when on)
+    mmembed_config.json                                            template, prompts, options of the chain
+    modules.json, sentence_bert_config.json, ...                   sentence-transformers files, when ST can
+                                                                   reproduce the embeddings
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import st_format
+from .backbone import Backbone
+from .batching import length_batches
+from .errors import InputError
+from .inputs import InputLike, PromptTemplate, to_items
+from .pooling import Pooler
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "mmembed_config.json"
+FORMAT_VERSION = 1
+
+
+class Embedder(nn.Module):
+    """An embedding model: a chain of backbone, pooler and normalisation.
+
+    Args:
+        backbone: the model with its tokenizer/processor and prompt template.
+        pooler: how token states become embeddings (``"last"``, ``"mean"``, ``"cls"``, ``"special_token"`` or a
+            :class:`~mmembed.pooling.Pooler`).
+        normalize: L2-normalise embeddings.
+        truncate_dim: keep the first ``truncate_dim`` dimensions (Matryoshka), before normalisation.
+        prompts: named instruction prefixes, e.g. ``{"query": "Instruct: ...\\nQuery: ", "document": ""}``.
+        default_prompt_name: the prompt ``encode`` uses when none is given.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        pooler: Pooler | str | dict = "last",
+        *,
+        normalize: bool = True,
+        truncate_dim: int | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooler = pooler if isinstance(pooler, Pooler) else Pooler.from_config(pooler)
+        self.pooler.bind(backbone.tokenizer)
+        self.normalize = normalize
+        self.truncate_dim = truncate_dim
+        self.prompts = dict(prompts or {})
+        if default_prompt_name is not None and default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name={default_prompt_name!r} is not in prompts {sorted(self.prompts)}.")
+        self.default_prompt_name = default_prompt_name
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def template(self) -> PromptTemplate:
+        return self.backbone.template
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.truncate_dim or self.backbone.hidden_size
+
+    @property
+    def needs_prefix_lengths(self) -> bool:
+        return getattr(self.pooler, "exclude_prefix", False)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def postprocess(self, vectors: Tensor, normalize: bool | None = None, truncate_dim: int | None = None) -> Tensor:
+        dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if dim is not None:
+            vectors = vectors[..., :dim]
+        if self.normalize if normalize is None else normalize:
+            vectors = F.normalize(vectors, p=2, dim=-1)
+        return vectors
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Embeddings of a tokenized batch: ``(vectors, counts)``; differentiable (used by training)."""
+        hidden = self.backbone(batch)
+        batch = {k: v.to(hidden.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        vectors, counts = self.pooler(hidden, batch)
+        return self.postprocess(vectors), counts
+
+    # ------------------------------------------------------------------------------------------------ encode
+    def resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        if prompt is not None:
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise ValueError(f"prompt_name={name!r} is not one of this model's prompts {sorted(self.prompts)}; "
+                             f"pass prompt='...' or add it to Embedder.prompts.")
+        return self.prompts[name]
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        inputs: InputLike | Sequence[InputLike],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int | None = 16384,
+        show_progress_bar: bool | None = None,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray | Tensor | list:
+        """Embed texts, images, ``{"text", "image"}`` pairs or chat messages.
+
+        Inputs are batched by length (at most ``batch_size`` items and ``max_batch_tokens`` padded tokens a batch)
+        and returned in input order as float32: an array ``(n, dim)`` (or ``(dim,)`` for a single input), or a
+        list of ``(k_i, dim)`` arrays when a special-token pooler finds several embeddings per input.
+        """
+        items, single = to_items(inputs)
+        backbone = self.backbone
+        for i, item in enumerate(items):
+            if item.has_image and not backbone.supports_images:
+                raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
+                                 f"(it has no image processor). Pass text, or load a vision-language model.")
+        text_prompt = self.resolve_prompt(prompt_name, prompt)
+        rendered = [backbone.renderer.render(item, text_prompt) for item in items]
+        text_idx = [i for i, r in enumerate(rendered) if not r.images]
+        image_idx = [i for i, r in enumerate(rendered) if r.images]
+        ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
+        batches = [[text_idx[j] for j in b] for b in length_batches([len(ids[i]) for i in text_idx], batch_size,
+                                                                        max_batch_tokens)]
+        batches += [[image_idx[j] for j in b] for b in length_batches([len(rendered[i].text) for i in image_idx],
+                                                                          batch_size, None)]
+        if show_progress_bar is None:
+            show_progress_bar = len(items) >= 256 and logger.getEffectiveLevel() <= logging.INFO
+        results: list[Tensor | None] = [None] * len(items)
+        with_prefix = self.needs_prefix_lengths
+        for batch_idx in tqdm(batches, desc="Encoding", unit="batch", disable=not show_progress_bar):
+            if batch_idx[0] in ids:
+                batch = backbone.pad([ids[i] for i in batch_idx])
+                if with_prefix:
+                    batch["prefix_lengths"] = torch.tensor([backbone.prefix_length(rendered[i].prefix)
+                                                            for i in batch_idx])
+            else:
+                batch = backbone.tokenize([rendered[i] for i in batch_idx], with_prefix_lengths=with_prefix)
+            hidden = backbone(batch)
+            batch = {k: v.to(hidden.device) for k, v in batch.items() if isinstance(v, Tensor)}
+            vectors, counts = self.pooler(hidden, batch)
+            vectors = self.postprocess(vectors.float(), normalize, truncate_dim).cpu()
+            for i, chunk in zip(batch_idx, vectors.split(counts.tolist())):
+                results[i] = chunk
+        ragged = any(r.shape[0] != 1 for r in results)
+        out: list[Any] | Tensor = list(results) if ragged else torch.cat(results)  # type: ignore[arg-type]
+        if convert_to_numpy:
+            out = [r.numpy() for r in out] if ragged else out.numpy()
+        return out[0] if single else out
+
+    def encode_queries(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
+        """``encode`` with the ``"query"`` prompt (when the model has one)."""
+        kwargs.setdefault("prompt_name", "query" if "query" in self.prompts else None)
+        return self.encode(inputs, **kwargs)
+
+    def encode_documents(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
+        """``encode`` with the ``"document"`` prompt (when the model has one)."""
+        kwargs.setdefault("prompt_name", "document" if "document" in self.prompts else None)
+        return self.encode(inputs, **kwargs)
+
+    @staticmethod
+    def similarity(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> Tensor:
+        """Cosine similarity matrix between two sets of embeddings."""
+        a, b = torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a), torch.as_tensor(
+            np.asarray(b) if not isinstance(b, Tensor) else b)
+        a, b = a.reshape(-1, a.shape[-1]).float(), b.reshape(-1, b.shape[-1]).float()
+        return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def get_config(self) -> dict:
+        backbone = self.backbone
+        return {
+            "format_version": FORMAT_VERSION,
+            "template": backbone.template.to_dict(),
+            "max_length": backbone.max_length,
+            "padding_side": backbone.tokenizer.padding_side,
+            "layer": backbone.layer,
+            "pooling": self.pooler.get_config(),
+            "normalize": self.normalize,
+            "truncate_dim": self.truncate_dim,
+            "prompts": self.prompts,
+            "default_prompt_name": self.default_prompt_name,
+        }
+
+    def sentence_transformers_compatible(self) -> bool:
+        """Whether sentence-transformers reproduces this model's text embeddings from the saved folder."""
+        backbone = self.backbone
+        return (backbone.template.is_plain_prefix and not backbone.supports_images and backbone.layer == -1
+                and self.truncate_dim is None
+                and self.pooler.sentence_transformers_config(backbone.hidden_size) is not None)
+
+    def save(self, folder: str | Path, adapter_only: bool = False) -> Path:
+        """Save the chain to ``folder``; LoRA adapters are merged unless ``adapter_only`` (then the folder refers
+        to the base model by its path or hub id)."""
+        folder = Path(folder)
+        self.backbone.save(folder, adapter_only=adapter_only)
+        self.pooler.save(folder / "1_Pooling")
+        config = self.get_config()
+        if adapter_only:
+            config["base_model"] = self.backbone.name_or_path
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        if not adapter_only and self.sentence_transformers_compatible():
+            st_format.write(folder, pooling_config=self.pooler.sentence_transformers_config(self.backbone.hidden_size),
+                            normalize=self.normalize, max_length=self.backbone.max_length, prompts=self.prompts,
+                            default_prompt_name=self.default_prompt_name)
+        elif self.normalize:
+            (folder / "2_Normalize").mkdir(exist_ok=True)
+        if not adapter_only and not self.sentence_transformers_compatible():
+            logger.info("%s: no sentence-transformers files written (its template, pooler or layer has no ST "
+                        "equivalent); load it with mmembed.load.", folder)
+        return folder
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, **options: Any) -> Embedder:
+        """Load a saved mmembed folder, a sentence-transformers folder, a plain HF model or a GGUF file.
+
+        ``options`` override the saved settings: ``adapter``, ``template``, ``pooling``, ``normalize``,
+        ``truncate_dim``, ``prompts``, ``default_prompt_name``, ``layer``, ``max_length``, ``padding_side``,
+        ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``, ``processor_kwargs``.
+        """
+        folder = Path(name_or_path).expanduser()
+        saved: dict[str, Any] = {}
+        if (folder / CONFIG_NAME).is_file():
+            saved = json.loads((folder / CONFIG_NAME).read_text())
+            saved["template"] = PromptTemplate.from_dict(saved["template"])
+            if "base_model" in saved:  # adapter-only folder
+                options.setdefault("adapter", folder)
+                name_or_path = saved.pop("base_model")
+            saved.pop("format_version", None)
+        elif folder.is_dir():
+            saved = st_format.read(folder) or {}
+        settings = {**saved, **{k: v for k, v in options.items() if v is not None}}
+        chain_keys = ("pooling", "normalize", "truncate_dim", "prompts", "default_prompt_name")
+        chain = {k: settings.pop(k) for k in chain_keys if k in settings}
+        backbone = Backbone.load(name_or_path, **settings)
+        pooling = chain.pop("pooling", None) or ("mean" if backbone.is_encoder else "last")
+        return cls(backbone, pooling, **chain)

@@ -1,0 +1,131 @@
+"""Tiny random-weight models of real architectures, with offline tokenizers and processors.
+
+Each builder writes a complete model folder (config, safetensors, tokenizer, processor, chat template) in well
+under a second, exactly as a real checkpoint is laid out, so tests and recipe smoke runs exercise the real
+loading path: ``mmembed.load(build_tiny_qwen2_vl(tmp_path))``. Weights are seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
+    "A cat sits on the mat.", "Two dogs run in the park.", "Summarize the above text in one word:",
+    "Instruct: Retrieve semantically similar text.\nQuery: ", "the quick brown fox jumps over the lazy dog",
+    "Read and analyze the following text, then you need to provide your reasoning.",
+]
+
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>"]
+EMB_TOKEN = "<|emb|>"
+
+
+def chat_template(image_markup: str) -> str:
+    """A Qwen-style chat template; ``image_markup`` is what one image part renders to."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}" + image_markup +
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+def build_tokenizer(specials: list[str], image_markup: str = "", vocab_size: int = 400, emb_token: bool = False):
+    """A byte-level BPE ``Qwen2Tokenizer`` trained in memory on a few sentences (no files, no network)."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    tokenizer = Qwen2Tokenizer(vocab=byte_vocab, merges=[])
+    tokenizer = tokenizer.train_new_from_iterator(CORPUS * 4, vocab_size=vocab_size)
+    extra = specials + ([EMB_TOKEN] if emb_token else [])
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.chat_template = chat_template(image_markup)
+    return tokenizer
+
+
+def _text_config(tokenizer, **overrides) -> dict:
+    config = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    config.update(overrides)
+    return config
+
+
+def _save(model, processor, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_qwen2(folder: str | Path, *, emb_token: bool = False, num_layers: int = 2, seed: int = 0) -> Path:
+    """A text-only ``Qwen2ForCausalLM`` (about 100k parameters) with a chat template."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tokenizer(QWEN_SPECIALS[:2], emb_token=emb_token)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**_text_config(tokenizer, num_hidden_layers=num_layers)))
+    return _save(model, tokenizer, Path(folder))
+
+
+def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
+    """A ``Qwen2VLForConditionalGeneration`` with a 2-layer vision tower and an image-only processor."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .processing import register_image_only_processor
+
+    markup = "<|vision_start|><|image_pad|><|vision_end|>"
+    tokenizer = build_tokenizer(QWEN_SPECIALS, markup, emb_token=emb_token)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = Qwen2VLConfig(
+        text_config=_text_config(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    processor_cls = register_image_only_processor(type(config))
+    image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                              chat_template=tokenizer.chat_template)
+    return _save(model, processor, Path(folder))
+
+
+def build_tiny_llava(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
+    """A ``LlavaForConditionalGeneration`` (CLIP vision tower + Qwen2 language model) with its processor."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_tokenizer(QWEN_SPECIALS[:2] + ["<image>"], "<image>", emb_token=emb_token)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", chat_template=tokenizer.chat_template,
+                               image_token="<image>", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=28, patch_size=14, projection_dim=32),
+        text_config=Qwen2Config(**_text_config(tokenizer)), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    return _save(model, processor, Path(folder))
+
+
+def sample_images(n: int = 3, size: tuple[int, int] = (64, 48)):
+    """``n`` distinct deterministic RGB PIL images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB") for _ in range(n)]
