@@ -251,7 +251,7 @@ class Embedder(nn.Module):
             saved = json.loads((folder / CONFIG_NAME).read_text())
             saved["template"] = PromptTemplate.from_dict(saved["template"])
             if "base_model" in saved:  # adapter-only folder
-                options.setdefault("adapter", folder)
+                options["adapter"] = options.get("adapter") or folder
                 name_or_path = saved.pop("base_model")
             saved.pop("format_version", None)
         elif folder.is_dir():

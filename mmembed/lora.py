@@ -52,9 +52,27 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
     if missing:
         raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {missing[0][:300]}\n{hint}")
+    unused = _unused_adapter_keys(wrapped, adapter)
+    if unused:
+        raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {len(unused)} adapter weights "
+                                   f"have no place in it (e.g. {unused[:2]}).\n{hint}")
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return wrapped
+
+
+def _unused_adapter_keys(wrapped: nn.Module, adapter: Path) -> list[str]:
+    """Adapter weights that PEFT silently skipped because the model has no such module (e.g. a deeper base)."""
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        return []
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        saved = set(f.keys())
+    name = wrapped.active_adapter
+    present = {k.replace(f".{name}.", ".") for k in wrapped.state_dict()}
+    return sorted(saved - present)
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

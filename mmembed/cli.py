@@ -1,0 +1,141 @@
+"""The ``mmembed`` command line: ``mmembed encode`` and ``mmembed demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG_ENCODE = """examples:
+  mmembed encode "A man is playing a guitar." "A person plays an instrument." -o out.npy
+  mmembed encode --input-file sentences.txt -o vectors.jsonl
+  mmembed encode --image cat.jpg --image dog.png --model ./my-vlm -o images.npy
+  mmembed encode --input-file queries.txt --prompt-name query --model ./saved-model -o q.npy
+
+Each line of --input-file is one input: plain text, an image path (a line ending in .jpg/.png/...), or a JSON
+object such as {"text": "a cat", "image": "cat.jpg"}. Image paths are resolved relative to the file's folder.
+Output: .npy (one row per input, in input order) or .jsonl ({"index", "input", "embedding"} per line).
+Without --model, the embedded default model (SmolLM2-135M-Instruct) is used; it is converted once on first use."""
+
+
+def _read_input_file(path: Path) -> list[Any]:
+    from .inputs import looks_like_image_path
+
+    inputs: list[Any] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{number}: invalid JSON ({exc.msg}).") from exc
+            if isinstance(record, dict) and record.get("image"):
+                record["image"] = str(path.parent / record["image"])
+            inputs.append(record)
+        elif looks_like_image_path(line.strip()):
+            inputs.append(Path(path.parent / line.strip()))
+        else:
+            inputs.append(line)
+    return inputs
+
+
+def _write(output: Path, vectors: Any, inputs: list[Any]) -> None:
+    import numpy as np
+
+    if output.suffix == ".npy":
+        np.save(output, np.stack(vectors) if isinstance(vectors, list) else vectors)
+    elif output.suffix in (".jsonl", ".json"):
+        with output.open("w", encoding="utf-8") as f:
+            for i, (item, vector) in enumerate(zip(inputs, vectors)):
+                shown = str(item) if not isinstance(item, dict) else {k: str(v) for k, v in item.items()}
+                f.write(json.dumps({"index": i, "input": shown, "embedding": np.asarray(vector).tolist()}) + "\n")
+    else:
+        raise SystemExit(f"--output {output}: use a .npy or .jsonl file name.")
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import mmembed
+
+    inputs: list[Any] = list(args.texts)
+    if args.input_file:
+        inputs += _read_input_file(Path(args.input_file))
+    inputs += [Path(p) for p in args.image]
+    if not inputs:
+        raise SystemExit("nothing to encode: give texts as arguments, --input-file or --image.")
+    model = mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    vectors = model.encode(inputs, prompt_name=args.prompt_name, prompt=args.prompt, batch_size=args.batch_size,
+                           normalize=False if args.no_normalize else None, truncate_dim=args.truncate_dim,
+                           show_progress_bar=not args.quiet and len(inputs) >= 64)
+    _write(Path(args.output), vectors, inputs)
+    print(f"wrote {len(inputs)} embeddings of dimension {model.embedding_dim if not args.truncate_dim else args.truncate_dim}"
+          f" to {args.output}", file=sys.stderr)
+    return 0
+
+
+DEMO_SENTENCES = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
+                  "A woman is slicing an onion.", "Someone is cutting vegetables in a kitchen.",
+                  "Shares dropped after the earnings report."]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Encode a few sentences with the default model and rank them by similarity to each query."""
+    import mmembed
+
+    model = mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    vectors = model.encode(DEMO_SENTENCES)
+    scores = model.similarity(vectors, vectors)
+    for i in (0, 3, 2):
+        order = [j for j in scores[i].argsort(descending=True).tolist() if j != i]
+        print(f"query: {DEMO_SENTENCES[i]}")
+        for j in order:
+            print(f"  {scores[i, j]:.3f}  {DEMO_SENTENCES[j]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmembed", description="Embed text and images with (multimodal) LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model folder, hub id or .gguf file (default: the embedded SmolLM2-135M)")
+        p.add_argument("--adapter", help="folder of a LoRA adapter to put on the model")
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (the checkpoint's)")
+
+    enc = sub.add_parser("encode", help="embed texts and images, write .npy or .jsonl",
+                         epilog=EPILOG_ENCODE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    enc.add_argument("texts", nargs="*", help="texts to embed")
+    enc.add_argument("-i", "--input-file", help="file with one input per line (text, image path or JSON object)")
+    enc.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
+    enc.add_argument("-o", "--output", required=True, help="output file: .npy or .jsonl")
+    enc.add_argument("--prompt-name", help="a prompt saved with the model, e.g. query or document")
+    enc.add_argument("--prompt", help="an instruction put in front of every input")
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
+    enc.add_argument("--no-normalize", action="store_true", help="do not L2-normalise the embeddings")
+    enc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    model_args(enc)
+    enc.set_defaults(func=cmd_encode)
+
+    demo = sub.add_parser("demo", help="rank a few sentences by similarity with the default model")
+    model_args(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import MMEmbedError
+
+    try:
+        return args.func(args)
+    except MMEmbedError as exc:
+        print(f"mmembed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random-weight models of real architectures, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # avoid OpenMP spin-wait stalls on a busy 2-core machine
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from mmembed import testing  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen2_path(tmp_path_factory):
+    return testing.build_tiny_qwen2(tmp_path_factory.mktemp("qwen2"))
+
+
+@pytest.fixture(scope="session")
+def qwen2_emb_path(tmp_path_factory):
+    return testing.build_tiny_qwen2(tmp_path_factory.mktemp("qwen2_emb"), emb_token=True)
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_path(tmp_path_factory):
+    return testing.build_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
+
+
+@pytest.fixture(scope="session")
+def llava_path(tmp_path_factory):
+    return testing.build_tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(params=["qwen2_vl", "llava"])
+def vlm_path(request, qwen2_vl_path, llava_path):
+    return {"qwen2_vl": qwen2_vl_path, "llava": llava_path}[request.param]
+
+
+@pytest.fixture(scope="session")
+def images():
+    return testing.sample_images(3)

@@ -1,0 +1,131 @@
+"""Input normalisation, prompt templates, and the errors each bad input raises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmembed
+from mmembed.errors import AdapterMismatchError, InputError, ModelNotFoundError
+from mmembed.inputs import PromptTemplate, Renderer, to_item, to_items
+
+
+def test_to_item_kinds(tmp_path, images):
+    path = tmp_path / "a.png"
+    images[0].save(path)
+    assert to_item("hello", 0).modality == "text"
+    assert to_item(str(path), 0).modality == "image"
+    assert to_item(path, 0).modality == "image"
+    assert to_item(images[0], 0).modality == "image"
+    assert to_item({"text": "x", "image": str(path)}, 0).modality == "text+image"
+    assert to_item({"text": "see cat.png"}, 0).text == "see cat.png"  # dict forces text
+    messages = [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "text", "text": "hi"}]}]
+    item = to_item(messages, 0)
+    assert item.modality == "messages" and item.has_image and len(item.images()) == 1
+    items, single = to_items(messages)
+    assert single and len(items) == 1
+    items, single = to_items(["a", "b"])
+    assert not single and [i.text for i in items] == ["a", "b"]
+
+
+def test_lco_template_renders_exactly(qwen2_vl_path, images):
+    model = mmembed.load(str(qwen2_vl_path), template=PromptTemplate(
+        text="{text}\nSummarize the above text in one word:", image="{image}\nSummarize the above image in one word:",
+        text_image="{image}{text}\nSummarize the above in one word:", chat=True))
+    renderer = model.backbone.renderer
+    r = renderer.render(to_item({"text": "a cat", "image": images[0]}, 0))
+    assert r.text == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a cat\nSummarize the above in one "
+                      "word:<|im_end|>\n<|im_start|>assistant\n")
+    assert r.prefix == "<|im_start|>user\n" and len(r.images) == 1
+    r = renderer.render(to_item("a dog", 0), prompt="Instruct: find it\n")
+    assert r.text == ("<|im_start|>user\nInstruct: find it\na dog\nSummarize the above text in one word:<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    assert r.prefix == "<|im_start|>user\nInstruct: find it\n"
+
+
+def test_plain_template_and_response_slot(qwen2_emb_path):
+    model = mmembed.load(str(qwen2_emb_path))
+    r = model.backbone.renderer.render(to_item("hi", 0), prompt="Q: ")
+    assert (r.text, r.prefix) == ("Q: hi", "Q: ")
+    muco = Renderer(PromptTemplate(chat=True, system="You are a helpful assistant.", response="<|emb|>"),
+                    model.backbone.processor, None)
+    r = muco.render(to_item("hi", 0))
+    assert r.text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                      "<|im_start|>assistant\n<|emb|><|im_end|>\n")
+    assert r.prefix == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+
+
+def test_template_validation():
+    with pytest.raises(ValueError, match="lacks the slot"):
+        PromptTemplate(text="no slot here")
+
+
+def test_prompts_and_encode_queries(qwen2_path):
+    model = mmembed.load(str(qwen2_path), prompts={"query": "Query: ", "document": ""}, dtype="float32")
+    q = model.encode_queries(["a cat"])
+    assert np.allclose(q, model.encode(["a cat"], prompt="Query: "), atol=1e-6)
+    assert np.allclose(model.encode_documents(["a cat"]), model.encode(["a cat"]), atol=1e-6)
+    assert not np.allclose(q, model.encode(["a cat"]), atol=1e-3)
+    with pytest.raises(ValueError, match="not one of this model's prompts"):
+        model.encode("a cat", prompt_name="passage")
+
+
+# ---------------------------------------------------------------------------------------------- errors (point 8)
+@pytest.fixture(scope="module")
+def text_model(qwen2_path):
+    return mmembed.load(str(qwen2_path))
+
+
+def test_unsupported_input_type_names_its_index(text_model):
+    with pytest.raises(InputError, match=r"inputs\[1\] has unsupported type int"):
+        text_model.encode(["fine", 3])
+
+
+def test_empty_string_names_its_index(text_model):
+    with pytest.raises(InputError, match=r"inputs\[2\] is an empty string"):
+        text_model.encode(["a", "b", "  "])
+
+
+def test_image_given_to_text_only_model(text_model, images):
+    with pytest.raises(InputError, match=r"inputs\[1\] holds an image.*text-only"):
+        text_model.encode(["a caption", images[0]])
+
+
+def test_missing_and_corrupt_images(text_model, tmp_path):
+    with pytest.raises(InputError, match=r"inputs\[0\]: image file .*does not exist"):
+        text_model.encode([str(tmp_path / "nope.jpg")])
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    with pytest.raises(InputError, match=r"inputs\[1\]\['image'\]: cannot read image .*corrupt"):
+        text_model.encode(["ok", {"text": "x", "image": str(bad)}])
+    truncated = tmp_path / "truncated.png"
+    Image.new("RGB", (32, 32), "red").save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(InputError, match="cannot read image"):
+        text_model.encode(truncated)
+
+
+def test_missing_model(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no model at"):
+        mmembed.load("surely-not/a-model-anywhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        mmembed.load(str(tmp_path / "empty"))
+
+
+def test_missing_adapter(qwen2_path, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="adapter_config.json is missing"):
+        mmembed.load(str(qwen2_path), adapter=str(tmp_path))
+
+
+def test_adapter_for_another_base_model(qwen2_path, tmp_path):
+    from peft import LoraConfig
+
+    from mmembed import lora, testing
+
+    other = mmembed.load(str(testing.build_tiny_qwen2(tmp_path / "wide", num_layers=3)))
+    other.backbone.model = lora.attach(other.backbone.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    other.save(tmp_path / "adapter", adapter_only=True)
+    with pytest.raises(AdapterMismatchError, match="does not fit"):
+        mmembed.load(str(qwen2_path), adapter=str(tmp_path / "adapter"))

