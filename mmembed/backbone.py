@@ -23,6 +23,7 @@ from . import lora
 from .errors import ModelNotFoundError
 from .gguf import convert_gguf
 from .inputs import PromptTemplate, Rendered, Renderer, image_markup_for
+from .prefix_cache import SharedPrefix
 from .processing import load_processor, tokenizer_of
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Backbone(nn.Module):
         # (Qwen-VL family) derive positions from the attention mask themselves.
         self._positions_from_mask = ("position_ids" in params and not self.is_encoder
                                      and not hasattr(base, "get_rope_index"))
+        self.cache_argument = next((name for name in ("cache", "past_key_values") if name in params), None)
         self.renderer = Renderer(self.template, processor, image_markup_for(processor))
         self._prefix_cache: dict[tuple[str, bool], int] = {}
 
@@ -188,6 +190,11 @@ class Backbone(nn.Module):
         return next(self.model.parameters()).dtype
 
     @property
+    def can_cache_prefix(self) -> bool:
+        """Whether a shared prompt prefix can be run once and reused (causal text decoders)."""
+        return self._positions_from_mask and self.cache_argument is not None
+
+    @property
     def add_special_tokens(self) -> bool:
         """Chat-rendered strings already hold the model's special tokens; plain strings get them added."""
         return not self.renderer.uses_chat
@@ -238,10 +245,16 @@ class Backbone(nn.Module):
             inputs["use_cache"] = False
         return inputs
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Token states ``(batch, seq, hidden)`` at ``self.layer`` (intermediate layers pass the final norm)."""
+    def forward(self, batch: dict[str, Tensor], prefix: SharedPrefix | None = None) -> Tensor:
+        """Token states ``(batch, seq, hidden)`` at ``self.layer`` (intermediate layers pass the final norm).
+
+        With ``prefix``, ``batch`` holds only the tokens after that shared prefix, whose keys and values are reused.
+        """
         intermediate = self.layer not in (-1, self.config.get_text_config().num_hidden_layers)
-        out = self.model(**self.model_inputs(batch), output_hidden_states=intermediate, return_dict=True)
+        inputs = self.model_inputs(batch)
+        if prefix is not None:
+            inputs.update(prefix.model_inputs(inputs["attention_mask"], self.cache_argument))
+        out = self.model(**inputs, output_hidden_states=intermediate, return_dict=True)
         if not intermediate:
             return out.last_hidden_state
         hidden = out.hidden_states[self.layer]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,23 @@ from . import st_format
 from .backbone import Backbone
 from .batching import length_batches
 from .errors import InputError
-from .inputs import InputLike, PromptTemplate, to_items
+from .inputs import InputLike, PromptTemplate, Rendered, to_items
 from .pooling import Pooler
+from .prefix_cache import SharedPrefix, starts_with
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "mmembed_config.json"
 FORMAT_VERSION = 1
+
+
+@dataclass
+class _Step:
+    """One batch of ``encode``: input indices, their token ids (None: tokenized with images) and shared prefix."""
+
+    indices: list[int]
+    ids: list[list[int]] | None
+    prefix: SharedPrefix | None
 
 
 class Embedder(nn.Module):
@@ -129,12 +140,15 @@ class Embedder(nn.Module):
         normalize: bool | None = None,
         truncate_dim: int | None = None,
         convert_to_numpy: bool = True,
+        cache_prompt: bool = True,
     ) -> np.ndarray | Tensor | list:
         """Embed texts, images, ``{"text", "image"}`` pairs or chat messages.
 
         Inputs are batched by length (at most ``batch_size`` items and ``max_batch_tokens`` padded tokens a batch)
         and returned in input order as float32: an array ``(n, dim)`` (or ``(dim,)`` for a single input), or a
-        list of ``(k_i, dim)`` arrays when a special-token pooler finds several embeddings per input.
+        list of ``(k_i, dim)`` arrays when a special-token pooler finds several embeddings per input. With
+        ``cache_prompt`` (and a causal decoder whose pooler ignores the prompt's states) the prompt prefix the inputs
+        share is computed once (:mod:`mmembed.prefix_cache`).
         """
         items, single = to_items(inputs)
         backbone = self.backbone
@@ -142,38 +156,62 @@ class Embedder(nn.Module):
             if item.has_image and not backbone.supports_images:
                 raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
                                  f"(it has no image processor). Pass text, or load a vision-language model.")
-        text_prompt = self.resolve_prompt(prompt_name, prompt)
-        rendered = [backbone.renderer.render(item, text_prompt) for item in items]
-        text_idx = [i for i, r in enumerate(rendered) if not r.images]
-        image_idx = [i for i, r in enumerate(rendered) if r.images]
-        ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
-        batches = [[text_idx[j] for j in b] for b in length_batches([len(ids[i]) for i in text_idx], batch_size,
-                                                                        max_batch_tokens)]
-        batches += [[image_idx[j] for j in b] for b in length_batches([len(rendered[i].text) for i in image_idx],
-                                                                          batch_size, None)]
+        rendered = [backbone.renderer.render(item, self.resolve_prompt(prompt_name, prompt)) for item in items]
+        plan = self._plan(rendered, batch_size, max_batch_tokens, cache_prompt)
         if show_progress_bar is None:
             show_progress_bar = len(items) >= 256 and logger.getEffectiveLevel() <= logging.INFO
         results: list[Tensor | None] = [None] * len(items)
-        with_prefix = self.needs_prefix_lengths
-        for batch_idx in tqdm(batches, desc="Encoding", unit="batch", disable=not show_progress_bar):
-            if batch_idx[0] in ids:
-                batch = backbone.pad([ids[i] for i in batch_idx])
-                if with_prefix:
-                    batch["prefix_lengths"] = torch.tensor([backbone.prefix_length(rendered[i].prefix)
-                                                            for i in batch_idx])
+        for step in tqdm(plan, desc="Encoding", unit="batch", disable=not show_progress_bar):
+            if step.ids is not None:
+                batch = backbone.pad(step.ids)
+                if self.needs_prefix_lengths:
+                    batch["prefix_lengths"] = torch.tensor([0 if step.prefix is not None else
+                                                            backbone.prefix_length(rendered[i].prefix)
+                                                            for i in step.indices])
             else:
-                batch = backbone.tokenize([rendered[i] for i in batch_idx], with_prefix_lengths=with_prefix)
-            hidden = backbone(batch)
+                batch = backbone.tokenize([rendered[i] for i in step.indices],
+                                          with_prefix_lengths=self.needs_prefix_lengths)
+            hidden = backbone(batch, prefix=step.prefix)
             batch = {k: v.to(hidden.device) for k, v in batch.items() if isinstance(v, Tensor)}
             vectors, counts = self.pooler(hidden, batch)
             vectors = self.postprocess(vectors.float(), normalize, truncate_dim).cpu()
-            for i, chunk in zip(batch_idx, vectors.split(counts.tolist())):
+            for i, chunk in zip(step.indices, vectors.split(counts.tolist())):
                 results[i] = chunk
         ragged = any(r.shape[0] != 1 for r in results)
         out: list[Any] | Tensor = list(results) if ragged else torch.cat(results)  # type: ignore[arg-type]
         if convert_to_numpy:
             out = [r.numpy() for r in out] if ragged else out.numpy()
         return out[0] if single else out
+
+    def _plan(self, rendered: list[Rendered], batch_size: int, max_batch_tokens: int | None,
+              cache_prompt: bool) -> list[_Step]:
+        """Batches of similar length; text inputs that share a prompt prefix get it computed once."""
+        backbone = self.backbone
+        text_idx = [i for i, r in enumerate(rendered) if not r.images]
+        image_idx = [i for i, r in enumerate(rendered) if r.images]
+        ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
+        groups: list[tuple[SharedPrefix | None, list[int], int]] = []
+        if cache_prompt and backbone.can_cache_prefix and not self.pooler.needs_prefix_states:
+            by_prefix: dict[str, list[int]] = {}
+            for i in text_idx:
+                by_prefix.setdefault(rendered[i].prefix, []).append(i)
+            uncached: list[int] = []
+            for prefix_text, members in by_prefix.items():
+                prefix_ids = backbone.tokenize_texts([prefix_text])[0]
+                shared = [i for i in members if prefix_ids and starts_with(ids[i], prefix_ids)]
+                uncached += [i for i in members if i not in set(shared)]
+                if shared:
+                    groups.append((SharedPrefix(backbone, prefix_ids), shared, len(prefix_ids)))
+            text_idx = sorted(uncached)
+        groups.append((None, text_idx, 0))
+        plan = []
+        for prefix, members, skip in groups:
+            for b in length_batches([len(ids[i]) - skip for i in members], batch_size, max_batch_tokens):
+                indices = [members[j] for j in b]
+                plan.append(_Step(indices, [ids[i][skip:] for i in indices], prefix))
+        for b in length_batches([len(rendered[i].text) for i in image_idx], batch_size, None):
+            plan.append(_Step([image_idx[j] for j in b], None, None))
+        return plan
 
     def encode_queries(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
         """``encode`` with the ``"query"`` prompt (when the model has one)."""

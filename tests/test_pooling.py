@@ -157,3 +157,17 @@ def test_truncate_dim_then_normalize(qwen2_path):
     short = model.encode(SENTENCES, truncate_dim=16)
     ref = full[:, :16] / np.linalg.norm(full[:, :16], axis=1, keepdims=True)
     assert short.shape == (len(SENTENCES), 16) and np.abs(short - ref).max() < 1e-6
+
+
+@pytest.mark.parametrize("pooling", ["last", {"mode": "mean", "exclude_prefix": True}], ids=["last", "mean-excl"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_shared_prompt_cache_equals_full_computation(qwen2_path, pooling, side):
+    template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True,
+                              system="You are a helpful assistant.")
+    model = mmembed.load(str(qwen2_path), template=template, pooling=pooling, padding_side=side, dtype="float32")
+    plan = model._plan([model.backbone.renderer.render(mmembed.inputs.to_item(s, 0), "Query: ") for s in SENTENCES],
+                       8, None, cache_prompt=True)
+    assert plan[0].prefix is not None and len(plan[0].prefix) > 5 and sum(len(p.indices) for p in plan) == 5
+    cached = model.encode(SENTENCES, prompt="Query: ", batch_size=2)
+    full = model.encode(SENTENCES, prompt="Query: ", batch_size=2, cache_prompt=False)
+    assert np.abs(cached - full).max() < 1e-5

@@ -1,0 +1,51 @@
+"""Shared-prompt KV caching for ``encode``.
+
+With a causal decoder, the tokens every input shares at the start (system prompt, chat header, instruction) have the
+same keys and values in every sequence. They are run once; each batch then runs only its own tokens on top of a
+copy of that cache. The result is the uncached computation (same tokens, same positions), provided the pooler does
+not read the prefix's states (last-token, special-token and prefix-excluding mean poolers) and the tokenization of
+``prefix + text`` starts with the tokenization of ``prefix`` (checked per input; inputs that fail take the normal
+path).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+
+class SharedPrefix:
+    """The keys and values of a token prefix, computed once by ``backbone``'s model."""
+
+    def __init__(self, backbone, prefix_ids: list[int]) -> None:
+        self.ids = list(prefix_ids)
+        model = backbone.model
+        config = backbone.config
+        cache = DynamicCache(config=config)
+        ids = torch.tensor([self.ids], device=backbone.device)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), **{backbone.cache_argument: cache},
+              use_cache=True, return_dict=True)
+        self.config = config
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def cache_for(self, batch_size: int) -> DynamicCache:
+        """A fresh cache holding the prefix for ``batch_size`` sequences (the model appends to it in place)."""
+        data = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.layers]
+        return DynamicCache(ddp_cache_data=data, config=self.config)
+
+    def model_inputs(self, attention_mask: Tensor, cache_argument: str) -> dict:
+        """Cache, full attention mask and positions for a right-padded batch of suffixes."""
+        batch_size = attention_mask.shape[0]
+        prefix_mask = torch.ones(batch_size, len(self), dtype=attention_mask.dtype, device=attention_mask.device)
+        positions = len(self) + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return {"attention_mask": torch.cat([prefix_mask, attention_mask], dim=1), "position_ids": positions,
+                cache_argument: self.cache_for(batch_size), "use_cache": True}
+
+
+def starts_with(ids: list[int], prefix: list[int]) -> bool:
+    """Whether ``ids`` begins with ``prefix`` and has at least one token after it."""
+    return len(ids) > len(prefix) and ids[: len(prefix)] == prefix
