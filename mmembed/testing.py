@@ -1,4 +1,4 @@
-"""Tiny random-weight models of real architectures, with offline tokenizers and processors.
+"""Tiny random-weight models of real architectures (Qwen2, Qwen2-VL, Qwen2.5-VL, LLaVA), with offline tokenizers and processors.
 
 Each builder writes a complete model folder (config, safetensors, tokenizer, processor, chat template) in well
 under a second, exactly as a real checkpoint is laid out, so tests and recipe smoke runs exercise the real
@@ -75,9 +75,7 @@ def build_tiny_qwen2(folder: str | Path, *, emb_token: bool = False, num_layers:
     return _save(model, tokenizer, Path(folder))
 
 
-def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
-    """A ``Qwen2VLForConditionalGeneration`` with a 2-layer vision tower and an image-only processor."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dict, emb_token: bool, seed: int) -> Path:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from .processing import register_image_only_processor
@@ -85,21 +83,38 @@ def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: in
     markup = "<|vision_start|><|image_pad|><|vision_end|>"
     tokenizer = build_tokenizer(QWEN_SPECIALS, markup, emb_token=emb_token)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    config = Qwen2VLConfig(
+    config = config_cls(
         text_config=_text_config(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                              "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
+        vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, depth=2, num_heads=2,
+                           **vision_config),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_cls(config)
     processor_cls = register_image_only_processor(type(config))
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                min_pixels=56 * 56, max_pixels=112 * 112)
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
                               chat_template=tokenizer.chat_template)
     return _save(model, processor, Path(folder))
+
+
+def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
+    """A ``Qwen2VLForConditionalGeneration`` with a 2-layer vision tower and an image-only processor."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    return _build_qwen_vl(folder, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                          dict(embed_dim=32, hidden_size=64, mlp_ratio=2), emb_token, seed)
+
+
+def build_tiny_qwen2_5_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
+    """A ``Qwen2_5_VLForConditionalGeneration`` (windowed vision attention) with an image-only processor."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    return _build_qwen_vl(folder, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, fullatt_block_indexes=[1],
+                               window_size=56), emb_token, seed)
 
 
 def build_tiny_llava(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:

@@ -29,13 +29,18 @@ def qwen2_vl_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwen2_5_vl_path(tmp_path_factory):
+    return testing.build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
 def llava_path(tmp_path_factory):
     return testing.build_tiny_llava(tmp_path_factory.mktemp("llava"))
 
 
-@pytest.fixture(params=["qwen2_vl", "llava"])
-def vlm_path(request, qwen2_vl_path, llava_path):
-    return {"qwen2_vl": qwen2_vl_path, "llava": llava_path}[request.param]
+@pytest.fixture(params=["qwen2_vl", "qwen2_5_vl", "llava"])
+def vlm_path(request):
+    return request.getfixturevalue(f"{request.param}_path")
 
 
 @pytest.fixture(scope="session")
