@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 from . import lora
 from .errors import ModelNotFoundError
 from .gguf import convert_gguf
-from .inputs import PromptTemplate, Rendered, Renderer, image_markup_for
+from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
 from .prefix_cache import SharedPrefix
 from .processing import load_processor, tokenizer_of
 
@@ -226,9 +226,32 @@ class Backbone(nn.Module):
         return batch
 
     def tokenize_texts(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of rendered text-only inputs, unpadded (for length sorting and :meth:`pad`)."""
-        return self.tokenizer(texts, truncation=True, max_length=self.max_length,
-                              add_special_tokens=self.add_special_tokens)["input_ids"]
+        """Token ids of rendered text-only inputs, unpadded and untruncated (see :meth:`fit_to_length`)."""
+        return self.tokenizer(texts, add_special_tokens=self.add_special_tokens)["input_ids"]
+
+    def fit_to_length(self, item: Item, prompt: str, rendered: Rendered, ids: list[int]) -> tuple[Rendered, list[int]]:
+        """Make an over-long text input fit ``max_length`` tokens.
+
+        When the template puts something after the text (an instruction such as "Summarize the above text in one
+        word:", the chat template's end), the *text* is shortened so that the template stays whole; otherwise the
+        tail is cut, as sentence-transformers does.
+        """
+        limit = self.max_length
+        if len(ids) <= limit:
+            return rendered, ids
+        if item.text is not None and not rendered.text.endswith(item.text):
+            text_ids = self.tokenizer(item.text, add_special_tokens=False)["input_ids"]
+            keep = len(text_ids) - (len(ids) - limit)
+            for _ in range(3):  # decoding and re-tokenizing may move a boundary by a token or two
+                if keep <= 0:
+                    break
+                shorter = Item(text=self.tokenizer.decode(text_ids[:keep]), image=item.image)
+                candidate = self.renderer.render(shorter, prompt)
+                new_ids = self.tokenize_texts([candidate.text])[0]
+                if len(new_ids) <= limit:
+                    return candidate, new_ids
+                keep -= len(new_ids) - limit
+        return rendered, ids[:limit]
 
     def pad(self, input_ids: list[list[int]]) -> dict[str, Tensor]:
         return dict(self.tokenizer.pad({"input_ids": input_ids}, padding=True, return_tensors="pt"))

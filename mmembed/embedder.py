@@ -29,9 +29,9 @@ from . import st_format
 from .backbone import Backbone
 from .batching import length_batches
 from .errors import InputError
-from .inputs import InputLike, PromptTemplate, Rendered, to_items
+from .inputs import InputLike, Item, PromptTemplate, Rendered, to_items
 from .pooling import Pooler
-from .prefix_cache import SharedPrefix, starts_with
+from .prefix_cache import SharedPrefix, shared_token_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class _Step:
     indices: list[int]
     ids: list[list[int]] | None
     prefix: SharedPrefix | None
+    skip: int = 0  # tokens of each input covered by ``prefix``
 
 
 class Embedder(nn.Module):
@@ -156,8 +157,9 @@ class Embedder(nn.Module):
             if item.has_image and not backbone.supports_images:
                 raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
                                  f"(it has no image processor). Pass text, or load a vision-language model.")
-        rendered = [backbone.renderer.render(item, self.resolve_prompt(prompt_name, prompt)) for item in items]
-        plan = self._plan(rendered, batch_size, max_batch_tokens, cache_prompt)
+        text_prompt = self.resolve_prompt(prompt_name, prompt)
+        rendered = [backbone.renderer.render(item, text_prompt) for item in items]
+        plan = self._plan(items, rendered, text_prompt, batch_size, max_batch_tokens, cache_prompt)
         if show_progress_bar is None:
             show_progress_bar = len(items) >= 256 and logger.getEffectiveLevel() <= logging.INFO
         results: list[Tensor | None] = [None] * len(items)
@@ -165,9 +167,8 @@ class Embedder(nn.Module):
             if step.ids is not None:
                 batch = backbone.pad(step.ids)
                 if self.needs_prefix_lengths:
-                    batch["prefix_lengths"] = torch.tensor([0 if step.prefix is not None else
-                                                            backbone.prefix_length(rendered[i].prefix)
-                                                            for i in step.indices])
+                    batch["prefix_lengths"] = torch.tensor([max(0, backbone.prefix_length(rendered[i].prefix)
+                                                                -step.skip) for i in step.indices])
             else:
                 batch = backbone.tokenize([rendered[i] for i in step.indices],
                                           with_prefix_lengths=self.needs_prefix_lengths)
@@ -183,13 +184,17 @@ class Embedder(nn.Module):
             out = [r.numpy() for r in out] if ragged else out.numpy()
         return out[0] if single else out
 
-    def _plan(self, rendered: list[Rendered], batch_size: int, max_batch_tokens: int | None,
-              cache_prompt: bool) -> list[_Step]:
-        """Batches of similar length; text inputs that share a prompt prefix get it computed once."""
+    def _plan(self, items: list[Item], rendered: list[Rendered], prompt: str, batch_size: int,
+              max_batch_tokens: int | None, cache_prompt: bool) -> list[_Step]:
+        """Batches of similar length; text inputs that share a prompt prefix get it computed once.
+
+        Over-long text inputs are fitted to ``max_length`` first (``rendered`` is updated in place)."""
         backbone = self.backbone
         text_idx = [i for i, r in enumerate(rendered) if not r.images]
         image_idx = [i for i, r in enumerate(rendered) if r.images]
         ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
+        for i in text_idx:
+            rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], ids[i])
         groups: list[tuple[SharedPrefix | None, list[int], int]] = []
         if cache_prompt and backbone.can_cache_prefix and not self.pooler.needs_prefix_states:
             by_prefix: dict[str, list[int]] = {}
@@ -197,18 +202,20 @@ class Embedder(nn.Module):
                 by_prefix.setdefault(rendered[i].prefix, []).append(i)
             uncached: list[int] = []
             for prefix_text, members in by_prefix.items():
-                prefix_ids = backbone.tokenize_texts([prefix_text])[0]
-                shared = [i for i in members if prefix_ids and starts_with(ids[i], prefix_ids)]
-                uncached += [i for i in members if i not in set(shared)]
-                if shared:
-                    groups.append((SharedPrefix(backbone, prefix_ids), shared, len(prefix_ids)))
+                length, shared = shared_token_prefix([ids[i] for i in members],
+                                                     backbone.tokenize_texts([prefix_text])[0])
+                shared_set = {members[k] for k in shared}
+                uncached += [i for i in members if i not in shared_set]
+                if shared_set:
+                    groups.append((SharedPrefix(backbone, ids[members[shared[0]]][:length]), sorted(shared_set),
+                                   length))
             text_idx = sorted(uncached)
         groups.append((None, text_idx, 0))
         plan = []
         for prefix, members, skip in groups:
             for b in length_batches([len(ids[i]) - skip for i in members], batch_size, max_batch_tokens):
                 indices = [members[j] for j in b]
-                plan.append(_Step(indices, [ids[i][skip:] for i in indices], prefix))
+                plan.append(_Step(indices, [ids[i][skip:] for i in indices], prefix, skip))
         for b in length_batches([len(rendered[i].text) for i in image_idx], batch_size, None):
             plan.append(_Step([image_idx[j] for j in b], None, None))
         return plan

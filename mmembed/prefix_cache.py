@@ -46,6 +46,24 @@ class SharedPrefix:
                 cache_argument: self.cache_for(batch_size), "use_cache": True}
 
 
-def starts_with(ids: list[int], prefix: list[int]) -> bool:
-    """Whether ``ids`` begins with ``prefix`` and has at least one token after it."""
-    return len(ids) > len(prefix) and ids[: len(prefix)] == prefix
+def common_prefix_length(ids: list[int], prefix: list[int]) -> int:
+    """How many leading tokens ``ids`` shares with ``prefix`` (leaving at least one token of ``ids`` after)."""
+    n = 0
+    for a, b in zip(ids[: len(ids) - 1], prefix):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def shared_token_prefix(sequences: list[list[int]], prefix: list[int], slack: int = 2) -> tuple[int, list[int]]:
+    """The token prefix to cache for ``sequences`` rendered after the text prefix tokenized as ``prefix``.
+
+    The last ``slack`` tokens of ``prefix`` may merge with the text (a trailing space joins the next word in BPE),
+    so the cached prefix is the longest one that every member shares. Returns ``(length, members)``: positions in
+    ``sequences`` that start with those ``length`` tokens (others share less and are not cached).
+    """
+    lengths = [common_prefix_length(ids, prefix) for ids in sequences]
+    floor = max(1, len(prefix) - slack)
+    members = [k for k, n in enumerate(lengths) if n >= floor]
+    return (min(lengths[k] for k in members) if members else 0), members

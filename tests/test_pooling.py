@@ -165,9 +165,40 @@ def test_shared_prompt_cache_equals_full_computation(qwen2_path, pooling, side):
     template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True,
                               system="You are a helpful assistant.")
     model = mmembed.load(str(qwen2_path), template=template, pooling=pooling, padding_side=side, dtype="float32")
-    plan = model._plan([model.backbone.renderer.render(mmembed.inputs.to_item(s, 0), "Query: ") for s in SENTENCES],
-                       8, None, cache_prompt=True)
+    items = [mmembed.inputs.to_item(s, 0) for s in SENTENCES]
+    plan = model._plan(items, [model.backbone.renderer.render(x, "Query: ") for x in items], "Query: ", 8, None,
+                       cache_prompt=True)
     assert plan[0].prefix is not None and len(plan[0].prefix) > 5 and sum(len(p.indices) for p in plan) == 5
     cached = model.encode(SENTENCES, prompt="Query: ", batch_size=2)
     full = model.encode(SENTENCES, prompt="Query: ", batch_size=2, cache_prompt=False)
     assert np.abs(cached - full).max() < 1e-5
+    plain = mmembed.load(str(qwen2_path), pooling=pooling, padding_side=side, dtype="float32")
+    items = [mmembed.inputs.to_item(s, 0) for s in SENTENCES]
+    prompt = "Instruct: Retrieve semantically similar text.\nQuery: "  # its trailing space merges with the text
+    plan = plain._plan(items, [plain.backbone.renderer.render(x, prompt) for x in items], prompt, 8, None, True)
+    assert plan[0].prefix is not None and sum(len(p.indices) for p in plan if p.prefix is not None) == 5
+    cached = plain.encode(SENTENCES, prompt=prompt)
+    full = plain.encode(SENTENCES, prompt=prompt, cache_prompt=False)
+    assert np.abs(cached - full).max() < 1e-5
+
+
+def test_long_text_is_shortened_so_the_template_suffix_survives(qwen2_path):
+    template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True)
+    model = mmembed.load(str(qwen2_path), template=template, max_length=40, dtype="float32", normalize=False)
+    long_text = "the quick brown fox jumps over the lazy dog " * 20
+    items = [mmembed.inputs.to_item(long_text, 0)]
+    rendered = [model.backbone.renderer.render(items[0])]
+    plan = model._plan(items, rendered, "", 8, None, cache_prompt=False)
+    ids = plan[0].ids[0]
+    assert len(ids) <= 40
+    decoded = model.backbone.tokenizer.decode(ids)
+    assert decoded.endswith("fox jumps over the lazy dog\nSummarize the above text in one word:<|im_end|>\n"
+                            "<|im_start|>assistant\n") or decoded.endswith(
+        "\nSummarize the above text in one word:<|im_end|>\n<|im_start|>assistant\n")
+    assert rendered[0].text.startswith("<|im_start|>user\nthe quick brown fox")
+    # a plain template keeps the head, exactly like sentence-transformers' tail truncation
+    plain = mmembed.load(str(qwen2_path), max_length=12, dtype="float32")
+    full = plain.backbone.tokenize_texts([long_text])[0]
+    items = [mmembed.inputs.to_item(long_text, 0)]
+    plan = plain._plan(items, [plain.backbone.renderer.render(items[0])], "", 8, None, cache_prompt=False)
+    assert plan[0].ids[0] == full[:12]
