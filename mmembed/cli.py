@@ -15,28 +15,45 @@ EPILOG_ENCODE = """examples:
   mmembed encode --input-file queries.txt --prompt-name query --model ./saved-model -o q.npy
 
 Each line of --input-file is one input: plain text, an image path (a line ending in .jpg/.png/...), or a JSON
-object such as {"text": "a cat", "image": "cat.jpg"}. Image paths are resolved relative to the file's folder.
+object such as {"text": "a cat", "image": "cat.jpg"}. Image paths are resolved relative to the file's folder (or
+--image-root) and must stay inside it; a bad line stops the run with its file:line.
 Output: .npy (one row per input, in input order) or .jsonl ({"index", "input", "embedding"} per line).
 Without --model, the embedded default model (SmolLM2-135M-Instruct) is used; it is converted once on first use."""
 
 
-def _read_input_file(path: Path) -> list[Any]:
+def _resolve_image(value: str, root: Path, where: str) -> Path:
+    """An image path from an input file: relative to ``root`` and inside it, and existing."""
+    path = (root / value).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise SystemExit(f"{where}: image path '{value}' leaves the folder {root}; pass --image-root to allow "
+                         f"another folder.")
+    if not path.is_file():
+        raise SystemExit(f"{where}: image file '{path}' does not exist.")
+    return path
+
+
+def _read_input_file(path: Path, image_root: Path | None = None) -> list[Any]:
+    """Inputs of a file, one a line; bad lines are reported as ``file:line`` (never skipped)."""
     from .inputs import looks_like_image_path
 
+    root = image_root or path.parent
     inputs: list[Any] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        where = f"{path}:{number}"
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{number}: invalid JSON ({exc.msg}).") from exc
-            if isinstance(record, dict) and record.get("image"):
-                record["image"] = str(path.parent / record["image"])
+                raise SystemExit(f"{where}: invalid JSON ({exc.msg}).") from exc
+            if not isinstance(record, dict) or not set(record) <= {"text", "image"} or not record:
+                raise SystemExit(f"{where}: a JSON line must be an object with 'text' and/or 'image'.")
+            if record.get("image"):
+                record["image"] = str(_resolve_image(record["image"], root, where))
             inputs.append(record)
         elif looks_like_image_path(line.strip()):
-            inputs.append(Path(path.parent / line.strip()))
+            inputs.append(_resolve_image(line.strip(), root, where))
         else:
             inputs.append(line)
     return inputs
@@ -61,7 +78,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     inputs: list[Any] = list(args.texts)
     if args.input_file:
-        inputs += _read_input_file(Path(args.input_file))
+        inputs += _read_input_file(Path(args.input_file), Path(args.image_root) if args.image_root else None)
     inputs += [Path(p) for p in args.image]
     if not inputs:
         raise SystemExit("nothing to encode: give texts as arguments, --input-file or --image.")
@@ -110,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("texts", nargs="*", help="texts to embed")
     enc.add_argument("-i", "--input-file", help="file with one input per line (text, image path or JSON object)")
     enc.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
+    enc.add_argument("--image-root", help="folder that image paths in --input-file are relative to and must stay in "
+                                          "(default: the input file's folder)")
     enc.add_argument("-o", "--output", required=True, help="output file: .npy or .jsonl")
     enc.add_argument("--prompt-name", help="a prompt saved with the model, e.g. query or document")
     enc.add_argument("--prompt", help="an instruction put in front of every input")

@@ -45,3 +45,17 @@ def test_help_explains_inputs_and_outputs(capsys):
     text = capsys.readouterr().out
     for needle in ("--input-file", ".npy", ".jsonl", "image path", "default model", "--prompt-name"):
         assert needle in text
+
+
+def test_input_file_errors_name_file_and_line(qwen2_path, images, tmp_path):
+    (tmp_path / "sub").mkdir()
+    images[0].save(tmp_path / "outside.png")
+    cases = {"bad json": 'ok\n{"text": broken\n', "missing image": "ok\nok\nmissing.png\n",
+             "escape": "../outside.png\n", "bad keys": '{"caption": "x"}\n'}
+    expected = {"bad json": ":2: invalid JSON", "missing image": ":3: image file", "escape": ":1: image path",
+                "bad keys": ":1: a JSON line"}
+    for name, content in cases.items():
+        f = tmp_path / "sub" / "in.txt"
+        f.write_text(content)
+        with pytest.raises(SystemExit, match=expected[name]):
+            main(["encode", "-i", str(f), "--model", str(qwen2_path), "-o", str(tmp_path / "x.npy")])
