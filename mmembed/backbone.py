@@ -20,10 +20,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from . import lora
-from .errors import ModelNotFoundError
+from .errors import InputError, ModelNotFoundError
 from .gguf import convert_gguf
 from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
-from .prefix_cache import SharedPrefix
+from .prefix_cache import SharedPrefix, common_prefix_length
 from .processing import load_processor, tokenizer_of
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class Backbone(nn.Module):
         self.model = model
         self.processor = processor
         self.template = template or PromptTemplate()
-        self.layer = layer
+        num_layers = model.config.get_text_config().num_hidden_layers if hasattr(model, "config") else None
+        self.layer = -1 if layer == num_layers else layer
         self.name_or_path = name_or_path
         base = lora.base_model(model)
         config = base.config
@@ -133,7 +134,7 @@ class Backbone(nn.Module):
                                      and not hasattr(base, "get_rope_index"))
         self.cache_argument = next((name for name in ("cache", "past_key_values") if name in params), None)
         self.renderer = Renderer(self.template, processor, image_markup_for(processor))
-        self._prefix_cache: dict[tuple[str, bool], int] = {}
+        self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -200,15 +201,20 @@ class Backbone(nn.Module):
         return not self.renderer.uses_chat
 
     # ----------------------------------------------------------------------------------------------- tokenizing
-    def prefix_length(self, prefix: str) -> int:
-        """Number of tokens the rendered ``prefix`` occupies at the start of the sequence."""
+    def prefix_ids(self, prefix: str) -> list[int]:
+        """Token ids of a rendered prefix on its own (cached)."""
         key = (prefix, self.add_special_tokens)
         if key not in self._prefix_cache:
-            ids = self.tokenizer(prefix, add_special_tokens=self.add_special_tokens)["input_ids"] if prefix else []
-            if not prefix and self.add_special_tokens:
-                ids = self.tokenizer("", add_special_tokens=True)["input_ids"]
-            self._prefix_cache[key] = len(ids)
+            self._prefix_cache[key] = self.tokenize_texts([prefix])[0]
         return self._prefix_cache[key]
+
+    def prefix_length(self, ids: list[int], prefix: str) -> int:
+        """How many leading tokens of ``ids`` belong to ``prefix`` alone.
+
+        A token that the prefix's last characters share with the content (BPE merges the space of ``"Query: "`` into
+        the next word) counts as content, so no content is ever left out.
+        """
+        return common_prefix_length(ids, self.prefix_ids(prefix), keep_last=False)
 
     def tokenize(self, rendered: list[Rendered], with_prefix_lengths: bool = False) -> dict[str, Tensor]:
         """Tokenize (and process images of) one batch of rendered inputs, padded."""
@@ -222,25 +228,31 @@ class Backbone(nn.Module):
                                    return_tensors="pt", add_special_tokens=self.add_special_tokens)
         batch = dict(batch)
         if with_prefix_lengths:
-            batch["prefix_lengths"] = torch.tensor([self.prefix_length(r.prefix) for r in rendered])
+            rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+            batch["prefix_lengths"] = torch.tensor([self.prefix_length(ids, r.prefix) for ids, r in zip(rows, rendered)])
         return batch
 
     def tokenize_texts(self, texts: list[str]) -> list[list[int]]:
         """Token ids of rendered text-only inputs, unpadded and untruncated (see :meth:`fit_to_length`)."""
-        return self.tokenizer(texts, add_special_tokens=self.add_special_tokens)["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=self.add_special_tokens, verbose=False)["input_ids"]
 
-    def fit_to_length(self, item: Item, prompt: str, rendered: Rendered, ids: list[int]) -> tuple[Rendered, list[int]]:
+    def fit_to_length(self, item: Item, prompt: str, rendered: Rendered, ids: list[int],
+                      where: str = "input") -> tuple[Rendered, list[int]]:
         """Make an over-long text input fit ``max_length`` tokens.
 
         When the template puts something after the text (an instruction such as "Summarize the above text in one
         word:", the chat template's end), the *text* is shortened so that the template stays whole; otherwise the
-        tail is cut, as sentence-transformers does.
+        text is truncated keeping the tokenizer's special tokens, as sentence-transformers does. Chat conversations
+        are not cut: they raise.
         """
         limit = self.max_length
         if len(ids) <= limit:
             return rendered, ids
+        if item.messages is not None:
+            raise InputError(f"{where}: the conversation is {len(ids)} tokens, more than max_length={limit}. Shorten "
+                             f"it or load the model with a larger max_length.")
         if item.text is not None and not rendered.text.endswith(item.text):
-            text_ids = self.tokenizer(item.text, add_special_tokens=False)["input_ids"]
+            text_ids = self.tokenizer(item.text, add_special_tokens=False, verbose=False)["input_ids"]
             keep = len(text_ids) - (len(ids) - limit)
             for _ in range(3):  # decoding and re-tokenizing may move a boundary by a token or two
                 if keep <= 0:
@@ -251,7 +263,10 @@ class Backbone(nn.Module):
                 if len(new_ids) <= limit:
                     return candidate, new_ids
                 keep -= len(new_ids) - limit
-        return rendered, ids[:limit]
+            logger.warning("%s: the template alone is longer than max_length=%d tokens; its end is cut.", where, limit)
+        ids = self.tokenizer(rendered.text, truncation=True, max_length=limit,
+                             add_special_tokens=self.add_special_tokens)["input_ids"]
+        return rendered, ids
 
     def pad(self, input_ids: list[list[int]]) -> dict[str, Tensor]:
         return dict(self.tokenizer.pad({"input_ids": input_ids}, padding=True, return_tensors="pt"))

@@ -63,6 +63,9 @@ def _write(output: Path, vectors: Any, inputs: list[Any]) -> None:
     import numpy as np
 
     if output.suffix == ".npy":
+        if isinstance(vectors, list) and len({v.shape for v in vectors}) > 1:
+            raise SystemExit(f"--output {output}: inputs have different numbers of embeddings (special-token "
+                             f"pooling); write .jsonl instead.")
         np.save(output, np.stack(vectors) if isinstance(vectors, list) else vectors)
     elif output.suffix in (".jsonl", ".json"):
         with output.open("w", encoding="utf-8") as f:

@@ -30,7 +30,7 @@ from .backbone import Backbone
 from .batching import length_batches
 from .errors import InputError
 from .inputs import InputLike, Item, PromptTemplate, Rendered, to_items
-from .pooling import Pooler
+from .pooling import MissingTokenError, Pooler, SpecialTokenPooler
 from .prefix_cache import SharedPrefix, shared_token_prefix
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class _Step:
     ids: list[list[int]] | None
     prefix: SharedPrefix | None
     skip: int = 0  # tokens of each input covered by ``prefix``
+    prefix_lengths: list[int] | None = None  # prompt tokens left in ``ids`` (prefix-excluding pooling)
 
 
 class Embedder(nn.Module):
@@ -128,6 +129,11 @@ class Embedder(nn.Module):
                              f"pass prompt='...' or add it to Embedder.prompts.")
         return self.prompts[name]
 
+    @property
+    def multi_vector(self) -> bool:
+        """Whether ``encode`` returns a list of ``(k_i, dim)`` arrays (one embedding per special token)."""
+        return isinstance(self.pooler, SpecialTokenPooler)
+
     @torch.inference_mode()
     def encode(
         self,
@@ -141,48 +147,73 @@ class Embedder(nn.Module):
         normalize: bool | None = None,
         truncate_dim: int | None = None,
         convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
         cache_prompt: bool = True,
     ) -> np.ndarray | Tensor | list:
         """Embed texts, images, ``{"text", "image"}`` pairs or chat messages.
 
         Inputs are batched by length (at most ``batch_size`` items and ``max_batch_tokens`` padded tokens a batch)
-        and returned in input order as float32: an array ``(n, dim)`` (or ``(dim,)`` for a single input), or a
-        list of ``(k_i, dim)`` arrays when a special-token pooler finds several embeddings per input. With
-        ``cache_prompt`` (and a causal decoder whose pooler ignores the prompt's states) the prompt prefix the inputs
-        share is computed once (:mod:`mmembed.prefix_cache`).
+        and returned in input order as float32: an array ``(n, dim)`` (``(dim,)`` for a single input), or torch
+        tensors on the CPU with ``convert_to_tensor=True`` / ``convert_to_numpy=False``. A special-token pooler gives
+        a list of ``(k_i, dim)`` arrays, one row per occurrence of its token. With ``cache_prompt`` (and a causal
+        decoder whose pooler ignores the prompt's states) the prompt prefix the inputs share is computed once
+        (:mod:`mmembed.prefix_cache`).
         """
         items, single = to_items(inputs)
         backbone = self.backbone
+        dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if dim is not None and not 0 < dim <= backbone.hidden_size:
+            raise ValueError(f"truncate_dim={dim} must be between 1 and the model's dimension {backbone.hidden_size}.")
         for i, item in enumerate(items):
             if item.has_image and not backbone.supports_images:
                 raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
                                  f"(it has no image processor). Pass text, or load a vision-language model.")
+            if item.messages is not None and not backbone.renderer.has_chat_template:
+                raise InputError(f"inputs[{i}] is a chat conversation, but '{backbone.name_or_path}' has no chat "
+                                 f"template. Pass plain text, or set tokenizer.chat_template.")
         text_prompt = self.resolve_prompt(prompt_name, prompt)
         rendered = [backbone.renderer.render(item, text_prompt) for item in items]
         plan = self._plan(items, rendered, text_prompt, batch_size, max_batch_tokens, cache_prompt)
         if show_progress_bar is None:
-            show_progress_bar = len(items) >= 256 and logger.getEffectiveLevel() <= logging.INFO
-        results: list[Tensor | None] = [None] * len(items)
+            show_progress_bar = len(items) >= 256
+        results: list[Tensor] = [torch.empty(0, dim or backbone.hidden_size)] * len(items)
         for step in tqdm(plan, desc="Encoding", unit="batch", disable=not show_progress_bar):
             if step.ids is not None:
                 batch = backbone.pad(step.ids)
-                if self.needs_prefix_lengths:
-                    batch["prefix_lengths"] = torch.tensor([max(0, backbone.prefix_length(rendered[i].prefix)
-                                                                -step.skip) for i in step.indices])
+                if step.prefix_lengths is not None:
+                    batch["prefix_lengths"] = torch.tensor(step.prefix_lengths)
             else:
                 batch = backbone.tokenize([rendered[i] for i in step.indices],
                                           with_prefix_lengths=self.needs_prefix_lengths)
             hidden = backbone(batch, prefix=step.prefix)
             batch = {k: v.to(hidden.device) for k, v in batch.items() if isinstance(v, Tensor)}
-            vectors, counts = self.pooler(hidden, batch)
+            try:
+                vectors, counts = self.pooler(hidden, batch)
+            except MissingTokenError as exc:
+                raise InputError(f"inputs[{step.indices[exc.row]}]: {exc}") from None
             vectors = self.postprocess(vectors.float(), normalize, truncate_dim).cpu()
             for i, chunk in zip(step.indices, vectors.split(counts.tolist())):
                 results[i] = chunk
-        ragged = any(r.shape[0] != 1 for r in results)
-        out: list[Any] | Tensor = list(results) if ragged else torch.cat(results)  # type: ignore[arg-type]
-        if convert_to_numpy:
-            out = [r.numpy() for r in out] if ragged else out.numpy()
+        numpy = convert_to_numpy and not convert_to_tensor
+        if self.multi_vector:
+            out: Any = [r.numpy() for r in results] if numpy else results
+        else:
+            out = torch.cat(results) if results else torch.empty(0, dim or backbone.hidden_size)
+            out = out.numpy() if numpy else out
         return out[0] if single else out
+
+    def encode_queries(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
+        """``encode`` with the ``"query"`` prompt (no prompt when the model has none)."""
+        return self.encode(inputs, **self._named_prompt("query", kwargs))
+
+    def encode_documents(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
+        """``encode`` with the ``"document"`` prompt (no prompt when the model has none)."""
+        return self.encode(inputs, **self._named_prompt("document", kwargs))
+
+    def _named_prompt(self, name: str, kwargs: dict) -> dict:
+        if "prompt" not in kwargs and "prompt_name" not in kwargs:
+            kwargs = {**kwargs, **({"prompt_name": name} if name in self.prompts else {"prompt": ""})}
+        return kwargs
 
     def _plan(self, items: list[Item], rendered: list[Rendered], prompt: str, batch_size: int,
               max_batch_tokens: int | None, cache_prompt: bool) -> list[_Step]:
@@ -194,7 +225,7 @@ class Embedder(nn.Module):
         image_idx = [i for i, r in enumerate(rendered) if r.images]
         ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
         for i in text_idx:
-            rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], ids[i])
+            rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], ids[i], f"inputs[{i}]")
         groups: list[tuple[SharedPrefix | None, list[int], int]] = []
         if cache_prompt and backbone.can_cache_prefix and not self.pooler.needs_prefix_states:
             by_prefix: dict[str, list[int]] = {}
@@ -215,20 +246,16 @@ class Embedder(nn.Module):
         for prefix, members, skip in groups:
             for b in length_batches([len(ids[i]) - skip for i in members], batch_size, max_batch_tokens):
                 indices = [members[j] for j in b]
-                plan.append(_Step(indices, [ids[i][skip:] for i in indices], prefix, skip))
+                lengths = [max(0, backbone.prefix_length(ids[i], rendered[i].prefix) - skip) for i in indices] \
+                    if self.needs_prefix_lengths else None
+                for i, n in zip(indices, lengths or []):
+                    if n + skip >= len(ids[i]):
+                        raise InputError(f"inputs[{i}] has no tokens of its own after the prompt, so mean pooling "
+                                         f"without the prompt has nothing to average. Give it text.")
+                plan.append(_Step(indices, [ids[i][skip:] for i in indices], prefix, skip, lengths))
         for b in length_batches([len(rendered[i].text) for i in image_idx], batch_size, None):
             plan.append(_Step([image_idx[j] for j in b], None, None))
         return plan
-
-    def encode_queries(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
-        """``encode`` with the ``"query"`` prompt (when the model has one)."""
-        kwargs.setdefault("prompt_name", "query" if "query" in self.prompts else None)
-        return self.encode(inputs, **kwargs)
-
-    def encode_documents(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
-        """``encode`` with the ``"document"`` prompt (when the model has one)."""
-        kwargs.setdefault("prompt_name", "document" if "document" in self.prompts else None)
-        return self.encode(inputs, **kwargs)
 
     @staticmethod
     def similarity(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> Tensor:
@@ -263,24 +290,38 @@ class Embedder(nn.Module):
 
     def save(self, folder: str | Path, adapter_only: bool = False) -> Path:
         """Save the chain to ``folder``; LoRA adapters are merged unless ``adapter_only`` (then the folder refers
-        to the base model by its path or hub id)."""
+        to the base model by its absolute path, or its hub id).
+
+        Files an earlier save left in ``folder`` that this one does not write (sentence-transformers files, adapter
+        or full weights) are removed, so the folder always describes this model.
+        """
         folder = Path(folder)
+        compatible = not adapter_only and self.sentence_transformers_compatible()
+        stale = list(st_format.FILES) if not compatible else []
+        stale += ["model.safetensors", "model.safetensors.index.json"] if adapter_only else \
+            ["adapter_config.json", "adapter_model.safetensors"]
+        for name in stale:
+            (folder / name).unlink(missing_ok=True)
         self.backbone.save(folder, adapter_only=adapter_only)
         self.pooler.save(folder / "1_Pooling")
         config = self.get_config()
         if adapter_only:
-            config["base_model"] = self.backbone.name_or_path
+            base = Path(self.backbone.name_or_path).expanduser()
+            config["base_model"] = str(base.resolve()) if base.exists() else self.backbone.name_or_path
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if not adapter_only and self.sentence_transformers_compatible():
+        if self.normalize:
+            (folder / "2_Normalize").mkdir(exist_ok=True)
+        if compatible:
             st_format.write(folder, pooling_config=self.pooler.sentence_transformers_config(self.backbone.hidden_size),
                             normalize=self.normalize, max_length=self.backbone.max_length, prompts=self.prompts,
                             default_prompt_name=self.default_prompt_name)
-        elif self.normalize:
-            (folder / "2_Normalize").mkdir(exist_ok=True)
-        if not adapter_only and not self.sentence_transformers_compatible():
+        elif not adapter_only:
             logger.info("%s: no sentence-transformers files written (its template, pooler or layer has no ST "
                         "equivalent); load it with mmembed.load.", folder)
         return folder
+
+    #: options that configure the chain (a ``None`` passed to ``load`` clears a saved value)
+    CHAIN_OPTIONS = ("pooling", "normalize", "truncate_dim", "prompts", "default_prompt_name")
 
     @classmethod
     def load(cls, name_or_path: str | Path, **options: Any) -> Embedder:
@@ -289,6 +330,8 @@ class Embedder(nn.Module):
         ``options`` override the saved settings: ``adapter``, ``template``, ``pooling``, ``normalize``,
         ``truncate_dim``, ``prompts``, ``default_prompt_name``, ``layer``, ``max_length``, ``padding_side``,
         ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``, ``processor_kwargs``.
+        For the chain options (pooling ... default_prompt_name) an explicit ``None`` clears the saved value; for the
+        others ``None`` means "not given".
         """
         folder = Path(name_or_path).expanduser()
         saved: dict[str, Any] = {}
@@ -301,9 +344,11 @@ class Embedder(nn.Module):
             saved.pop("format_version", None)
         elif folder.is_dir():
             saved = st_format.read(folder) or {}
-        settings = {**saved, **{k: v for k, v in options.items() if v is not None}}
-        chain_keys = ("pooling", "normalize", "truncate_dim", "prompts", "default_prompt_name")
-        chain = {k: settings.pop(k) for k in chain_keys if k in settings}
+        if "prompts" in options and "default_prompt_name" not in options:
+            saved.pop("default_prompt_name", None)  # it named one of the replaced prompts
+        settings = {**saved, **{k: v for k, v in options.items() if v is not None or k in cls.CHAIN_OPTIONS}}
+        chain = {k: settings.pop(k) for k in cls.CHAIN_OPTIONS if k in settings}
         backbone = Backbone.load(name_or_path, **settings)
         pooling = chain.pop("pooling", None) or ("mean" if backbone.is_encoder else "last")
+        chain = {k: v for k, v in chain.items() if v is not None or k in ("truncate_dim", "default_prompt_name")}
         return cls(backbone, pooling, **chain)

@@ -66,7 +66,12 @@ def load_image(source: Any, where: str) -> Image.Image:
         return source if source.mode == "RGB" else source.convert("RGB")
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"{where}: an image must be a PIL.Image.Image or a path, got {type(source).__name__}.")
+    if isinstance(source, str) and "://" in source:
+        raise InputError(f"{where}: '{source}' is a URL; mmembed does not download images. Download it and pass the "
+                         f"file path or a PIL image.")
     path = Path(source)
+    if path.is_dir():
+        raise InputError(f"{where}: '{path}' is a folder, not an image file.")
     if not path.is_file():
         raise InputError(f"{where}: image file '{path}' does not exist. Pass an existing image path, or wrap "
                          f"the string as {{'text': ...}} if it is meant as text.")
@@ -134,11 +139,21 @@ def to_item(value: InputLike, index: int) -> Item:
                      f"image path, a dict {{'text': ..., 'image': ...}} or a list of chat messages.")
 
 
-def to_items(inputs: InputLike | list[InputLike]) -> tuple[list[Item], bool]:
-    """Normalise ``inputs``; returns the items and whether a single input (not a list) was given."""
-    single = not isinstance(inputs, (list, tuple)) or (
-        isinstance(inputs, list) and bool(inputs) and all(isinstance(m, dict) and "role" in m for m in inputs))
-    values = [inputs] if single else list(inputs)
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def to_items(inputs: Any) -> tuple[list[Item], bool]:
+    """Normalise ``inputs`` (one input, or any iterable of them); returns the items and whether one input was given."""
+    single = isinstance(inputs, (str, os.PathLike, Image.Image, dict, Item)) or _is_conversation(inputs)
+    if single:
+        values = [inputs]
+    else:
+        try:
+            values = list(inputs)
+        except TypeError:
+            raise InputError(f"inputs has unsupported type {type(inputs).__name__}. Pass one input or a list of "
+                             f"them.") from None
     return [to_item(v, i) for i, v in enumerate(values)], single
 
 
@@ -218,7 +233,9 @@ class Renderer:
                 msgs.append({"role": "system", "content": self.template.system})
             msgs.append({"role": "user", "content": content})
         add_generation_prompt = self.template.add_generation_prompt
-        if self.template.response is not None:
+        if msgs[-1]["role"] == "assistant":  # the conversation brings its own reply
+            add_generation_prompt = False
+        elif self.template.response is not None:
             msgs.append({"role": "assistant", "content": self.template.response
                          if not self.multimodal else [{"type": "text", "text": self.template.response}]})
             add_generation_prompt = False
@@ -248,6 +265,10 @@ class Renderer:
                 if isinstance(m["content"], list):
                     m["content"] = [{"type": p["type"], **({"text": p["text"]} if p["type"] == "text" else {})}
                                     for p in m["content"]]
+            first_user = next((m for m in messages if m["role"] == "user"), None)
+            if prompt and first_user is not None:  # the instruction goes in front of the first user turn
+                first_user["content"] = prompt + first_user["content"] if isinstance(first_user["content"], str) \
+                    else [{"type": "text", "text": prompt}] + first_user["content"]
             return Rendered(self._chat([], messages), item.images(), "")
         fmt = prompt + self.template.format_for(item)
         parts, plain = self._content(fmt, item.text)

@@ -18,6 +18,14 @@ from torch import Tensor, nn
 CONFIG_NAME = "mmembed_pooling.json"
 
 
+class MissingTokenError(ValueError):
+    """A sequence lacks the token a :class:`SpecialTokenPooler` pools at; ``row`` is its index in the batch."""
+
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(message)
+        self.row = row
+
+
 class Pooler(nn.Module):
     """Base class; subclasses set ``mode`` and implement ``pool``."""
 
@@ -180,6 +188,6 @@ class SpecialTokenPooler(Pooler):
         counts = hits.sum(1)
         if bool((counts == 0).any()):
             row = int((counts == 0).nonzero()[0])
-            raise ValueError(f"special-token pooling: sequence {row} of the batch has no {self.token!r} token; "
-                             f"the prompt template must place it (e.g. PromptTemplate(response={self.token!r})).")
+            raise MissingTokenError(row, f"no {self.token!r} token to pool at: the prompt template must place it "
+                                         f"(e.g. PromptTemplate(response={self.token!r})), or the input must hold it.")
         return hidden[hits], counts

@@ -46,10 +46,11 @@ class SharedPrefix:
                 cache_argument: self.cache_for(batch_size), "use_cache": True}
 
 
-def common_prefix_length(ids: list[int], prefix: list[int]) -> int:
-    """How many leading tokens ``ids`` shares with ``prefix`` (leaving at least one token of ``ids`` after)."""
+def common_prefix_length(ids: list[int], prefix: list[int], keep_last: bool = True) -> int:
+    """How many leading tokens ``ids`` shares with ``prefix`` (with ``keep_last``, leaving at least one token of
+    ``ids`` after them)."""
     n = 0
-    for a, b in zip(ids[: len(ids) - 1], prefix):
+    for a, b in zip(ids[: len(ids) - 1] if keep_last else ids, prefix):
         if a != b:
             break
         n += 1

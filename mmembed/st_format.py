@@ -16,6 +16,9 @@ MODULES = {
     "normalize": "sentence_transformers.base.modules.normalize.Normalize",
 }
 
+#: files (relative to the folder) that only the sentence-transformers side uses
+FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json")
+
 # pooling_mode_* keys of ST's Pooling config -> mmembed pooler config
 _ST_TO_POOLER = {"lasttoken": "last", "cls_token": "cls", "mean_tokens": "mean", "mean": "mean", "cls": "cls"}
 

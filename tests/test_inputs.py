@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import mmembed
@@ -129,3 +130,80 @@ def test_adapter_for_another_base_model(qwen2_path, tmp_path):
     other.save(tmp_path / "adapter", adapter_only=True)
     with pytest.raises(AdapterMismatchError, match="does not fit"):
         mmembed.load(str(qwen2_path), adapter=str(tmp_path / "adapter"))
+
+
+def test_more_bad_inputs_are_named(text_model, tmp_path):
+    with pytest.raises(InputError, match=r"inputs\[0\]\['image'\]: .* is a URL"):
+        text_model.encode([{"text": "x", "image": "https://example.com/cat.png"}])
+    (tmp_path / "photos.jpg").mkdir()
+    with pytest.raises(InputError, match=r"inputs\[0\]: .* is a folder"):
+        text_model.encode(str(tmp_path / "photos.jpg"))
+    with pytest.raises(InputError, match="inputs has unsupported type int"):
+        text_model.encode(5)
+
+
+def test_empty_and_iterable_inputs(text_model):
+    empty = text_model.encode([])
+    assert empty.shape == (0, 64)
+    listed = text_model.encode(["a cat", "two dogs"])
+    assert np.array_equal(text_model.encode(s for s in ["a cat", "two dogs"]), listed)
+    assert np.array_equal(text_model.encode(np.array(["a cat", "two dogs"])), listed)
+    tensor = text_model.encode(["a cat", "two dogs"], convert_to_tensor=True)
+    assert tensor.shape == (2, 64) and np.array_equal(tensor.numpy(), listed)
+    with pytest.raises(ValueError, match="truncate_dim=0"):
+        text_model.encode("a cat", truncate_dim=0)
+    with pytest.raises(ValueError, match="truncate_dim=65"):
+        text_model.encode("a cat", truncate_dim=65)
+
+
+def test_messages_need_a_chat_template(qwen2_path):
+    model = mmembed.load(str(qwen2_path))
+    model.backbone.processor.chat_template = None
+    model.backbone.renderer.has_chat_template = False
+    with pytest.raises(InputError, match=r"inputs\[1\] is a chat conversation.*no chat template"):
+        model.encode(["ok", [{"role": "user", "content": "hi"}]])
+
+
+def test_encode_queries_never_falls_back_to_another_prompt(qwen2_path):
+    model = mmembed.load(str(qwen2_path), prompts={"document": "Doc: "}, default_prompt_name="document",
+                         dtype="float32")
+    assert np.array_equal(model.encode_queries("a cat"), model.encode("a cat", prompt=""))
+    assert np.array_equal(model.encode_documents("a cat"), model.encode("a cat", prompt="Doc: "))
+    assert np.array_equal(model.encode("a cat"), model.encode("a cat", prompt="Doc: "))  # the default prompt
+
+
+def test_special_token_pooler_output_and_errors(qwen2_emb_path):
+    model = mmembed.load(str(qwen2_emb_path), pooling={"mode": "special_token", "token": "<|emb|>"},
+                         template=PromptTemplate(chat=True, response="<|emb|>"), dtype="float32")
+    out = model.encode(["a cat", "two dogs"])
+    assert isinstance(out, list) and [o.shape for o in out] == [(1, 64), (1, 64)]
+    conversation = [{"role": "user", "content": "a cat"}, {"role": "assistant", "content": "<|emb|>"},
+                    {"role": "user", "content": "two dogs"}, {"role": "assistant", "content": "<|emb|>"}]
+    assert model.encode([conversation])[0].shape == (2, 64)  # the template's response is not added again
+    # an instruction goes in front of the first user turn of a conversation
+    prompted = model.encode([conversation], prompt="Find: ")[0]
+    manual = [dict(conversation[0], content="Find: a cat")] + conversation[1:]
+    assert np.array_equal(prompted, model.encode([manual])[0])
+    plain = mmembed.load(str(qwen2_emb_path), pooling={"mode": "special_token", "token": "<|emb|>"})
+    with pytest.raises(InputError, match=r"inputs\[1\]: no '<\|emb\|>' token"):
+        plain.encode(["has <|emb|> inside", "has none"])
+
+
+def test_mean_without_prompt_keeps_a_token_merged_with_the_prompt(qwen2_path):
+    """'Query: ' + 'a' tokenizes as ['Qu','ery',':','Ġa']: the merged token is content and stays in the mean."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen2_path)
+    base = AutoModel.from_pretrained(qwen2_path, dtype=torch.float32)
+    model = mmembed.load(str(qwen2_path), pooling={"mode": "mean", "exclude_prefix": True}, normalize=False,
+                         dtype="float32")
+    prompt_ids = tokenizer("Query: ").input_ids
+    for text in ["a", "a cat"]:
+        full = tokenizer("Query: " + text).input_ids
+        k = next(n for n, (a, b) in enumerate(zip(full + [None], prompt_ids + [None])) if a != b)
+        assert k < len(prompt_ids)  # the merge happens
+        with torch.no_grad():
+            states = base(input_ids=torch.tensor([full])).last_hidden_state[0]
+        ours = model.encode(text, prompt="Query: ", cache_prompt=False)
+        assert np.abs(ours - states[k:].mean(0).numpy()).max() < 1e-5
+        assert np.abs(model.encode(text, prompt="Query: ") - ours).max() < 1e-5  # cached path too

