@@ -309,15 +309,17 @@ class Backbone(nn.Module):
         return getattr(decoder, "norm", None)
 
     # ----------------------------------------------------------------------------------------------- saving
-    def save(self, folder: str | Path, adapter_only: bool = False) -> None:
+    def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> None:
         """Save model weights (safetensors) and processor; LoRA adapters are merged unless ``adapter_only``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if lora.has_adapter(self.model) and not adapter_only:
+            if state_dict is not None:
+                raise ValueError("a merged export merges the live weights; save adapter_only=True with a state_dict.")
             model = lora.merged_copy(self.model)
         elif adapter_only and not lora.has_adapter(self.model):
             raise ValueError("adapter_only=True but this model has no LoRA adapter.")
         else:
             model = self.model
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=state_dict)
         self.processor.save_pretrained(folder)

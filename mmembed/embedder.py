@@ -288,12 +288,13 @@ class Embedder(nn.Module):
                 and self.truncate_dim is None
                 and self.pooler.sentence_transformers_config(backbone.hidden_size) is not None)
 
-    def save(self, folder: str | Path, adapter_only: bool = False) -> Path:
+    def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> Path:
         """Save the chain to ``folder``; LoRA adapters are merged unless ``adapter_only`` (then the folder refers
         to the base model by its absolute path, or its hub id).
 
         Files an earlier save left in ``folder`` that this one does not write (sentence-transformers files, adapter
-        or full weights) are removed, so the folder always describes this model.
+        or full weights) are removed, so the folder always describes this model. ``state_dict`` (the backbone
+        model's, e.g. consolidated by DeepSpeed) replaces the live weights when given (not with a merged export).
         """
         folder = Path(folder)
         compatible = not adapter_only and self.sentence_transformers_compatible()
@@ -302,7 +303,7 @@ class Embedder(nn.Module):
             ["adapter_config.json", "adapter_model.safetensors"]
         for name in stale:
             (folder / name).unlink(missing_ok=True)
-        self.backbone.save(folder, adapter_only=adapter_only)
+        self.backbone.save(folder, adapter_only=adapter_only, state_dict=state_dict)
         self.pooler.save(folder / "1_Pooling")
         config = self.get_config()
         if adapter_only:

@@ -23,6 +23,43 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if has_adapter(model) else model
 
 
+def language_model_linear_layers(model: nn.Module, names: list[str] | None = None) -> list[str]:
+    """Full module paths of the ``nn.Linear`` layers inside the language model (never the vision tower).
+
+    ``names`` keeps only layers whose last path component is listed (e.g. ``["q_proj", "v_proj"]``).
+    """
+    base = base_model(model)
+    try:
+        decoder = base.get_decoder()
+    except (AttributeError, ValueError, NotImplementedError):
+        decoder = base
+    prefix = next((name for name, module in base.named_modules() if module is decoder), "")
+    found = [f"{prefix}.{name}" if prefix else name for name, module in decoder.named_modules()
+             if isinstance(module, nn.Linear) and (names is None or name.rsplit(".", 1)[-1] in names)]
+    if not found:
+        raise ValueError(f"no nn.Linear layers{f' named {names}' if names else ''} in the language model of "
+                         f"{type(base).__name__}.")
+    return found
+
+
+def lora_config(model: nn.Module, r: int = 64, alpha: int = 128, dropout: float = 0.05,
+                target_modules: list[str] | None = None, **kwargs):
+    """A ``peft.LoraConfig`` on the language model's linear layers, chosen by module path (vision tower excluded).
+
+    ``target_modules`` lists short names (``q_proj`` ...); by default every linear layer of the language model.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                      target_modules=language_model_linear_layers(model, target_modules), **kwargs)
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
 def attach(model: nn.Module, config) -> nn.Module:
     """Wrap ``model`` with a new, trainable LoRA adapter described by a ``peft.LoraConfig``."""
     from peft import get_peft_model

@@ -13,6 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class _PrefixOnlyLayer(DynamicLayer):
+    """A cache layer that prepends the prefix's keys / values but does not keep the batch's own: an embedding
+    forward never decodes further, so holding every layer's keys and values until the end would only cost memory."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
 class SharedPrefix:
@@ -35,7 +44,11 @@ class SharedPrefix:
     def cache_for(self, batch_size: int) -> DynamicCache:
         """A fresh cache holding the prefix for ``batch_size`` sequences (the model appends to it in place)."""
         data = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self.layers]
-        return DynamicCache(ddp_cache_data=data, config=self.config)
+        cache = DynamicCache(ddp_cache_data=data, config=self.config)
+        for layer in cache.layers:
+            if type(layer) is DynamicLayer:  # sliding-window and other layer kinds keep their own behaviour
+                layer.__class__ = _PrefixOnlyLayer
+        return cache
 
     def model_inputs(self, attention_mask: Tensor, cache_argument: str) -> dict:
         """Cache, full attention mask and positions for a right-padded batch of suffixes."""

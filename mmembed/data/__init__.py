@@ -1,0 +1,1 @@
+"""Training data: readers for the supported formats, the collator, and batch samplers."""

@@ -1,0 +1,61 @@
+"""The contrastive collator: rows of ``{"anchor", "positive"[, "negative"]}`` -> one tokenized batch per column.
+
+Each column is rendered with the model's template (and that column's prompt, e.g. a query instruction for the
+anchor) and tokenized by the backbone; hard negatives (``k`` per row) are flattened row by row. Next to the tokenizer
+/ processor outputs a column batch carries ``keys`` (a 64-bit hash of each input's text and image, for false-negative
+masks) and ``images_per_sample`` (for gradient caching's per-sample slicing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..inputs import Item, load_image
+
+COLUMNS = ("anchor", "positive", "negative")
+
+
+def content_key(text: str | None, image: str | None) -> int:
+    """A stable 64-bit key of an input's content (identical text and image path -> identical key)."""
+    digest = hashlib.blake2b(f"{text}\x00{image}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+@dataclass
+class ContrastiveCollator:
+    """Tokenizes the columns of a batch of rows for ``backbone`` (a :class:`~mmembed.backbone.Backbone`)."""
+
+    backbone: Any
+    prompts: dict[str, str] = field(default_factory=dict)
+    with_prefix_lengths: bool = False
+
+    def _column(self, sides: list[dict], column: str) -> dict[str, Tensor]:
+        items = []
+        for side in sides:
+            image = load_image(side["image"], f"{column} image") if side.get("image") else None
+            items.append(Item(text=side.get("text"), image=image))
+        rendered = [self.backbone.renderer.render(item, self.prompts.get(column, "")) for item in items]
+        batch = self.backbone.tokenize(rendered, with_prefix_lengths=self.with_prefix_lengths)
+        batch["keys"] = torch.tensor([content_key(s.get("text"), s.get("image")) for s in sides])
+        batch["images_per_sample"] = torch.tensor([len(r.images) for r in rendered])
+        return batch
+
+    def __call__(self, rows: list[dict]) -> dict[str, dict[str, Tensor]]:
+        out = {}
+        for column in COLUMNS:
+            if column not in rows[0] or rows[0][column] is None:
+                continue
+            values = [row[column] for row in rows]
+            if column == "negative":
+                counts = {len(v) for v in values}
+                if len(counts) != 1:
+                    raise ValueError(f"rows of one batch have {sorted(counts)} hard negatives; give every row the "
+                                     f"same number.")
+                values = [n for v in values for n in v]
+            out[column] = self._column(values, column)
+        return out

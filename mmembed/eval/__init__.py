@@ -1,0 +1,1 @@
+"""Evaluation: STS (SentEval protocol) and, in later modules, MMEB, M-BEIR and MTEB."""

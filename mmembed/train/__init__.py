@@ -1,0 +1,1 @@
+"""Training: the Trainer subclass, its arguments, and distributed set-up."""

@@ -1,0 +1,59 @@
+"""Dataclass arguments of the training recipes (parsed from YAML plus command-line overrides by ``TrlParser``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    """The model to train: backbone, template, pooler, LoRA."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "folder, hub id or .gguf (default: "
+                                                                             "the embedded SmolLM2-135M)"})
+    template_text: str = field(default="{text}", metadata={"help": "text format, with a {text} slot"})
+    template_image: str = field(default="{image}", metadata={"help": "image format, with an {image} slot"})
+    template_text_image: str = field(default="{image}{text}", metadata={"help": "text+image format"})
+    chat: bool = field(default=False, metadata={"help": "render through the model's chat template"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system message (with chat)"})
+    pooling: str = field(default="last", metadata={"help": "last, mean, mean_excluding_prefix, cls"})
+    dtype: str = field(default="float32", metadata={"help": "weights dtype (bf16 training: also set --bf16)"})
+    max_length: int | None = field(default=None, metadata={"help": "max tokens per input"})
+    lora: bool = field(default=True, metadata={"help": "train a LoRA adapter on the language model"})
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "short names of the language model's linear layers (default: all of them)"})
+
+
+@dataclass
+class DataArguments:
+    """The training data."""
+
+    train_file: str | None = field(default=None, metadata={"help": "JSON lines (or a SICK folder with --train_format "
+                                                                     "sick)"})
+    train_format: str = field(default="triplets", metadata={"help": "triplets, pairs, mmeb, sick, sentences"})
+    image_root: str | None = field(default=None, metadata={"help": "folder image paths are resolved in"})
+    skip_bad_records: bool = field(default=False, metadata={"help": "count and report bad records, don't stop"})
+    max_train_samples: int | None = None
+    query_prompt: str = field(default="", metadata={"help": "instruction put in front of anchors"})
+    eval_sts_file: str | None = field(default=None, metadata={"help": "STS-B file for the final Spearman score"})
+    eval_before_training: bool = field(default=False, metadata={"help": "also score the untrained model"})
+
+
+@dataclass
+class ContrastiveTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the contrastive loss and gradient-caching options."""
+
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau"})
+    learnable_temperature: bool = False
+    symmetric: bool = field(default=False, metadata={"help": "add the positive -> query direction"})
+    gather_across_devices: bool = field(default=True, metadata={"help": "negatives from every process"})
+    mini_batch_size: int | None = field(default=None, metadata={"help": "gradient caching: samples per mini-batch"})
+    mini_batch_tokens: int | None = field(default=None, metadata={"help": "gradient caching: padded tokens per "
+                                                                           "mini-batch"})
+    no_duplicates: bool = field(default=True, metadata={"help": "no input twice in a batch"})
+    remove_unused_columns: bool = False

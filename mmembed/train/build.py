@@ -1,0 +1,66 @@
+"""Wiring from recipe arguments to library objects: the Embedder (with LoRA), the data, the trainer."""
+
+from __future__ import annotations
+
+import logging
+
+from .. import lora
+from ..data.collator import ContrastiveCollator
+from ..data.dataset import to_dataset
+from ..data.formats import READERS, read_sentences, read_sick_triplets
+from ..embedder import Embedder
+from ..inputs import PromptTemplate
+from ..losses import ContrastiveLoss, InfoNCELoss
+from .arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
+from .trainer import EmbeddingTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def build_embedder(args: ModelArguments) -> Embedder:
+    """Load the backbone with the template and pooler of ``args``; attach a trainable LoRA adapter."""
+    import mmembed
+
+    template = PromptTemplate(text=args.template_text, image=args.template_image, text_image=args.template_text_image,
+                              chat=args.chat, system=args.system_prompt)
+    pooling = {"mode": "mean", "exclude_prefix": True} if args.pooling == "mean_excluding_prefix" else args.pooling
+    embedder = mmembed.load(args.model_name_or_path, template=template, pooling=pooling, dtype=args.dtype,
+                            max_length=args.max_length, device="cpu")
+    backbone = embedder.backbone
+    if args.lora:
+        for p in backbone.model.parameters():
+            p.requires_grad_(False)
+        config = lora.lora_config(backbone.model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                                  target_modules=args.lora_target_modules)
+        backbone.model = lora.attach(backbone.model, config)
+    backbone.model.train()
+    return embedder
+
+
+def load_rows(args: DataArguments) -> list[dict]:
+    if args.train_file is None:
+        raise ValueError("no training data: set train_file (and train_format).")
+    if args.train_format == "sick":
+        rows = read_sick_triplets(args.train_file)
+    elif args.train_format == "sentences":
+        rows = read_sentences(args.train_file)
+    elif args.train_format in READERS:
+        rows = READERS[args.train_format](args.train_file, args.image_root, args.skip_bad_records)
+    else:
+        raise ValueError(f"train_format={args.train_format!r}; choose one of "
+                         f"{sorted([*READERS, 'sick', 'sentences'])}.")
+    return rows[: args.max_train_samples] if args.max_train_samples else rows
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments,
+                  training_args: ContrastiveTrainingArguments, embedder: Embedder | None = None) -> EmbeddingTrainer:
+    embedder = embedder or build_embedder(model_args)
+    loss = ContrastiveLoss(
+        embedder,
+        InfoNCELoss(temperature=training_args.temperature, learnable_temperature=training_args.learnable_temperature,
+                    symmetric=training_args.symmetric, gather_across_devices=training_args.gather_across_devices),
+        mini_batch_size=training_args.mini_batch_size, mini_batch_tokens=training_args.mini_batch_tokens)
+    collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
+                                   with_prefix_lengths=embedder.needs_prefix_lengths)
+    return EmbeddingTrainer(model=loss, args=training_args, train_dataset=to_dataset(load_rows(data_args)),
+                            data_collator=collator)

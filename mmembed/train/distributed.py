@@ -1,0 +1,36 @@
+"""Distributed set-up that also works on CPU-only hosts, and a clean exit.
+
+On a host without CUDA, ``accelerate launch`` (DDP or DeepSpeed) leaves the process-group backend unset; accelerate
+then sizes DeepSpeed's batch for one process and fails ("train_batch_size is not equal to micro_batch_per_gpu *
+gradient_acc_step * world_size"). Defaulting ``TrainingArguments.ddp_backend`` to ``gloo`` there fixes DDP and
+DeepSpeed ZeRO-2/3. torch + gloo may abort at interpreter exit unless the process group is destroyed after the
+model is freed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import torch
+
+
+def launched_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def training_defaults() -> dict:
+    """Defaults for the training arguments: the gloo backend on CPU-only multi-process runs."""
+    if launched_distributed() and not torch.cuda.is_available():
+        return {"ddp_backend": "gloo"}
+    return {}
+
+
+def teardown() -> None:
+    """Free memory and destroy the process group (the clean-exit fix for gloo); call after dropping the trainer."""
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,113 @@
+"""``EmbeddingTrainer``: ``transformers.Trainer`` for a :class:`~mmembed.losses.ContrastiveLoss`.
+
+It overrides only what it must: the loss call (to log the loss's parts), the train dataloader (a batch sampler with
+no duplicate texts), and saving / loading checkpoints as mmembed folders (adapter plus the loss's own parameters).
+The training loop, distribution (DDP, DeepSpeed), mixed precision, optimizer, scheduler and resuming are Trainer's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from .. import lora
+from ..data.samplers import NoDuplicatesBatchSampler
+
+logger = logging.getLogger(__name__)
+
+LOSS_WEIGHTS = "loss.safetensors"
+EMBEDDER_PREFIX = "model.backbone.model."
+
+
+class EmbeddingTrainer(Trainer):
+    """Trains a :class:`~mmembed.losses.ContrastiveLoss` (the Embedder inside it) with a contrastive collator."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: dict[str, list[float]] = defaultdict(list)
+        module = self.accelerator.unwrap_model(self.model)
+        trainable, total = lora.count_trainable(module)
+        logger.warning("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
+                       100 * trainable / max(total, 1))
+
+    @property
+    def embedder(self):
+        return self.accelerator.unwrap_model(self.model).model
+
+    def save_embedder(self, folder: str | Path) -> None:
+        """Save the trained Embedder with its LoRA adapter merged (collecting ZeRO-3 shards first)."""
+        module = self.accelerator.unwrap_model(self.model)
+        context = contextlib.nullcontext()
+        if self.is_deepspeed_enabled and self.deepspeed.zero_optimization_stage() == 3:
+            import deepspeed
+
+            context = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        with context:
+            if self.is_world_process_zero():
+                module.model.save(folder)
+        self.accelerator.wait_for_everyone()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        for key, value in outputs.items():
+            if key != "loss":
+                self._parts[key].append(float(value.detach()))
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._parts:
+            logs.update({k: round(sum(v) / len(v), 6) for k, v in self._parts.items()})
+            self._parts.clear()
+        super().log(logs, start_time)
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not getattr(self.args, "no_duplicates", False):
+            return super().get_train_dataloader()
+        dataset = self.train_dataset
+        keys = dataset["keys"] if "keys" in dataset.column_names else None
+        if keys is None:
+            raise ValueError("no_duplicates needs a 'keys' column (see mmembed.train.data.to_dataset).")
+        sampler = NoDuplicatesBatchSampler(keys, self.args.per_device_train_batch_size, drop_last=True,
+                                           seed=self.args.data_seed or self.args.seed)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write an mmembed folder: adapter-only when the model has a LoRA adapter, plus the loss's parameters."""
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir or self.args.output_dir)
+        module = self.accelerator.unwrap_model(self.model)
+        state_dict = state_dict if state_dict is not None else module.state_dict()
+        backbone_state = {k[len(EMBEDDER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(EMBEDDER_PREFIX)}
+        adapter = lora.has_adapter(module.model.backbone.model)
+        module.model.save(output_dir, adapter_only=adapter, state_dict=backbone_state or None)
+        loss_state = {k: v.detach().contiguous() for k, v in state_dict.items() if k.startswith("info_nce.")}
+        if loss_state:
+            save_file(loss_state, str(output_dir / LOSS_WEIGHTS))
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        module = self.accelerator.unwrap_model(model or self.model)
+        folder = Path(resume_from_checkpoint)
+        peft_model = module.model.backbone.model
+        if lora.has_adapter(peft_model):
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(peft_model, load_file(str(folder / "adapter_model.safetensors")))
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"{folder}: adapter weights do not match the model: {result.unexpected_keys[:3]}")
+        else:
+            peft_model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        if (folder / LOSS_WEIGHTS).is_file():
+            module.load_state_dict(load_file(str(folder / LOSS_WEIGHTS)), strict=False)

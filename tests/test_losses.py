@@ -1,0 +1,173 @@
+"""InfoNCE values, masks, and gradient caching equal to the uncached computation (text and image+text)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import mmembed
+from mmembed import lora
+from mmembed.data.collator import ContrastiveCollator
+from mmembed.inputs import PromptTemplate
+from mmembed.losses import ContrastiveLoss, InfoNCELoss
+from mmembed.losses.gradcache import slice_batch, split_points
+
+
+def test_info_nce_matches_the_formula_with_hard_negatives():
+    torch.manual_seed(0)
+    q, p, n = torch.randn(3, 8), torch.randn(3, 8), torch.randn(6, 8)
+    out = InfoNCELoss(temperature=0.05)(q, p, n)
+    qn, c = F.normalize(q, dim=-1), F.normalize(torch.cat([p, n]), dim=-1)
+    logits = qn @ c.T / 0.05
+    expected = -(logits.log_softmax(1)[torch.arange(3), torch.arange(3)]).mean()
+    assert torch.allclose(out["loss"], expected, atol=1e-6)
+
+
+def test_symmetric_and_multi_positive():
+    torch.manual_seed(1)
+    q, p = torch.randn(2, 4), torch.randn(4, 4)  # two positives per query
+    out = InfoNCELoss(temperature=0.1, symmetric=True)(q, p)
+    qn, pn = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+    s = qn @ pn.T / 0.1
+    terms = []
+    for i in range(2):
+        for t in range(2):
+            row = s[i].clone()
+            other = 2 * i + (1 - t)
+            row[other] = float("-inf")
+            terms.append(-row.log_softmax(0)[2 * i + t])
+    q2c = torch.stack(terms).mean()
+    rev = pn @ qn.T / 0.1
+    c2q = F.cross_entropy(rev, torch.tensor([0, 0, 1, 1]))
+    assert torch.allclose(out["loss_q2c"], q2c, atol=1e-6)
+    assert torch.allclose(out["loss_c2q"], c2q, atol=1e-6)
+    assert torch.allclose(out["loss"], (q2c + c2q) / 2, atol=1e-6)
+
+
+def test_duplicate_keys_and_groups_are_masked():
+    torch.manual_seed(2)
+    q, p = torch.randn(3, 4), torch.randn(3, 4)
+    keys = torch.tensor([7, 7, 9])  # positives 0 and 1 are the same text
+    out = InfoNCELoss(temperature=0.05)(q, p, positive_keys=keys)
+    s = F.normalize(q, dim=-1) @ F.normalize(p, dim=-1).T / 0.05
+    s[0, 1] = s[1, 0] = float("-inf")
+    assert torch.allclose(out["loss"], F.cross_entropy(s, torch.arange(3)), atol=1e-6)
+    groups = torch.tensor([0, 0, 1])
+    out = InfoNCELoss(temperature=0.05)(q, p, query_groups=groups, positive_groups=groups)
+    assert torch.allclose(out["loss"], F.cross_entropy(s, torch.arange(3)), atol=1e-6)
+
+
+def test_split_points_by_count_and_tokens():
+    mask = torch.tensor([[1] * 4 + [0] * 4, [1] * 8, [1] * 2 + [0] * 6, [1] * 3 + [0] * 5, [1] * 8])
+    assert split_points(mask, 2, None) == [0, 2, 4, 5]
+    assert split_points(mask, None, 16) == [0, 2, 4, 5]  # 2 x 8 fits; 3 x 8 does not
+    assert split_points(mask, None, 7) == [0, 1, 2, 4, 5]  # samples 2-3 fit (2 x 3 tokens); 8 > 7 alone
+
+
+def _loss_with_lora(path, template=None, seed=0, dropout=0.0, **kwargs):
+    torch.manual_seed(seed)
+    embedder = mmembed.load(str(path), template=template, dtype="float32", device="cpu")
+    base = embedder.backbone.model
+    for p in base.parameters():
+        p.requires_grad_(False)
+    embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=dropout,
+                                                                 init_lora_weights=False))
+    embedder.backbone.model.train()
+    return ContrastiveLoss(embedder, InfoNCELoss(temperature=0.05), **kwargs)
+
+
+def _grads(loss_module, batch):
+    torch.manual_seed(123)  # the same dropout masks for both runs
+    out = loss_module(**batch)
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in loss_module.named_parameters() if p.grad is not None}
+    return out["loss"].detach(), grads
+
+
+def _assert_same(a, b):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=0)
+    for name in grads_a:
+        err = (grads_a[name] - grads_b[name]).norm() / grads_b[name].norm().clamp(min=1e-12)
+        assert err < 1e-5, (name, float(err))
+
+
+TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
+         "A cat sits on the mat.", "Two dogs run in the park.", "the quick brown fox jumps over the lazy dog",
+         "hi", "Shares dropped after the earnings report."]
+
+
+def _rows(images=None):
+    rows = []
+    for i in range(6):
+        side = {"text": TEXTS[i], "image": None}
+        positive = {"text": TEXTS[(i + 1) % 8], "image": images[i % len(images)] if images else None}
+        rows.append({"anchor": side, "positive": positive,
+                     "negative": [{"text": TEXTS[(i + 2 + k) % 8], "image": None} for k in range(2)]})
+    return rows
+
+
+def test_gradient_caching_equals_uncached_text(qwen2_path):
+    template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True)
+    uncached = _loss_with_lora(qwen2_path, template)
+    batch = ContrastiveCollator(uncached.model.backbone)(_rows())
+    reference = _grads(uncached, batch)
+    for kwargs in ({"mini_batch_size": 2}, {"mini_batch_tokens": 60}):
+        cached = _loss_with_lora(qwen2_path, template, **kwargs)
+        _assert_same(_grads(cached, batch), reference)
+
+
+def test_gradient_caching_replays_dropout(qwen2_path, monkeypatch):
+    """With dropout on, the recomputed mini-batches see the masks of the first pass: the cached gradient equals that
+    of the same mini-batch forwards kept in memory (checkpointing replaced by a plain call)."""
+    import mmembed.losses.gradcache as gradcache
+
+    template = PromptTemplate(chat=True)
+    cached = _loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)
+    batch = ContrastiveCollator(cached.model.backbone)(_rows())
+    result = _grads(cached, batch)
+    monkeypatch.setattr(gradcache, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
+    in_memory = _loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)
+    _assert_same(result, _grads(in_memory, batch))
+    no_dropout = _loss_with_lora(qwen2_path, template, mini_batch_size=2)
+    assert not torch.allclose(_grads(no_dropout, batch)[0], result[0])  # dropout did act
+
+
+def test_gradient_caching_equals_uncached_image_text(vlm_path, images, tmp_path):
+    paths = []
+    for k, image in enumerate(images):
+        images[k].save(tmp_path / f"{k}.png")
+        paths.append(str(tmp_path / f"{k}.png"))
+    template = PromptTemplate(chat=True)
+    uncached = _loss_with_lora(vlm_path, template)
+    batch = ContrastiveCollator(uncached.model.backbone)(_rows(paths))
+    assert batch["positive"]["images_per_sample"].tolist() == [1] * 6
+    reference = _grads(uncached, batch)
+    cached = _loss_with_lora(vlm_path, template, mini_batch_size=4)
+    _assert_same(_grads(cached, batch), reference)
+
+
+def test_slicing_a_multimodal_batch_matches_processing_the_slice(qwen2_vl_path, images):
+    from mmembed.inputs import Item
+
+    embedder = mmembed.load(str(qwen2_vl_path), template=PromptTemplate(chat=True))
+    items = [Item(text="short"), Item(text="with image", image=images[0]), Item(image=images[1]),
+             Item(text="two", image=images[2])]
+    rendered = [embedder.backbone.renderer.render(i) for i in items]
+    full = embedder.backbone.tokenize(rendered)
+    full["images_per_sample"] = torch.tensor([len(r.images) for r in rendered])
+    part = slice_batch(full, 1, 3)
+    alone = embedder.backbone.tokenize(rendered[1:3])
+    assert torch.equal(part["pixel_values"], alone["pixel_values"])
+    assert torch.equal(part["image_grid_thw"], alone["image_grid_thw"])
+    assert part["input_ids"].shape[0] == 2 and part["images_per_sample"].tolist() == [1, 1]
+
+
+def test_only_lora_parameters_train_and_the_vision_tower_stays_frozen(qwen2_vl_path):
+    loss = _loss_with_lora(qwen2_vl_path, PromptTemplate(chat=True))
+    trainable = [n for n, p in loss.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)
+    visual = loss.model.backbone.model.get_base_model().visual
+    assert sum(p.numel() for p in visual.parameters() if p.requires_grad) == 0
