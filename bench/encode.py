@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _measure import peak_rss_kb, proc_kb, reset_peak_rss
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 STS_TRAIN = "senteval/STS/STSBenchmark/sts-train.csv"
@@ -78,19 +77,6 @@ def smollm2_folder() -> Path:
     return folder
 
 
-def _proc_kb(key: str) -> int:
-    match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(match.group(1)) if match else 0
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) on Linux
-    except OSError:
-        return False
-    return _proc_kb("VmHWM") > 0
-
-
 def worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -115,8 +101,8 @@ def worker(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     gpu_base = torch.cuda.memory_allocated() if cuda else 0
-    hwm = _reset_peak_rss()
-    rss_base = _proc_kb("VmRSS")
+    hwm = reset_peak_rss()
+    rss_base = proc_kb("VmRSS")
     best, embeddings = math.inf, None
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -124,7 +110,7 @@ def worker(args: argparse.Namespace) -> None:
         if cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    rss_peak = _proc_kb("VmHWM") if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_peak = peak_rss_kb(hwm)
     np.save(args.out, np.asarray(embeddings, dtype=np.float32))
     print(json.dumps({
         "seconds": best, "sentences_per_s": len(sentences) / best, "rss_mb": max(rss_peak - rss_base, 0) / 1024,

@@ -15,6 +15,8 @@ import time
 
 from trl import TrlParser
 
+import mmembed
+
 from mmembed.eval.sts import sts_benchmark_spearman
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
@@ -39,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     final = f"{training_args.output_dir}/final"
     trainer.save_embedder(final)
     if data_args.eval_sts_file and trainer.is_world_process_zero():
-        embedder = trainer.embedder.eval()
-        result["sts_spearman"] = round(sts_benchmark_spearman(embedder, data_args.eval_sts_file), 2)
+        saved = mmembed.load(final, device=str(training_args.device))  # the exported model, LoRA merged
+        result["sts_spearman"] = round(sts_benchmark_spearman(saved, data_args.eval_sts_file), 2)
         logger.warning("STS-B Spearman x100 of the trained model: %.2f", result["sts_spearman"])
     print(result, flush=True)
     del trainer

@@ -87,6 +87,7 @@ def _grads(loss_module, batch):
 def _assert_same(a, b):
     (loss_a, grads_a), (loss_b, grads_b) = a, b
     assert grads_a.keys() == grads_b.keys() and grads_a
+    assert all("lora_" in name for name in grads_a)  # only LoRA weights receive gradients
     assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=0)
     for name in grads_a:
         err = (grads_a[name] - grads_b[name]).norm() / grads_b[name].norm().clamp(min=1e-12)
@@ -116,6 +117,17 @@ def test_gradient_caching_equals_uncached_text(qwen2_path):
     for kwargs in ({"mini_batch_size": 2}, {"mini_batch_tokens": 60}):
         cached = _loss_with_lora(qwen2_path, template, **kwargs)
         _assert_same(_grads(cached, batch), reference)
+
+
+def test_gradient_caching_composes_with_gradient_checkpointing(qwen2_path):
+    template = PromptTemplate(chat=True)
+    uncached = _loss_with_lora(qwen2_path, template)
+    batch = ContrastiveCollator(uncached.model.backbone)(_rows())
+    reference = _grads(uncached, batch)
+    cached = _loss_with_lora(qwen2_path, template, mini_batch_size=2)
+    cached.gradient_checkpointing_enable()
+    assert cached.model.backbone.model.get_base_model().is_gradient_checkpointing
+    _assert_same(_grads(cached, batch), reference)
 
 
 def test_gradient_caching_replays_dropout(qwen2_path, monkeypatch):

@@ -1,7 +1,7 @@
 """The contrastive collator: rows of ``{"anchor", "positive"[, "negative"]}`` -> one tokenized batch per column.
 
 Each column is rendered with the model's template (and that column's prompt, e.g. a query instruction for the
-anchor) and tokenized by the backbone; hard negatives (``k`` per row) are flattened row by row. Next to the tokenizer
+anchor) and tokenized by the backbone; several positives or hard negatives per row are flattened row by row. Next to the tokenizer
 / processor outputs a column batch carries ``keys`` (a 64-bit hash of each input's text and image, for false-negative
 masks) and ``images_per_sample`` (for gradient caching's per-sample slicing).
 """
@@ -51,11 +51,11 @@ class ContrastiveCollator:
             if column not in rows[0] or rows[0][column] is None:
                 continue
             values = [row[column] for row in rows]
-            if column == "negative":
+            if isinstance(values[0], list):  # several positives / hard negatives per row, flattened row by row
                 counts = {len(v) for v in values}
                 if len(counts) != 1:
-                    raise ValueError(f"rows of one batch have {sorted(counts)} hard negatives; give every row the "
-                                     f"same number.")
+                    raise ValueError(f"rows of one batch have {sorted(counts)} {column} inputs each; give every row "
+                                     f"the same number.")
                 values = [n for v in values for n in v]
             out[column] = self._column(values, column)
         return out

@@ -7,7 +7,8 @@ from .collator import content_key
 
 def row_keys(row: dict) -> list[int]:
     """Content keys of every input of a row (anchor, positive, negatives)."""
-    sides = [row["anchor"], row["positive"], *(row.get("negative") or [])]
+    positives = row["positive"] if isinstance(row["positive"], list) else [row["positive"]]
+    sides = [row["anchor"], *positives, *(row.get("negative") or [])]
     return [content_key(s.get("text"), s.get("image")) for s in sides]
 
 

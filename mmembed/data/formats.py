@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,33 +48,33 @@ def _side(value: Any, root: Path | None, where: str) -> dict[str, str | None]:
     return {"text": text, "image": image}
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: a record must be a JSON object.")
-            yield number, record
+def _parse_json(line: str, where: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg}).") from exc
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a record must be a JSON object.")
+    return record
 
 
 def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) -> list[dict]:
+    """Parse every non-empty line of a JSON-lines file; bad records raise with file:line, or are counted."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"training file '{path}' does not exist.")
     rows, bad = [], []
-    for number, record in _jsonl(path):
-        where = f"{path}:{number}"
-        try:
-            rows.append(parse(record, where))
-        except DataError as exc:
-            if not skip_bad:
-                raise
-            bad.append(str(exc))
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                rows.append(parse(_parse_json(line, where), where))
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                bad.append(str(exc))
     if bad:
         logger.warning("%s: skipped %d bad records (asked with skip_bad); first: %s", path, len(bad), bad[0])
     if not rows:
@@ -84,14 +84,17 @@ def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) 
 
 def read_triplets(path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False) -> list[dict]:
     """LCO's JSON lines: ``{"anchor": {"text", "image_path"}, "positive": {...}, "negative": {...}}`` (strings allowed
-    for text-only sides; ``negative`` optional or a list for several hard negatives)."""
+    for text-only sides; ``negative`` optional; ``positive`` / ``negative`` may be lists for several per row)."""
     root = Path(image_root) if image_root is not None else None
 
     def parse(record: dict, where: str) -> dict:
         missing = [k for k in ("anchor", "positive") if k not in record]
         if missing:
             raise DataError(f"{where}: missing {missing} (a triplet has 'anchor', 'positive' and 'negative').")
-        row = {k: _side(record[k], root, f"{where} {k}") for k in ("anchor", "positive")}
+        row = {"anchor": _side(record["anchor"], root, f"{where} anchor")}
+        positive = record["positive"]
+        row["positive"] = ([_side(p, root, f"{where} positive") for p in positive] if isinstance(positive, list)
+                           else _side(positive, root, f"{where} positive"))
         if record.get("negative") is not None:
             negatives = record["negative"] if isinstance(record["negative"], list) else [record["negative"]]
             row["negative"] = [_side(n, root, f"{where} negative") for n in negatives]
