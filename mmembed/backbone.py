@@ -29,7 +29,7 @@ from .processing import load_processor, tokenizer_of
 logger = logging.getLogger(__name__)
 
 #: mmembed's own keys in a batch; they are not passed to the model.
-MMEMBED_KEYS = ("prefix_lengths",)
+MMEMBED_KEYS = ("prefix_lengths", "images_per_sample", "keys")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:

@@ -16,7 +16,6 @@ import time
 from trl import TrlParser
 
 import mmembed
-
 from mmembed.eval.sts import sts_benchmark_spearman
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments

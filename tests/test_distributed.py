@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from test_losses import _loss_with_lora, _rows
 
 from mmembed.data.collator import ContrastiveCollator
@@ -26,30 +25,38 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, path: str, negatives: bool, out: str) -> None:
+    import gc
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        loss = _loss_with_lora(path, TEMPLATE)
-        rows = _rows()
-        if not negatives:
-            rows = [{k: v for k, v in r.items() if k != "negative"} for r in rows]
-        batch = ContrastiveCollator(loss.model.backbone)(rows)
-        per = len(rows) // world
-        local = {col: _slice_columns(b, rank * per, (rank + 1) * per, col) for col, b in batch.items()}
-        loss.model.backbone.model.eval()  # no dropout: the two runs see different dropout streams
-        result = loss(**local)
-        result["loss"].backward()
-        grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
-        for g in grads.values():  # DDP: average gradients over processes
-            dist.all_reduce(g)
-            g /= world
-        losses = [torch.zeros(()) for _ in range(world)]
-        dist.all_gather(losses, result["loss"].detach())
-        if rank == 0:
-            torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
+        _step(rank, world, path, negatives, out)
     finally:
+        gc.collect()  # free the model before destroying the group: torch + gloo may abort at exit otherwise
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _step(rank: int, world: int, path: str, negatives: bool, out: str) -> None:
+    """One process's share of the global batch; DDP's gradient averaging done by hand; rank 0 saves the result."""
+    loss = _loss_with_lora(path, TEMPLATE)
+    rows = _rows()
+    if not negatives:
+        rows = [{k: v for k, v in r.items() if k != "negative"} for r in rows]
+    batch = ContrastiveCollator(loss.model.backbone)(rows)
+    per = len(rows) // world
+    local = {col: _slice_columns(b, rank * per, (rank + 1) * per, col) for col, b in batch.items()}
+    loss.model.backbone.model.eval()
+    result = loss(**local)
+    result["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, result["loss"].detach())
+    if rank == 0:
+        torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
 
 
 def _slice_columns(batch: dict, start: int, stop: int, column: str) -> dict:

@@ -149,7 +149,7 @@ def test_gradient_caching_replays_dropout(qwen2_path, monkeypatch):
 def test_gradient_caching_equals_uncached_image_text(vlm_path, images, tmp_path):
     paths = []
     for k, image in enumerate(images):
-        images[k].save(tmp_path / f"{k}.png")
+        image.save(tmp_path / f"{k}.png")
         paths.append(str(tmp_path / f"{k}.png"))
     template = PromptTemplate(chat=True)
     uncached = _loss_with_lora(vlm_path, template)

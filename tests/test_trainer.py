@@ -64,3 +64,23 @@ def test_lco_recipe_runs_under_each_accelerate_config(qwen2_path, tmp_path, conf
     assert "'steps': 2" in run.stdout
     model = mmembed.load(str(tmp_path / "out" / "final"))
     assert model.encode(["a cat", "a dog"]).shape == (2, 64)
+
+
+def test_a_mixture_of_files_trains_one_dataset_per_batch(qwen2_path, tmp_path):
+    import json
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(
+            {"anchor": f"{name} query {i}", "positive": f"{name} document {i}"}) for i in range(12)))
+    model_args = ModelArguments(model_name_or_path=str(qwen2_path), lora_r=4, lora_alpha=8)
+    data_args = DataArguments(train_file=f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}", train_format="pairs",
+                              dataset_weights=[1.0, 3.0])
+    trainer = build_trainer(model_args, data_args, _args(tmp_path / "out", max_steps=2, save_strategy="no"))
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        texts = trainer.data_collator.backbone.tokenizer.batch_decode(batch["anchor"]["input_ids"],
+                                                                       skip_special_tokens=True)
+        seen.append({t.strip()[0] for t in texts})
+    assert len(seen) == 6 and all(len(s) == 1 for s in seen)
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .gather import gather, gather_with_grad
+from .gradcache import cached_embed
 
 
 def _exclusion_mask(row_keys: Tensor | None, col_keys: Tensor | None, row_groups: Tensor | None,
@@ -178,10 +179,7 @@ class ContrastiveLoss(nn.Module):
         return self.model.backbone.config.get_text_config()
 
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
-        from .gradcache import cached_embed
-
-        inputs = {k: v for k, v in batch.items() if k != "keys"}
-        vectors, _ = cached_embed(self.model, inputs, self.mini_batch_size, self.mini_batch_tokens)
+        vectors, _ = cached_embed(self.model, batch, self.mini_batch_size, self.mini_batch_tokens)
         return vectors
 
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],

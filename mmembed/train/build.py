@@ -37,19 +37,27 @@ def build_embedder(args: ModelArguments) -> Embedder:
     return embedder
 
 
-def load_rows(args: DataArguments) -> list[dict]:
-    if args.train_file is None:
-        raise ValueError("no training data: set train_file (and train_format).")
+def read_rows(path: str, args: DataArguments) -> list[dict]:
     if args.train_format == "sick":
-        rows = read_sick_triplets(args.train_file)
+        rows = read_sick_triplets(path)
     elif args.train_format == "sentences":
-        rows = read_sentences(args.train_file)
+        rows = read_sentences(path)
     elif args.train_format in READERS:
-        rows = READERS[args.train_format](args.train_file, args.image_root, args.skip_bad_records)
+        rows = READERS[args.train_format](path, args.image_root, args.skip_bad_records)
     else:
         raise ValueError(f"train_format={args.train_format!r}; choose one of "
                          f"{sorted([*READERS, 'sick', 'sentences'])}.")
     return rows[: args.max_train_samples] if args.max_train_samples else rows
+
+
+def load_datasets(args: DataArguments) -> list[list[dict]]:
+    """The rows of each training file (``train_file`` may list several, comma-separated: a mixture)."""
+    if args.train_file is None:
+        raise ValueError("no training data: set train_file (and train_format).")
+    paths = [p.strip() for p in args.train_file.split(",") if p.strip()]
+    if args.dataset_weights is not None and len(args.dataset_weights) != len(paths):
+        raise ValueError(f"{len(args.dataset_weights)} dataset_weights for {len(paths)} train files.")
+    return [read_rows(p, args) for p in paths]
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments,
@@ -62,5 +70,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments,
         mini_batch_size=training_args.mini_batch_size, mini_batch_tokens=training_args.mini_batch_tokens)
     collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
                                    with_prefix_lengths=embedder.needs_prefix_lengths)
-    return EmbeddingTrainer(model=loss, args=training_args, train_dataset=to_dataset(load_rows(data_args)),
-                            data_collator=collator)
+    parts = load_datasets(data_args)
+    return EmbeddingTrainer(model=loss, args=training_args, train_dataset=to_dataset([r for p in parts for r in p]),
+                            data_collator=collator, dataset_sizes=[len(p) for p in parts],
+                            dataset_weights=data_args.dataset_weights)

@@ -20,7 +20,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import lora
-from ..data.samplers import NoDuplicatesBatchSampler
+from ..data.samplers import DatasetMixtureBatchSampler, NoDuplicatesBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,11 @@ EMBEDDER_PREFIX = "model.backbone.model."
 class EmbeddingTrainer(Trainer):
     """Trains a :class:`~mmembed.losses.ContrastiveLoss` (the Embedder inside it) with a contrastive collator."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, dataset_sizes: list[int] | None = None, dataset_weights: list[float] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.dataset_sizes = dataset_sizes
+        self.dataset_weights = dataset_weights
         self._parts: dict[str, list[float]] = defaultdict(list)
         module = self.accelerator.unwrap_model(self.model)
         trainable, total = lora.count_trainable(module)
@@ -70,14 +73,18 @@ class EmbeddingTrainer(Trainer):
         super().log(logs, start_time)
 
     def get_train_dataloader(self) -> DataLoader:
-        if not getattr(self.args, "no_duplicates", False):
-            return super().get_train_dataloader()
+        """Batches with no duplicate input, or, for a mixture of datasets, one dataset per batch (by weight)."""
         dataset = self.train_dataset
-        keys = dataset["keys"] if "keys" in dataset.column_names else None
-        if keys is None:
-            raise ValueError("no_duplicates needs a 'keys' column (see mmembed.train.data.to_dataset).")
-        sampler = NoDuplicatesBatchSampler(keys, self.args.per_device_train_batch_size, drop_last=True,
-                                           seed=self.args.data_seed or self.args.seed)
+        seed = self.args.data_seed or self.args.seed
+        batch_size = self.args.per_device_train_batch_size
+        if self.dataset_sizes is not None and len(self.dataset_sizes) > 1:
+            sampler = DatasetMixtureBatchSampler(self.dataset_sizes, batch_size, self.dataset_weights, seed=seed)
+        elif getattr(self.args, "no_duplicates", False):
+            if "keys" not in dataset.column_names:
+                raise ValueError("no_duplicates needs a 'keys' column (see mmembed.data.dataset.to_dataset).")
+            sampler = NoDuplicatesBatchSampler(dataset["keys"], batch_size, drop_last=True, seed=seed)
+        else:
+            return super().get_train_dataloader()
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
