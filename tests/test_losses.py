@@ -183,3 +183,16 @@ def test_only_lora_parameters_train_and_the_vision_tower_stays_frozen(qwen2_vl_p
     assert not any("visual" in n for n in trainable)
     visual = loss.model.backbone.model.get_base_model().visual
     assert sum(p.numel() for p in visual.parameters() if p.requires_grad) == 0
+
+
+def test_collator_keeps_the_template_end_of_long_inputs(qwen2_path):
+    template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True)
+    embedder = mmembed.load(str(qwen2_path), template=template, max_length=40)
+    long_text = "the quick brown fox jumps over the lazy dog " * 20
+    batch = ContrastiveCollator(embedder.backbone)([{"anchor": {"text": long_text, "image": None},
+                                                     "positive": {"text": "a dog", "image": None}}])
+    ids = batch["anchor"]["input_ids"][0][batch["anchor"]["attention_mask"][0].bool()]
+    assert len(ids) <= 40
+    decoded = embedder.backbone.tokenizer.decode(ids)
+    assert decoded.startswith("<|im_start|>user\nthe quick")
+    assert decoded.endswith("Summarize the above text in one word:<|im_end|>\n<|im_start|>assistant\n")
