@@ -40,13 +40,19 @@ class ContrastiveCollator:
             image = load_image(side["image"], f"{column} image") if side.get("image") else None
             items.append(Item(text=side.get("text"), image=image))
         prompt = self.prompts.get(column, "")
-        rendered = [self.backbone.renderer.render(item, prompt) for item in items]
-        text_only = [i for i, r in enumerate(rendered) if not r.images]
-        lengths = self.backbone.tokenize_texts([rendered[i].text for i in text_only]) if text_only else []
-        for i, ids in zip(text_only, lengths):  # over-long texts are shortened so the template's end survives
-            if len(ids) > self.backbone.max_length:
-                rendered[i], _ = self.backbone.fit_to_length(items[i], prompt, rendered[i], ids, f"{column} input")
-        batch = self.backbone.tokenize(rendered, with_prefix_lengths=self.with_prefix_lengths)
+        backbone = self.backbone
+        rendered = [backbone.renderer.render(item, prompt) for item in items]
+        if any(r.images for r in rendered):
+            batch = backbone.tokenize(rendered, with_prefix_lengths=self.with_prefix_lengths)
+        else:  # tokenize once; over-long texts are shortened so the template's end survives (as in encode)
+            ids = backbone.tokenize_texts([r.text for r in rendered])
+            for i, row_ids in enumerate(ids):
+                rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], row_ids,
+                                                             f"{column} input")
+            batch = backbone.pad(ids)
+            if self.with_prefix_lengths:
+                batch["prefix_lengths"] = torch.tensor([backbone.prefix_length(i, r.prefix)
+                                                        for i, r in zip(ids, rendered)])
         batch["keys"] = torch.tensor([content_key(s.get("text"), s.get("image")) for s in sides])
         batch["images_per_sample"] = torch.tensor([len(r.images) for r in rendered])
         return batch
