@@ -1,4 +1,4 @@
-"""The ``mmembed`` command line: ``mmembed encode`` and ``mmembed demo``."""
+"""The ``mmembed`` command line: ``mmembed encode``, ``mmembed eval <suite>`` and ``mmembed demo``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,135 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_EVAL = """examples:
+  mmembed eval sts --model ./my-model --data ../shared/data/senteval
+  mmembed eval mmeb --model ./my-vlm --data ./MMEB-eval --image-root ./MMEB-eval/images
+  mmembed eval mbeir --model ./my-vlm --data ./M-BEIR --pool local --pool global
+  mmembed eval mteb --model ./my-model --tasks STSBenchmark --tasks ./my-beir-folder
+  mmembed eval retrieval --model ./my-model --data ./my-beir-folder
+  mmembed eval trecqa --data ../shared/data/trecqa/dev.csv
+  mmembed eval probes --data ../shared/data/senteval/STS/STSBenchmark/sts-dev.csv --layers
+
+Each run writes <suite>.json (scores and the protocol: model, prompts, image resolution, data file hashes,
+seeds), <suite>.md and <suite>.png into --output, and prints the table."""
+
+
+def _load_model(args: argparse.Namespace):
+    import mmembed
+
+    return mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+
+
+def run_suite(args: argparse.Namespace):
+    """Run the suite named by ``args.suite``; returns its :class:`~mmembed.eval.report.Report`."""
+    model = _load_model(args)
+    common = {"batch_size": args.batch_size}
+    if args.suite == "sts":
+        from .eval.sts import evaluate_sts
+
+        return evaluate_sts(model, args.data, splits=tuple(args.split or ("test", "dev")), tasks=args.task,
+                            prompt_name=args.prompt_name, prompt=args.prompt, **common)
+    if args.suite == "mmeb":
+        from .eval.mmeb import evaluate_mmeb
+
+        return evaluate_mmeb(model, args.data, tasks_file=args.tasks_file, tasks=args.task, image_root=args.image_root,
+                             max_queries=args.max_queries, seed=args.seed, **common)
+    if args.suite == "mbeir":
+        from .eval.mbeir import evaluate_mbeir
+
+        return evaluate_mbeir(model, args.data, tasks=args.task, pools=tuple(args.pool or ("local", "global")),
+                              split=args.split, image_root=args.image_root, instructions=not args.no_instructions,
+                              seed=args.seed, max_queries=args.max_queries, embeddings_dir=args.embeddings_dir,
+                              **common)
+    if args.suite == "mteb":
+        from .eval.mteb import mteb_report
+
+        return mteb_report(model, args.tasks, output_folder=args.mteb_cache or str(Path(args.output) / "mteb"),
+                           **common)
+    if args.suite == "retrieval":
+        from .eval.retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(model, args.data, split=args.split, seed=args.seed, **common)
+    if args.suite == "trecqa":
+        from .eval.retrieval import evaluate_trecqa
+
+        path = Path(args.data) / "dev.csv" if Path(args.data).is_dir() else Path(args.data)
+        return evaluate_trecqa(model, path, clean=not args.raw, seed=args.seed, **common)
+    if args.suite == "probes":
+        from .eval.probes import probes_report
+
+        return probes_report(model, args.data, layers=args.layers, max_sentences=args.max_sentences,
+                             seed=args.seed, **common)
+    raise SystemExit(f"unknown suite {args.suite!r}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    report = run_suite(args)
+    paths = report.save(Path(args.output))
+    print(report.to_markdown())
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
+
+
+def add_eval_parser(sub: Any, model_args: Any) -> None:
+    ev = sub.add_parser("eval", help="evaluate a model: sts, mmeb, mbeir, mteb, retrieval, trecqa, probes",
+                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    suites = ev.add_subparsers(dest="suite", required=True)
+
+    def common(p: argparse.ArgumentParser, data_help: str | None) -> None:
+        if data_help:
+            p.add_argument("--data", required=True, help=data_help)
+        p.add_argument("-o", "--output", default="eval-results", help="folder for the report files")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking, samples and instruction choice")
+        model_args(p)
+        p.set_defaults(func=cmd_eval)
+
+    p = suites.add_parser("sts", help="STS12-16, STS-B, SICK-R (SentEval protocol, Spearman x 100)")
+    common(p, "SentEval data root (holding STS/ and SICK/)")
+    p.add_argument("--split", action="append", choices=["test", "dev"], help="splits (default: test and dev)")
+    p.add_argument("--task", action="append", help="only these tasks (STS12 ... STSBenchmark, SICKRelatedness)")
+    p.add_argument("--prompt-name", help="a prompt saved with the model")
+    p.add_argument("--prompt", help="an instruction put in front of every sentence")
+
+    p = suites.add_parser("mmeb", help="MMEB (VLM2Vec format), Precision@1 with random tie-breaking")
+    common(p, "folder with <Task>.jsonl / .parquet files (or <Task>/ folders)")
+    p.add_argument("--image-root", help="folder the image paths are relative to (default: --data)")
+    p.add_argument("--tasks-file", help="YAML task list {tasks: [{name, meta_task, distribution}]} "
+                                        "(default: the 36 MMEB v1 tasks)")
+    p.add_argument("--task", action="append", help="only these tasks")
+    p.add_argument("--max-queries", type=int, help="a seeded sample of at most N queries per task")
+
+    p = suites.add_parser("mbeir", help="M-BEIR (UniIR format), Recall@5 (@10 for Fashion200K/FashionIQ)")
+    common(p, "M-BEIR root (query/, cand_pool/, qrels/, instructions/)")
+    p.add_argument("--image-root", help="folder the image paths are relative to (default: --data)")
+    p.add_argument("--pool", action="append", choices=["local", "global"], help="pools (default: both)")
+    p.add_argument("--task", action="append", help="only these tasks, e.g. cirr_task7")
+    p.add_argument("--split", default="test")
+    p.add_argument("--no-instructions", action="store_true", help="do not put the task instruction before queries")
+    p.add_argument("--max-queries", type=int, help="a seeded sample of at most N queries per task")
+    p.add_argument("--embeddings-dir", help="keep pool embeddings here as .npy (resumable, bounded memory)")
+
+    p = suites.add_parser("mteb", help="any mteb task (through the mteb package), or local BEIR folders / STS files")
+    common(p, None)
+    p.add_argument("--tasks", action="append", required=True,
+                   help="an mteb task name, a BEIR-layout folder or an STS file (repeatable)")
+    p.add_argument("--mteb-cache", help="folder for mteb's own result files (default: <output>/mteb)")
+
+    p = suites.add_parser("retrieval", help="a query -> corpus set in the BEIR layout (nDCG@10, MAP, MRR@10)")
+    common(p, "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    p.add_argument("--split", default="test")
+
+    p = suites.add_parser("trecqa", help="TREC-QA answer selection (MAP, MRR@10)")
+    common(p, "TREC-QA CSV file (qtext,label,atext) or a folder holding dev.csv")
+    p.add_argument("--raw", action="store_true", help="keep questions whose candidates are all correct")
+
+    p = suites.add_parser("probes", help="alignment, uniformity, anisotropy, effective rank, IsoScore")
+    common(p, "sentences (.txt, one a line) or an STS-B file (.csv: pairs with gold > 4 give alignment)")
+    p.add_argument("--layers", action="store_true", help="also a per-layer view (decoder LLMs)")
+    p.add_argument("--max-sentences", type=int, default=2000)
+
+
 DEMO_SENTENCES = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
                   "A woman is slicing an onion.", "Someone is cutting vegetables in a kitchen.",
                   "Shares dropped after the earnings report."]
@@ -141,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model_args(enc)
     enc.set_defaults(func=cmd_encode)
+
+    add_eval_parser(sub, model_args)
 
     demo = sub.add_parser("demo", help="rank a few sentences by similarity with the default model")
     model_args(demo)

@@ -1,1 +1,7 @@
-"""Evaluation: STS (SentEval protocol) and, in later modules, MMEB, M-BEIR and MTEB."""
+"""Evaluation with each benchmark's published protocol: STS (SentEval), MMEB, M-BEIR, MTEB (through ``mteb``),
+retrieval on local data (BEIR layout, TREC-QA) and probes of the embedding space. Every suite returns a
+:class:`~mmembed.eval.report.Report` (JSON with the protocol recorded, markdown table, bar chart).
+
+>>> from mmembed.eval.sts import evaluate_sts
+>>> evaluate_sts(mmembed.load("./my-model"), "../shared/data/senteval").save("eval-results")
+"""

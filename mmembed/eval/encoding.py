@@ -1,0 +1,57 @@
+"""Encoding for evaluators: every distinct input is embedded once, with the query or document prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *, prompt_name: str | None = None,
+                prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings ``(n, dim)``.
+
+    ``side`` ("query" / "document") picks the model's prompt of that name when it has one (as ``encode_queries``
+    / ``encode_documents``); an explicit ``prompt_name`` or ``prompt`` wins.
+    """
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "normalize": True, "show_progress_bar": show_progress_bar}
+    if prompt is not None:
+        kwargs["prompt"] = prompt
+    elif prompt_name is not None:
+        kwargs["prompt_name"] = prompt_name
+    elif side is not None:
+        kwargs.update({"prompt_name": side} if side in (getattr(embedder, "prompts", None) or {}) else {})
+    if not len(inputs):
+        return np.zeros((0, embedder.embedding_dim), dtype=np.float32)
+    vectors = embedder.encode(list(inputs), **kwargs)
+    if isinstance(vectors, list):  # a multi-vector (special-token) pooler: evaluate the first embedding
+        vectors = np.stack([v[0] for v in vectors])
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(len(inputs), -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+class EmbeddingCache:
+    """Embeddings keyed by a hashable description of the input, computed once per key (across queries and tasks).
+
+    ``to_input`` turns a key into what ``Embedder.encode`` accepts (a str, an image path, ``{"text", "image"}``).
+    """
+
+    def __init__(self, embedder: Any, side: str | None = None, to_input: Any = None, **encode_kwargs: Any):
+        self.embedder, self.side, self.encode_kwargs = embedder, side, encode_kwargs
+        self.to_input = to_input or (lambda key: key)
+        self.vectors: dict[Hashable, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def get(self, keys: Sequence[Hashable]) -> np.ndarray:
+        """``(len(keys), dim)`` embeddings, encoding the keys not seen before in one call."""
+        new = list(dict.fromkeys(k for k in keys if k not in self.vectors))
+        if new:
+            encoded = encode_side(self.embedder, [self.to_input(k) for k in new], self.side, **self.encode_kwargs)
+            self.vectors.update(zip(new, encoded))
+        if not keys:
+            return np.zeros((0, self.embedder.embedding_dim), dtype=np.float32)
+        return np.stack([self.vectors[k] for k in keys])

@@ -1,0 +1,295 @@
+"""M-BEIR (UniIR) evaluation: instructed retrieval over local (per-task) and global (union) candidate pools.
+
+Data root layout (``TIGER-Lab/M-BEIR``)::
+
+    query/<split>/mbeir_<name>_<split>.jsonl        qid, query_txt, query_img_path, query_modality, pos_cand_list, task_id
+    cand_pool/local/mbeir_<name>_cand_pool.jsonl    did, txt, img_path, modality
+    cand_pool/global/mbeir_union_<split>_cand_pool.jsonl
+    qrels/<split>/mbeir_<name>_<split>_qrels.txt    "qid 0 did relevance task_id" (else pos_cand_list is used)
+    instructions/query_instructions.tsv             query_modality, cand_modality, task, dataset_id, prompt_1..4
+
+Protocol (UniIR ``mbeir_dataset.py`` / ``mbeir_retriever.py``): the query text is ``format_string(f"{instruction}
+{query_txt}")`` with an instruction drawn (seeded) from those of (dataset id, query modality, modality of the
+positive candidates); candidate texts are ``format_string(txt)``. Cosine scores, exact top-k. The metric is UniIR's
+"Recall@k" = 1 if any positive is in the top k (:func:`~mmembed.eval.metrics.hit_at_k`): Recall@5 for every task but
+Fashion200K and FashionIQ (Recall@10). Averages over tasks per pool (M-BEIR_local, M-BEIR global).
+
+Pools are embedded once (a candidate shared by several local pools and the global pool is encoded once) and, with
+``embeddings_dir``, written to ``.npy`` files in chunks so an interrupted run resumes and a pool of millions needs
+no RAM for its embeddings: scoring reads blocks (:func:`~mmembed.eval.search.topk_search`). The pool is scored in a
+seeded random order, so exact ties never favour the order of the pool file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MMEmbedError
+from .encoding import encode_side
+from .metrics import hit_at_k, mean
+from .search import topk_search
+
+logger = logging.getLogger(__name__)
+
+#: UniIR's dataset ids (the prefix of every qid / did) and task ids
+DATASET_IDS = {"VisualNews": 0, "Fashion200K": 1, "WebQA": 2, "EDIS": 3, "NIGHTS": 4, "OVEN": 5, "INFOSEEK": 6,
+               "FashionIQ": 7, "CIRR": 8, "MSCOCO": 9}
+TASK_IDS = {"text -> image": 0, "text -> text": 1, "text -> image,text": 2, "image -> text": 3, "image -> image": 4,
+            "image -> text,image": 5, "image,text -> text": 6, "image,text -> image": 7,
+            "image,text -> image,text": 8}
+RECALL_AT_10 = ("fashion200k", "fashioniq")
+
+
+class MBEIRDataError(MMEmbedError, ValueError):
+    """An M-BEIR file or record that cannot be used; the message names the file and line."""
+
+
+def format_string(text: str | None) -> str:
+    """UniIR's text normalisation: strip, drop carriage returns and surrounding quotes, capitalise the first
+    character, end with a period unless it ends with . ? or !."""
+    text = (text or "").replace("\r", "").strip().strip('"')
+    if text:
+        text = text[0].upper() + text[1:]
+        text = text if text[-1] in ".?!" else text + "."
+    return text
+
+
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """``(file:line, record)`` pairs; invalid JSON raises :class:`MBEIRDataError` with the file and line."""
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    records.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise MBEIRDataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+    return records
+
+
+def read_instructions(path: Path) -> dict[str, list[str]]:
+    """``{"<dataset_id>, <query_modality>, <cand_modality>": [prompts]}`` from UniIR's instruction TSV."""
+    table: dict[str, list[str]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines[1:], start=2):
+        parts = line.strip().split("\t")
+        if not line.strip():
+            continue
+        if len(parts) < 5:
+            raise MBEIRDataError(f"{path}:{number}: expected query_modality, cand_modality, task, dataset_id and "
+                                 f"at least one prompt.")
+        table[f"{parts[3]}, {parts[0]}, {parts[1]}"] = [p for p in parts[4:] if p]
+    return table
+
+
+def read_qrels(path: Path) -> dict[str, set[str]]:
+    qrels: dict[str, set[str]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) < 4:
+            raise MBEIRDataError(f"{path}:{number}: expected 'qid 0 did relevance [task_id]'.")
+        if float(parts[3]) > 0:
+            qrels.setdefault(parts[0], set()).add(parts[2])
+    return qrels
+
+
+def discover_tasks(root: Path, split: str = "test") -> list[str]:
+    """Task names (e.g. ``cirr_task7``) of the query files under ``root/query/<split>``."""
+    pattern = re.compile(rf"mbeir_(.+)_{re.escape(split)}\.jsonl$")
+    return sorted(m.group(1) for p in (root / "query" / split).glob("*.jsonl") if (m := pattern.match(p.name)))
+
+
+def recall_k(task: str) -> int:
+    """The k of a task's main metric: 10 for Fashion200K and FashionIQ, 5 otherwise."""
+    return 10 if task.lower().startswith(RECALL_AT_10) else 5
+
+
+class _Pools:
+    """Candidate records by did, and their embeddings computed once (in RAM, or in .npy files on disk)."""
+
+    def __init__(self, embedder: Any, image_root: Path, batch_size: int, embeddings_dir: Path | None,
+                 chunk: int = 8192, show_progress_bar: bool | None = None):
+        self.embedder, self.image_root, self.batch_size = embedder, image_root, batch_size
+        self.embeddings_dir, self.chunk, self.show_progress_bar = embeddings_dir, chunk, show_progress_bar
+        self.records: dict[str, dict] = {}
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def load(self, path: Path) -> list[str]:
+        dids = []
+        for where, record in read_jsonl(path):
+            did = record.get("did")
+            if not did or not (record.get("txt") or record.get("img_path")):
+                raise MBEIRDataError(f"{where}: a candidate needs a did and a txt or img_path.")
+            self.records.setdefault(did, {**record, "where": where})
+            dids.append(did)
+        return dids
+
+    def to_input(self, did: str) -> dict:
+        record = self.records[did]
+        item: dict[str, Any] = {}
+        if record.get("txt"):
+            item["text"] = format_string(record["txt"])
+        if record.get("img_path"):
+            item["image"] = _resolve(record["img_path"], self.image_root, record["where"])
+        return item
+
+    def _encode(self, dids: list[str]) -> np.ndarray:
+        return encode_side(self.embedder, [self.to_input(d) for d in dids], "document", batch_size=self.batch_size,
+                           show_progress_bar=self.show_progress_bar)
+
+    def embed(self, name: str, dids: list[str]) -> np.ndarray:
+        """``(len(dids), dim)`` embeddings (a read-only memmap when ``embeddings_dir`` is set)."""
+        if self.embeddings_dir is None:
+            new = [d for d in dict.fromkeys(dids) if d not in self.vectors]
+            if new:
+                self.vectors.update(zip(new, self._encode(new)))
+            return np.stack([self.vectors[d] for d in dids])
+        folder = self.embeddings_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        array_path, state_path = folder / f"{name}.npy", folder / f"{name}.progress.json"
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        if state.get("dids_hash") != _hash(dids) or not array_path.is_file():
+            state = {"dids_hash": _hash(dids), "done": 0}
+            np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32,
+                                      shape=(len(dids), self.embedder.embedding_dim)).flush()
+        if state["done"] < len(dids):
+            out = np.load(array_path, mmap_mode="r+")
+            for start in range(state["done"], len(dids), self.chunk):
+                out[start:start + self.chunk] = self._encode(dids[start:start + self.chunk])
+                out.flush()
+                state["done"] = min(len(dids), start + self.chunk)
+                state_path.write_text(json.dumps(state))
+            del out
+        else:
+            logger.info("reusing the embeddings of %s in %s", name, array_path)
+        return np.load(array_path, mmap_mode="r")
+
+
+def _hash(dids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(dids).encode()).hexdigest()
+
+
+def _resolve(value: str, root: Path, where: str) -> str:
+    path = (root / value).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise MBEIRDataError(f"{where}: image path '{value}' leaves the image root {root}.")
+    if not path.is_file():
+        raise MBEIRDataError(f"{where}: image file '{path}' does not exist (image root {root}).")
+    return str(path)
+
+
+def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | None = None,
+                   pools: tuple[str, ...] = ("local", "global"), split: str = "test",
+                   image_root: str | Path | None = None, instructions: bool = True, seed: int = 0,
+                   k_values: tuple[int, ...] = (1, 5, 10), max_queries: int | None = None, batch_size: int = 16,
+                   block_size: int = 65536, embeddings_dir: str | Path | None = None, device: str | None = None,
+                   show_progress_bar: bool | None = None):
+    """Score ``embedder`` on M-BEIR; returns a :class:`~mmembed.eval.report.Report` with one entry per (task, pool)."""
+    from .report import Report, describe_model, file_hashes
+
+    root = Path(data_root)
+    image_root = Path(image_root) if image_root is not None else root
+    names = tasks or discover_tasks(root, split)
+    if not names:
+        raise MBEIRDataError(f"no query files {root}/query/{split}/mbeir_<task>_{split}.jsonl found.")
+    instruction_path = root / "instructions" / "query_instructions.tsv"
+    table = read_instructions(instruction_path) if instructions else {}
+    pool_store = _Pools(embedder, image_root, batch_size, Path(embeddings_dir) if embeddings_dir else None,
+                        show_progress_bar=show_progress_bar)
+    files_read = [instruction_path] if instructions else []
+    global_path = root / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
+    global_dids = pool_store.load(global_path) if "global" in pools and global_path.is_file() else None
+    if global_dids is not None:
+        files_read.append(global_path)
+    rng = np.random.default_rng(seed)
+    results: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    depth = max(max(k_values), 10)
+    for name in names:
+        query_path = root / "query" / split / f"mbeir_{name}_{split}.jsonl"
+        if not query_path.is_file():
+            missing[name] = f"{query_path} not found"
+            continue
+        local_path = root / "cand_pool" / "local" / f"mbeir_{name}_cand_pool.jsonl"
+        local_dids = pool_store.load(local_path) if "local" in pools and local_path.is_file() else None
+        qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
+        qrels = read_qrels(qrels_path) if qrels_path.is_file() else None
+        files_read += [p for p in (query_path, local_path, qrels_path) if p.is_file()]
+        records = read_jsonl(query_path)
+        if max_queries is not None and len(records) > max_queries:
+            records = [records[i] for i in sorted(rng.choice(len(records), max_queries, replace=False))]
+        inputs, relevant = [], []
+        for where, q in records:
+            positives = qrels.get(q.get("qid")) if qrels is not None else None
+            positives = positives or set(q.get("pos_cand_list") or [])
+            if not positives:
+                raise MBEIRDataError(f"{where}: query {q.get('qid')} has no positive candidate.")
+            unknown = [d for d in positives if d not in pool_store.records]
+            if unknown:
+                raise MBEIRDataError(f"{where}: positive candidate(s) {unknown[:3]} are in no loaded pool.")
+            text = q.get("query_txt") or ""
+            if instructions:
+                key = f"{str(q['qid']).split(':')[0]}, {q.get('query_modality')}, " \
+                      f"{pool_store.records[min(positives)].get('modality')}"
+                if key not in table:
+                    raise MBEIRDataError(f"{where}: no instruction for '{key}' in {instruction_path}.")
+                text = f"{table[key][rng.integers(len(table[key]))]} {text}"
+            item: dict[str, Any] = {}
+            if format_string(text):
+                item["text"] = format_string(text)
+            if q.get("query_img_path"):
+                item["image"] = _resolve(q["query_img_path"], image_root, where)
+            if not item:
+                raise MBEIRDataError(f"{where}: query has neither text nor image.")
+            inputs.append(item)
+            relevant.append(positives)
+        query_vectors = encode_side(embedder, inputs, "query", batch_size=batch_size,
+                                    show_progress_bar=show_progress_bar)
+        k_main = recall_k(name)
+        for pool_name, dids in (("local", local_dids), ("global", global_dids)):
+            if pool_name not in pools:
+                continue
+            label = f"{name} [{pool_name}]"
+            if dids is None:
+                missing[label] = f"no {pool_name} candidate pool file"
+                continue
+            vectors = pool_store.embed(f"{pool_name}_{name}" if pool_name == "local" else f"global_{split}", dids)
+            blocks = _shuffled_blocks(len(dids), block_size, rng)  # ties never favour the pool file's order
+            order = np.concatenate([start + perm for start, perm in blocks])
+            shuffled = (np.asarray(vectors[start:start + len(perm)])[perm] for start, perm in blocks)
+            _, index = topk_search(query_vectors, shuffled, k=depth, block_size=block_size, device=device)
+            ranked = [[dids[order[j]] for j in row] for row in index.tolist()]
+            recalls = {f"recall@{k}": 100 * float(np.mean([hit_at_k(r, rel, k) for r, rel in zip(ranked, relevant)]))
+                       for k in sorted(set(k_values) | {k_main})}
+            results[label] = {"score": recalls[f"recall@{k_main}"], "metric": f"recall@{k_main}", "pool": pool_name,
+                              "n": len(records), "pool_size": len(dids), **recalls}
+    if not results:
+        raise MBEIRDataError(f"no M-BEIR task could be scored under {root}: " + "; ".join(missing.values()))
+    summary = {f"{pool}_avg": mean([r["score"] for r in results.values() if r["pool"] == pool]) for pool in pools}
+    return Report(
+        suite="mbeir", metric="recall@5 (recall@10 for Fashion200K, FashionIQ) x 100", tasks=results,
+        summary=summary, missing=missing, model=describe_model(embedder),
+        protocol={"recall": "hit: any positive in the top k (UniIR)", "instructions": instructions,
+                  "instruction_choice": "seeded random among the (dataset, query modality, candidate modality) ones",
+                  "text_normalisation": "UniIR format_string", "similarity": "cosine", "search": "exact, blocked",
+                  "pool_order": "seeded random permutation", "split": split, "max_queries": max_queries},
+        data={"root": str(root), "image_root": str(image_root), "files": file_hashes(files_read)},
+        seeds={"instructions_and_pool_order": seed},
+    )
+
+
+def _shuffled_blocks(n: int, block_size: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """A random order of ``range(n)`` that reads one contiguous block of the pool at a time: the blocks in a random
+    order, each permuted inside. Returns ``(block start, permutation of the block)`` pairs."""
+    starts = rng.permutation(np.arange(0, n, block_size))
+    return [(int(s), rng.permutation(min(block_size, n - s))) for s in starts]

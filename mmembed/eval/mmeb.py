@@ -1,0 +1,247 @@
+"""MMEB (VLM2Vec) evaluation: Precision@1 of each query against its own candidate list.
+
+Data: one file per task under a data root, in the ``TIGER-Lab/MMEB-eval`` columns ``qry_inst, qry_text,
+qry_img_path, tgt_inst, tgt_text[], tgt_img_path[]`` with the gold candidate first. Accepted layouts:
+``<root>/<Task>.jsonl``, ``<root>/<Task>.parquet``, or a folder ``<root>/<Task>/`` of ``*.jsonl`` / ``*.parquet``
+files (a hub snapshot). Image paths are relative to ``image_root`` (default: the data root) and must stay inside it.
+
+Protocol (VLM2Vec v1 ``eval.py``): ``qry_text`` (which holds the instruction) with ``qry_img_path`` is the query,
+each ``(tgt_text, tgt_img_path)`` a candidate; Phi-3's ``<|image_1|>`` marker is removed from the text (the model's
+template places the image). Every distinct query and candidate is embedded once per run and reused across queries
+and tasks. Cosine scores; a query counts 1 when its gold is the unique best candidate. Unlike the reference, whose
+``argmax == 0`` credits a tie to the gold stored first (a collapsed model would score 100%), ties are broken at
+random, in expectation (:func:`~mmembed.eval.metrics.precision_at_1`). Per-task scores are averaged per meta-task
+(classification, VQA, retrieval, grounding), IND / OOD and overall, over the tasks present; absent tasks are
+reported as missing. Near-constant embeddings are flagged in the report and logged as a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MMEmbedError
+from .encoding import EmbeddingCache
+from .metrics import mean, precision_at_1
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<|image_1|>"
+META_TASKS = ("classification", "vqa", "retrieval", "grounding")
+#: mean pairwise cosine above which embeddings count as (near) constant
+COLLAPSE_COSINE = 0.999
+
+
+class MMEBDataError(MMEmbedError, ValueError):
+    """An MMEB file or row that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class MMEBTask:
+    name: str
+    meta_task: str
+    distribution: str  # IND or OOD
+
+
+@dataclass
+class MMEBRow:
+    """One query with its candidates (gold first); sides are ``(text, image path)`` keys."""
+
+    query: tuple[str | None, str | None]
+    candidates: list[tuple[str | None, str | None]]
+
+
+def load_task_list(path: str | Path | None = None) -> list[MMEBTask]:
+    """Tasks from a YAML file ``{tasks: [{name, meta_task, distribution}]}``; default: the 36 MMEB v1 tasks."""
+    import yaml
+
+    text = Path(path).read_text() if path else resources.files(__package__).joinpath("mmeb_tasks.yaml").read_text()
+    where = str(path or "mmeb_tasks.yaml")
+    tasks = []
+    for i, entry in enumerate((yaml.safe_load(text) or {}).get("tasks") or []):
+        if not isinstance(entry, dict) or not {"name", "meta_task", "distribution"} <= set(entry):
+            raise MMEBDataError(f"{where}: tasks[{i}] needs name, meta_task and distribution.")
+        if entry["meta_task"] not in META_TASKS or entry["distribution"] not in ("IND", "OOD"):
+            raise MMEBDataError(f"{where}: tasks[{i}] ({entry['name']}): meta_task must be one of {META_TASKS} and "
+                                f"distribution IND or OOD.")
+        tasks.append(MMEBTask(str(entry["name"]), entry["meta_task"], entry["distribution"]))
+    if not tasks:
+        raise MMEBDataError(f"{where}: no tasks listed.")
+    return tasks
+
+
+def task_files(root: Path, name: str) -> list[Path]:
+    """The files holding a task's rows (empty when the task is absent)."""
+    for suffix in (".jsonl", ".parquet"):
+        if (root / f"{name}{suffix}").is_file():
+            return [root / f"{name}{suffix}"]
+    folder = root / name
+    if folder.is_dir():
+        return sorted(folder.glob("*.jsonl")) or sorted(folder.glob("*.parquet"))
+    return []
+
+
+def _records(path: Path):
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, record in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i}", record
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MMEBDataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+
+
+def _side(text: Any, image: Any, image_root: Path, where: str) -> tuple[str | None, str | None]:
+    text = (text or "").replace(IMAGE_TOKEN, "").strip() or None
+    path = None
+    if image:
+        resolved = (image_root / str(image)).resolve()
+        if not resolved.is_relative_to(image_root.resolve()):
+            raise MMEBDataError(f"{where}: image path '{image}' leaves the image root {image_root}.")
+        if not resolved.is_file():
+            raise MMEBDataError(f"{where}: image file '{resolved}' does not exist (image root {image_root}).")
+        path = str(resolved)
+    if text is None and path is None:
+        raise MMEBDataError(f"{where}: neither text nor image.")
+    return text, path
+
+
+def read_task(files: list[Path], image_root: Path) -> list[MMEBRow]:
+    """Rows of one task; a malformed row raises :class:`MMEBDataError` with its file and line."""
+    rows = []
+    for path in files:
+        for where, record in _records(path):
+            if "qry_text" not in record or "tgt_text" not in record:
+                raise MMEBDataError(f"{where}: an MMEB row needs qry_text and tgt_text (and image path columns).")
+            texts, images = record["tgt_text"], record.get("tgt_img_path")
+            if isinstance(texts, str):
+                texts = [texts]
+            images = images if isinstance(images, list) else [images] * len(texts)
+            if not texts or len(texts) != len(images):
+                raise MMEBDataError(f"{where}: tgt_text ({len(texts)}) and tgt_img_path ({len(images)}) must be "
+                                    f"non-empty lists of equal length.")
+            query = _side(record["qry_text"], record.get("qry_img_path"), image_root, f"{where} query")
+            candidates = [_side(t, p, image_root, f"{where} candidate {j}") for j, (t, p) in
+                          enumerate(zip(texts, images))]
+            rows.append(MMEBRow(query, candidates))
+    return rows
+
+
+def _to_input(key: tuple[str | None, str | None]) -> dict:
+    text, image = key
+    return {k: v for k, v in (("text", text), ("image", image)) if v is not None}
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Exact mean cosine over distinct pairs of unit rows: (|sum v|^2 - n) / (n (n - 1))."""
+    n = len(vectors)
+    if n < 2:
+        return 1.0
+    total = vectors.astype(np.float64).sum(0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Path | None = None,
+                  tasks: list[str] | None = None, image_root: str | Path | None = None,
+                  max_queries: int | None = None, seed: int = 0, batch_size: int = 16,
+                  show_progress_bar: bool | None = None):
+    """Score ``embedder`` on the MMEB tasks found under ``data_root``; returns a :class:`~mmembed.eval.report.Report`.
+
+    ``tasks`` restricts to some task names; ``max_queries`` evaluates a seeded sample of each task's queries (the
+    sample size is recorded).
+    """
+    from tqdm.auto import tqdm
+
+    from .report import Report, describe_model, file_hashes
+
+    root = Path(data_root)
+    if not root.is_dir():
+        raise MMEBDataError(f"MMEB data root {root} is not a folder.")
+    image_root = Path(image_root) if image_root is not None else root
+    task_list = load_task_list(tasks_file)
+    if tasks:
+        unknown = sorted(set(tasks) - {t.name for t in task_list})
+        if unknown:
+            raise MMEBDataError(f"task(s) {unknown} are not in the task list ({tasks_file or 'MMEB v1'}).")
+        task_list = [t for t in task_list if t.name in tasks]
+    queries = EmbeddingCache(embedder, "query", _to_input, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    candidates = EmbeddingCache(embedder, "document", _to_input, batch_size=batch_size,
+                                show_progress_bar=show_progress_bar)
+    rng = np.random.default_rng(seed)
+    results: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    flags: list[str] = []
+    files_read: list[Path] = []
+    for task in tqdm(task_list, desc="MMEB tasks", unit="task", disable=show_progress_bar is False):
+        files = task_files(root, task.name)
+        if not files:
+            missing[task.name] = f"no {task.name}.jsonl / .parquet / folder under {root}"
+            continue
+        rows = read_task(files, image_root)
+        files_read += files
+        if not rows:
+            missing[task.name] = f"{files[0]} has no rows"
+            continue
+        n_total = len(rows)
+        if max_queries is not None and n_total > max_queries:
+            rows = [rows[i] for i in sorted(rng.choice(n_total, max_queries, replace=False))]
+        query_vectors = queries.get([r.query for r in rows])
+        keys = list(dict.fromkeys(c for r in rows for c in r.candidates))
+        candidate_vectors = dict(zip(keys, candidates.get(keys)))
+        credits, tied = [], 0
+        for row, q in zip(rows, query_vectors):
+            scores = np.stack([candidate_vectors[c] for c in row.candidates]) @ q
+            credit = precision_at_1(scores, gold=0)
+            tied += int(0 < credit < 1)
+            credits.append(credit)
+        spread = mean_pairwise_cosine(np.concatenate([query_vectors, np.stack(list(candidate_vectors.values()))]))
+        entry: dict[str, Any] = {
+            "score": 100 * float(np.mean(credits)), "metric": "precision_at_1", "meta_task": task.meta_task,
+            "distribution": task.distribution, "n": len(rows), "n_total": n_total,
+            "n_candidates": float(np.mean([len(r.candidates) for r in rows])),
+            "chance": 100 * float(np.mean([1 / len(r.candidates) for r in rows])),
+            "tied_queries": tied, "mean_pairwise_cosine": spread,
+        }
+        if spread > COLLAPSE_COSINE or tied > len(rows) / 2:
+            entry["collapsed"] = True
+            flags.append(f"{task.name}: embeddings are (near) constant (mean pairwise cosine {spread:.5f}, "
+                         f"{tied}/{len(rows)} queries with the gold tied at the top); its score "
+                         f"{entry['score']:.2f} is at chance level {entry['chance']:.2f}, not a real result.")
+            logger.warning(flags[-1])
+        results[task.name] = entry
+    if not results:
+        raise MMEBDataError(f"no MMEB task of the list was found under {root}: " + "; ".join(missing.values()))
+
+    def avg(selected: list[MMEBTask]) -> float | None:
+        return mean([results[t.name]["score"] for t in selected if t.name in results])
+
+    full = load_task_list(tasks_file) if tasks is None else task_list
+    summary: dict[str, Any] = {f"{m}": avg([t for t in full if t.meta_task == m]) for m in META_TASKS}
+    summary.update({"IND": avg([t for t in full if t.distribution == "IND"]),
+                    "OOD": avg([t for t in full if t.distribution == "OOD"]),
+                    "overall": avg(full), "tasks_present": f"{len(results)}/{len(full)}"})
+    return Report(
+        suite="mmeb", metric="precision@1 x 100", tasks=results, summary=summary, missing=missing, flags=flags,
+        model=describe_model(embedder),
+        protocol={"query": "qry_text + qry_img_path", "candidate": "tgt_text[i] + tgt_img_path[i]",
+                  "image_token_removed": IMAGE_TOKEN, "similarity": "cosine", "pool": "per-query candidate list",
+                  "tie_breaking": "random (expected credit 1/t among t tied best)", "max_queries": max_queries,
+                  "unique_queries": len(queries), "unique_candidates": len(candidates),
+                  "averages": "unweighted over the tasks present"},
+        data={"root": str(root), "image_root": str(image_root), "tasks_file": str(tasks_file or "MMEB v1 (36 tasks)"),
+              "files": file_hashes(files_read)},
+        seeds={"query_sample": seed},
+    )

@@ -1,0 +1,174 @@
+"""Retrieval on local data: any query -> corpus set with qrels (BEIR layout), and TREC-QA answer selection.
+
+BEIR layout: ``corpus.jsonl`` (``{"_id", "title", "text"}``), ``queries.jsonl`` (``{"_id", "text"}``) and
+``qrels/<split>.tsv`` (header, then ``query-id  corpus-id  score``). Queries use the model's ``query`` prompt and the
+corpus its ``document`` prompt when it has them; a title is put before the text as ``"title. text"`` (BEIR).
+Metrics over the exact top-``depth`` ranking: nDCG@10 (main, linear gains), MAP, MRR@10, Recall@k.
+
+TREC-QA (``qtext,label,atext`` CSV): each question ranks its own candidate sentences; MAP and MRR@10. The usual
+"clean" setting drops questions without any correct answer (AP undefined) and questions whose candidates are all
+correct (every ranking scores 1); both counts are recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MMEmbedError
+from .encoding import EmbeddingCache, encode_side
+from .metrics import average_precision, mean, ndcg_at_k, rank, recall_at_k, reciprocal_rank
+from .search import topk_search
+
+
+class RetrievalDataError(MMEmbedError, ValueError):
+    """A retrieval file that cannot be used; the message names the file and line."""
+
+
+def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    if not path.is_file():
+        raise RetrievalDataError(f"{path} not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RetrievalDataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+            absent = [k for k in required if k not in record]
+            if absent:
+                raise RetrievalDataError(f"{path}:{number}: missing field(s) {absent}.")
+            rows.append(record)
+    return rows
+
+
+def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+    """``(queries, corpus, qrels)``: ``{qid: text}``, ``{doc_id: "title. text"}``, ``{qid: {doc_id: relevance}}``.
+
+    Only queries with at least one judged document are kept (as BEIR and MTEB do).
+    """
+    folder = Path(folder)
+    corpus = {str(r["_id"]): (f"{r['title']}. {r['text']}" if r.get("title") else r["text"])
+              for r in _jsonl(folder / "corpus.jsonl", ("_id", "text"))}
+    queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise RetrievalDataError(f"{qrels_path} not found.")
+    qrels: dict[str, dict[str, int]] = {}
+    lines = qrels_path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise RetrievalDataError(f"{qrels_path}:{number}: expected query-id, corpus-id, score.")
+        qid, doc, score = parts[0], parts[1], parts[2]
+        if qid not in queries or doc not in corpus:
+            raise RetrievalDataError(f"{qrels_path}:{number}: {'query ' + qid if qid not in queries else 'document ' + doc}"
+                                     f" is not in {'queries' if qid not in queries else 'corpus'}.jsonl.")
+        qrels.setdefault(qid, {})[doc] = int(float(score))
+    queries = {q: t for q, t in queries.items() if q in qrels}
+    return queries, corpus, qrels
+
+
+def retrieval_scores(rankings: list[list[str]], relevant: list[dict[str, int]],
+                     k_values: tuple[int, ...] = (1, 3, 5, 10, 100)) -> dict[str, float]:
+    """nDCG@k, Recall@k, MAP (over the given rankings) and MRR@10, averaged over queries, x 100."""
+    out: dict[str, float] = {}
+    for k in k_values:
+        out[f"ndcg@{k}"] = 100 * float(np.mean([ndcg_at_k(r, rel, k) for r, rel in zip(rankings, relevant)]))
+        out[f"recall@{k}"] = 100 * float(np.mean([recall_at_k(r, rel, k) for r, rel in zip(rankings, relevant)]))
+    out["map"] = 100 * float(np.mean([average_precision(r, rel) for r, rel in zip(rankings, relevant)]))
+    out["mrr@10"] = 100 * float(np.mean([reciprocal_rank(r, rel, 10) for r, rel in zip(rankings, relevant)]))
+    return out
+
+
+def evaluate_retrieval(embedder: Any, folder: str | Path, *, split: str = "test", depth: int = 1000,
+                       k_values: tuple[int, ...] = (1, 3, 5, 10, 100), seed: int = 0, batch_size: int = 32,
+                       name: str | None = None, device: str | None = None, show_progress_bar: bool | None = None):
+    """Score ``embedder`` on a BEIR-layout folder; returns a :class:`~mmembed.eval.report.Report`."""
+    from .report import Report, describe_model, file_hashes
+
+    folder = Path(folder)
+    queries, corpus, qrels = read_beir(folder, split)
+    if not queries:
+        raise RetrievalDataError(f"{folder}: no query has a judged document in qrels/{split}.tsv.")
+    doc_ids = list(corpus)
+    order = np.random.default_rng(seed).permutation(len(doc_ids))  # ties never favour the corpus file's order
+    doc_vectors = encode_side(embedder, [corpus[doc_ids[i]] for i in order], "document", batch_size=batch_size,
+                              show_progress_bar=show_progress_bar)
+    qids = list(queries)
+    query_vectors = encode_side(embedder, [queries[q] for q in qids], "query", batch_size=batch_size,
+                                show_progress_bar=show_progress_bar)
+    _, index = topk_search(query_vectors, doc_vectors, k=min(depth, len(doc_ids)), device=device)
+    rankings = [[doc_ids[order[j]] for j in row] for row in index.tolist()]
+    scores = retrieval_scores(rankings, [qrels[q] for q in qids], k_values)
+    task = name or folder.name
+    return Report(
+        suite="retrieval", metric="ndcg@10 x 100",
+        tasks={task: {"score": scores["ndcg@10"], "metric": "ndcg@10", "split": split, "n": len(qids),
+                      "corpus_size": len(doc_ids), **scores}},
+        model=describe_model(embedder),
+        protocol={"similarity": "cosine", "search": "exact", "depth": depth, "gains": "linear (trec_eval)",
+                  "document_text": "title. text", "corpus_order": "seeded random permutation"},
+        data={"root": str(folder), "files": file_hashes([folder / "corpus.jsonl", folder / "queries.jsonl",
+                                                         folder / "qrels" / f"{split}.tsv"])},
+        seeds={"corpus_order": seed},
+    )
+
+
+def read_trecqa(path: str | Path) -> list[tuple[str, list[str], list[int]]]:
+    """``(question, candidate sentences, labels)`` per question, in file order, from a ``qtext,label,atext`` CSV."""
+    questions: dict[str, tuple[list[str], list[int]]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"qtext", "label", "atext"} <= set(reader.fieldnames):
+            raise RetrievalDataError(f"{path}:1: header must name qtext, label and atext.")
+        for number, row in enumerate(reader, start=2):
+            if row["label"] not in ("0", "1"):
+                raise RetrievalDataError(f"{path}:{number}: label {row['label']!r} must be 0 or 1.")
+            sentences, labels = questions.setdefault(row["qtext"], ([], []))
+            sentences.append(row["atext"])
+            labels.append(int(row["label"]))
+    return [(q, s, lab) for q, (s, lab) in questions.items()]
+
+
+def evaluate_trecqa(embedder: Any, path: str | Path, *, clean: bool = True, seed: int = 0, batch_size: int = 32,
+                    show_progress_bar: bool | None = None):
+    """MAP and MRR@10 of answer-sentence selection on a TREC-QA CSV (per-question candidate lists)."""
+    from .report import Report, describe_model, file_hashes
+
+    data = read_trecqa(path)
+    no_answer = [q for q in data if not any(q[2])]
+    all_answer = [q for q in data if all(q[2])]
+    kept = [q for q in data if any(q[2]) and (not clean or not all(q[2]))]
+    if not kept:
+        raise RetrievalDataError(f"{path}: no question has a correct answer sentence.")
+    queries = EmbeddingCache(embedder, "query", batch_size=batch_size, show_progress_bar=show_progress_bar)
+    documents = EmbeddingCache(embedder, "document", batch_size=batch_size, show_progress_bar=show_progress_bar)
+    query_vectors = queries.get([q for q, _, _ in kept])
+    documents.get(list(dict.fromkeys(s for _, sentences, _ in kept for s in sentences)))
+    rng = np.random.default_rng(seed)
+    aps, rrs = [], []
+    for q_vector, (_, sentences, labels) in zip(query_vectors, kept):
+        ranking = rank(documents.get(sentences) @ q_vector, rng).tolist()
+        relevant = {i for i, label in enumerate(labels) if label}
+        aps.append(average_precision(ranking, relevant))
+        rrs.append(reciprocal_rank(ranking, relevant, 10))
+    scores = {"map": 100 * mean(aps), "mrr@10": 100 * mean(rrs)}
+    return Report(
+        suite="trecqa", metric="MAP x 100",
+        tasks={"TREC-QA": {"score": scores["map"], "metric": "map", "n": len(kept), **scores}},
+        model=describe_model(embedder),
+        protocol={"setting": "clean" if clean else "raw (all-correct questions kept)", "similarity": "cosine",
+                  "pool": "each question's own candidate sentences", "tie_breaking": "seeded random",
+                  "dropped_no_answer": len(no_answer), "dropped_all_answers": len(all_answer) if clean else 0},
+        data={"root": str(path), "files": file_hashes([path])},
+        seeds={"tie_breaking": seed},
+    )
