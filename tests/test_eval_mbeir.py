@@ -79,8 +79,8 @@ def _reference(model, root: Path, task: str, pool: str) -> dict[int, float]:
         v = model.encode([item(format_string(f"{instruction} {q['query_txt']}"), q["query_img_path"])],
                          normalize=True)[0]
         ranking = [cands[j]["did"] for j in np.argsort(-(c @ v))]
-        for k in hits:
-            hits[k].append(float(bool(set(ranking[:k]) & set(q["pos_cand_list"]))))
+        for k, values in hits.items():
+            values.append(float(bool(set(ranking[:k]) & set(q["pos_cand_list"]))))
     return {k: 100 * float(np.mean(v)) for k, v in hits.items()}
 
 

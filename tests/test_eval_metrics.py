@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from mmembed.eval.metrics import (average_precision, hit_at_k, mean, ndcg_at_k, precision_at_1, rank, recall_at_k,
-                                  reciprocal_rank, spearman)
+from mmembed.eval.metrics import (
+    average_precision,
+    hit_at_k,
+    mean,
+    ndcg_at_k,
+    precision_at_1,
+    rank,
+    recall_at_k,
+    reciprocal_rank,
+    spearman,
+)
 from mmembed.eval.search import topk_search
 from mmembed.eval.sts import STSTask, score_task
 
