@@ -17,7 +17,7 @@ from mmembed.eval.metrics import (
     reciprocal_rank,
     spearman,
 )
-from mmembed.eval.search import topk_search
+from mmembed.eval.search import NpyFile, topk_search, write_npy_header
 from mmembed.eval.sts import STSTask, score_task
 
 
@@ -111,8 +111,15 @@ def test_topk_search_streams_memmap_and_iterables(tmp_path):
     queries = rng.standard_normal((4, 8)).astype(np.float32)
     np.save(tmp_path / "pool.npy", pool)
     mapped = np.load(tmp_path / "pool.npy", mmap_mode="r")
+    with (tmp_path / "streamed.npy").open("wb") as f:
+        write_npy_header(f, pool.shape)
+        for i in range(0, 500, 128):
+            f.write(pool[i:i + 128].tobytes())
+    streamed = NpyFile(tmp_path / "streamed.npy")
+    assert streamed.shape == (500, 8) and np.array_equal(streamed[10:20], pool[10:20])
+    assert np.array_equal(np.load(tmp_path / "streamed.npy"), pool)
     ref = torch.from_numpy(queries @ pool.T).topk(5, dim=1)
-    for source in (mapped, (pool[i:i + 33] for i in range(0, 500, 33))):
+    for source in (mapped, streamed, (pool[i:i + 33] for i in range(0, 500, 33))):
         scores, index = topk_search(queries, source, k=5, block_size=64)
         assert torch.equal(index, ref.indices)
         torch.testing.assert_close(scores, ref.values)

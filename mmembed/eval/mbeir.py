@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import MMEmbedError
 from .encoding import encode_side
 from .metrics import hit_at_k, mean
-from .search import topk_search
+from .search import NpyFile, topk_search
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,9 @@ class _Pools:
         return encode_side(self.embedder, [self.to_input(d) for d in dids], "document", batch_size=self.batch_size,
                            show_progress_bar=self.show_progress_bar)
 
-    def embed(self, name: str, dids: list[str]) -> np.ndarray:
-        """``(len(dids), dim)`` embeddings (a read-only memmap when ``embeddings_dir`` is set)."""
+    def embed(self, name: str, dids: list[str]) -> np.ndarray | NpyFile:
+        """``(len(dids), dim)`` embeddings (an :class:`~mmembed.eval.search.NpyFile` read block by block when
+        ``embeddings_dir`` is set)."""
         if self.embeddings_dir is None:
             new = [d for d in dict.fromkeys(dids) if d not in self.vectors]
             if new:
@@ -170,7 +171,7 @@ class _Pools:
             del out
         else:
             logger.info("reusing the embeddings of %s in %s", name, array_path)
-        return np.load(array_path, mmap_mode="r")
+        return NpyFile(array_path)
 
 
 def _hash(dids: list[str]) -> str:
