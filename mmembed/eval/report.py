@@ -51,9 +51,16 @@ def describe_model(embedder: Any) -> dict[str, Any]:
     if image_processor is not None:
         keys = ("size", "crop_size", "min_pixels", "max_pixels", "patch_size", "merge_size", "do_resize")
         info["image_processor"] = {"class": type(image_processor).__name__,
-                                   **{k: getattr(image_processor, k) for k in keys
+                                   **{k: _plain(getattr(image_processor, k)) for k in keys
                                       if getattr(image_processor, k, None) is not None}}
     return info
+
+
+def _plain(value: Any) -> Any:
+    """Size settings as plain JSON values (transformers v5 keeps them in ``SizeDict`` objects)."""
+    if hasattr(value, "__dataclass_fields__") or (hasattr(value, "__dict__") and not isinstance(value, type)):
+        return {k: v for k, v in vars(value).items() if v is not None and not k.startswith("_")}
+    return value
 
 
 def _versions() -> dict[str, str]:
