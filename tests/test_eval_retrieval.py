@@ -47,7 +47,7 @@ def test_beir_retrieval_equals_trec_eval(model, tmp_path):
     entry = report.tasks["toy"]
     queries, corpus, qrels = read_beir(folder)
     assert set(queries) == {"q0", "q1", "q2", "q3", "q4"}  # the unjudged query is left out, as BEIR does
-    assert corpus["d1"] == "Doc. The cat sleeps on the sofa."
+    assert corpus["d1"] == "Doc The cat sleeps on the sofa." and corpus["d0"] == DOCS[0]
     qv = model.encode_queries([queries[q] for q in queries], normalize=True)
     dv = model.encode_documents(list(corpus.values()), normalize=True)
     run = {q: {d: float(s) for d, s in zip(corpus, dv @ v)} for q, v in zip(queries, qv)}

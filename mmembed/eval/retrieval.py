@@ -2,7 +2,7 @@
 
 BEIR layout: ``corpus.jsonl`` (``{"_id", "title", "text"}``), ``queries.jsonl`` (``{"_id", "text"}``) and
 ``qrels/<split>.tsv`` (header, then ``query-id  corpus-id  score``). Queries use the model's ``query`` prompt and the
-corpus its ``document`` prompt when it has them; a title is put before the text as ``"title. text"`` (BEIR).
+corpus its ``document`` prompt when it has them; a title is put before the text as ``"title text"`` (BEIR, mteb).
 Metrics over the exact top-``depth`` ranking: nDCG@10 (main, linear gains), MAP, MRR@10, Recall@k.
 
 TREC-QA (``qtext,label,atext`` CSV): each question ranks its own candidate sentences; MAP and MRR@10. The usual
@@ -49,12 +49,12 @@ def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
 
 
 def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """``(queries, corpus, qrels)``: ``{qid: text}``, ``{doc_id: "title. text"}``, ``{qid: {doc_id: relevance}}``.
+    """``(queries, corpus, qrels)``: ``{qid: text}``, ``{doc_id: "title text"}``, ``{qid: {doc_id: relevance}}``.
 
     Only queries with at least one judged document are kept (as BEIR and MTEB do).
     """
     folder = Path(folder)
-    corpus = {str(r["_id"]): (f"{r['title']}. {r['text']}" if r.get("title") else r["text"])
+    corpus = {str(r["_id"]): f"{r.get('title') or ''} {r['text']}".strip()
               for r in _jsonl(folder / "corpus.jsonl", ("_id", "text"))}
     queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
     qrels_path = folder / "qrels" / f"{split}.tsv"
@@ -116,7 +116,7 @@ def evaluate_retrieval(embedder: Any, folder: str | Path, *, split: str = "test"
                       "corpus_size": len(doc_ids), **scores}},
         model=describe_model(embedder),
         protocol={"similarity": "cosine", "search": "exact", "depth": depth, "gains": "linear (trec_eval)",
-                  "document_text": "title. text", "corpus_order": "seeded random permutation"},
+                  "document_text": "title text", "corpus_order": "seeded random permutation"},
         data={"root": str(folder), "files": file_hashes([folder / "corpus.jsonl", folder / "queries.jsonl",
                                                          folder / "qrels" / f"{split}.tsv"])},
         seeds={"corpus_order": seed},
