@@ -1,4 +1,5 @@
-"""The ``mmembed`` command line: ``mmembed encode``, ``mmembed eval <suite>`` and ``mmembed demo``."""
+"""The ``mmembed`` command line: ``mmembed encode``, ``mmembed eval <suite>``, ``mmembed synthetic`` and
+``mmembed demo``."""
 
 from __future__ import annotations
 
@@ -224,6 +225,19 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p.add_argument("--max-sentences", type=int, default=2000)
 
 
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import SyntheticConfig, generate
+
+    config = SyntheticConfig(seed=args.seed, image_size=args.image_size, n_eval_queries=args.eval_queries,
+                             n_candidates=args.candidates, n_train_per_task=args.train_per_task,
+                             n_muco_images=args.muco_images, k_turns=args.k_turns, n_mbeir_queries=args.mbeir_queries)
+    out = generate(args.output, config)
+    print(f"wrote the synthetic benchmark to {out}; evaluate with:\n"
+          f"  mmembed eval mmeb --data {out}/mmeb_eval --tasks-file {out}/mmeb_eval/tasks.yaml --image-root {out}\n"
+          f"  mmembed eval mbeir --data {out}/mbeir --image-root {out}", file=sys.stderr)
+    return 0
+
+
 DEMO_SENTENCES = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
                   "A woman is slicing an onion.", "Someone is cutting vegetables in a kitchen.",
                   "Shares dropped after the earnings report."]
@@ -272,6 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
     enc.set_defaults(func=cmd_encode)
 
     add_eval_parser(sub, model_args)
+
+    syn = sub.add_parser("synthetic", help="write the synthetic multimodal benchmark (MMEB, MMEB-train, MuCo, "
+                                           "M-BEIR formats), deterministic from a seed")
+    syn.add_argument("-o", "--output", required=True, help="output folder (an earlier output there is replaced)")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--image-size", type=int, default=128)
+    syn.add_argument("--eval-queries", type=int, default=50, help="MMEB-eval queries per task")
+    syn.add_argument("--candidates", type=int, default=16, help="retrieval candidates per query")
+    syn.add_argument("--train-per-task", type=int, default=200, help="MMEB-train rows per in-distribution task")
+    syn.add_argument("--muco-images", type=int, default=200, help="MuCo multi-turn lines")
+    syn.add_argument("--k-turns", type=int, default=4, help="query/target pairs per MuCo image")
+    syn.add_argument("--mbeir-queries", type=int, default=50, help="M-BEIR queries per task")
+    syn.set_defaults(func=cmd_synthetic)
 
     demo = sub.add_parser("demo", help="rank a few sentences by similarity with the default model")
     model_args(demo)

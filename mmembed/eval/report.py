@@ -141,6 +141,12 @@ class Report:
         for bar, name in zip(bars, names):
             label = "missing" if name in self.missing else f"{self.tasks[name].get('score', 0):.1f}"
             ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=8)
+        chance = [(i, self.tasks[n]["chance"]) for i, n in enumerate(names)
+                  if n in self.tasks and self.tasks[n].get("chance") is not None]
+        if chance:
+            ax.scatter([c for _, c in chance], [i for i, _ in chance], marker="|", s=150, color="black", zorder=3,
+                       label="chance")
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, max(100.0, max(values, default=0) * 1.1))
