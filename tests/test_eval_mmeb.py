@@ -106,6 +106,22 @@ def test_constant_embeddings_score_chance_and_are_flagged(qwen2_vl_path, data):
     assert "Warning" in report.to_markdown()
 
 
+def test_parquet_snapshot_layout_reads_like_jsonl(vlm, data, tmp_path):
+    """A hub snapshot keeps each task as <Task>/test-*.parquet; it gives the same rows and scores."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "snapshot"
+    for task in ("Cls", "T2I"):
+        rows = [json.loads(line) for line in (data / f"{task}.jsonl").read_text().splitlines()]
+        (root / task).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), root / task / "test-00000-of-00001.parquet")
+    from_parquet = evaluate_mmeb(vlm, root, tasks_file=data / "tasks.yaml", image_root=data)
+    from_jsonl = evaluate_mmeb(vlm, data, tasks_file=data / "tasks.yaml")
+    assert from_parquet.scores() == from_jsonl.scores()
+    assert all(p.endswith(".parquet") for p in from_parquet.data["files"])
+
+
 def test_task_list_sample_and_errors(vlm, data, tmp_path):
     tasks = load_task_list()
     assert len(tasks) == 36
