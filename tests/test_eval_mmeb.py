@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mmembed
+from mmembed.data.formats import DataError
 from mmembed.eval.mmeb import MMEBDataError, evaluate_mmeb, load_task_list
 from mmembed.testing import sample_images
 
@@ -141,5 +142,5 @@ def test_task_list_sample_and_errors(vlm, data, tmp_path):
     with pytest.raises(MMEBDataError, match=r"Cls.jsonl:3: tgt_text \(4\) and tgt_img_path \(1\)"):
         evaluate_mmeb(vlm, bad, tasks_file=bad / "tasks.yaml")
     (bad / "Cls.jsonl").write_text(json.dumps({**row, "tgt_img_path": ["../../etc/passwd"] * 4}) + "\n")
-    with pytest.raises(MMEBDataError, match="leaves the image root"):
+    with pytest.raises(DataError, match=r"Cls.jsonl:1 candidate 0: image path '../../etc/passwd' leaves the image root"):
         evaluate_mmeb(vlm, bad, tasks_file=bad / "tasks.yaml")

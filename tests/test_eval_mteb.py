@@ -14,6 +14,7 @@ pytest.importorskip("mteb")
 
 import mmembed
 from mmembed import testing
+from mmembed.data.formats import DataError
 from mmembed.errors import MMEmbedError
 from mmembed.eval import mteb as mm
 
@@ -323,7 +324,7 @@ def test_bad_lines_name_file_and_line(tmp_path):
     beir = write_beir(tmp_path / "beir")
     with (beir / "corpus.jsonl").open("a") as handle:
         handle.write('{"_id": "d99", "text": "ok"}\n{"_id": "d100", "text": broken}\n')
-    with pytest.raises(mm.TaskFileError, match=rf"corpus.jsonl:{len(DOCS) + 2}: not valid JSON"):
+    with pytest.raises(DataError, match=rf"corpus.jsonl:{len(DOCS) + 2}: invalid JSON"):
         mm.retrieval_task_from_beir(beir)
 
     beir2 = write_beir(tmp_path / "beir2")

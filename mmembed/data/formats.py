@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class DataError(MMEmbedError, ValueError):
-    """A training record that cannot be used; the message names its file and line."""
+    """A training or evaluation record that cannot be used; the message names its file and line."""
 
 
 def resolve_image(value: str | None, root: Path | None, where: str) -> str | None:
@@ -56,6 +56,16 @@ def _parse_json(line: str, where: str) -> dict:
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object.")
     return record
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """``(file:line, record)`` for each non-empty line of a JSON-lines file; a line that is not a JSON object raises
+    :class:`DataError` naming its file and line."""
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                where = f"{path}:{number}"
+                yield where, _parse_json(line, where)
 
 
 def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) -> list[dict]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MMEmbedError
+from ..data.formats import DataError, iter_jsonl, resolve_image
 from .encoding import encode_side
 from .metrics import hit_at_k, mean
 from .search import NpyFile, topk_search
@@ -46,7 +46,7 @@ TASK_IDS = {"text -> image": 0, "text -> text": 1, "text -> image,text": 2, "ima
 RECALL_AT_10 = ("fashion200k", "fashioniq")
 
 
-class MBEIRDataError(MMEmbedError, ValueError):
+class MBEIRDataError(DataError):
     """An M-BEIR file or record that cannot be used; the message names the file and line."""
 
 
@@ -58,19 +58,6 @@ def format_string(text: str | None) -> str:
         text = text[0].upper() + text[1:]
         text = text if text[-1] in ".?!" else text + "."
     return text
-
-
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """``(file:line, record)`` pairs; invalid JSON raises :class:`MBEIRDataError` with the file and line."""
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append((f"{path}:{number}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise MBEIRDataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
-    return records
 
 
 def read_instructions(path: Path) -> dict[str, list[str]]:
@@ -124,7 +111,7 @@ class _Pools:
 
     def load(self, path: Path) -> list[str]:
         dids = []
-        for where, record in read_jsonl(path):
+        for where, record in iter_jsonl(path):
             did = record.get("did")
             if not did or not (record.get("txt") or record.get("img_path")):
                 raise MBEIRDataError(f"{where}: a candidate needs a did and a txt or img_path.")
@@ -138,7 +125,7 @@ class _Pools:
         if record.get("txt"):
             item["text"] = format_string(record["txt"])
         if record.get("img_path"):
-            item["image"] = _resolve(record["img_path"], self.image_root, record["where"])
+            item["image"] = resolve_image(record["img_path"], self.image_root, record["where"])
         return item
 
     def _encode(self, dids: list[str]) -> np.ndarray:
@@ -180,15 +167,6 @@ def _hash(dids: list[str]) -> str:
     return hashlib.sha256("\n".join(dids).encode()).hexdigest()
 
 
-def _resolve(value: str, root: Path, where: str) -> str:
-    path = (root / value).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise MBEIRDataError(f"{where}: image path '{value}' leaves the image root {root}.")
-    if not path.is_file():
-        raise MBEIRDataError(f"{where}: image file '{path}' does not exist (image root {root}).")
-    return str(path)
-
-
 def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | None = None,
                    pools: tuple[str, ...] = ("local", "global"), split: str = "test",
                    image_root: str | Path | None = None, instructions: bool = True, seed: int = 0,
@@ -226,7 +204,7 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
         qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
         qrels = read_qrels(qrels_path) if qrels_path.is_file() else None
         files_read += [p for p in (query_path, local_path, qrels_path) if p.is_file()]
-        records = read_jsonl(query_path)
+        records = list(iter_jsonl(query_path))
         if max_queries is not None and len(records) > max_queries:
             records = [records[i] for i in sorted(rng.choice(len(records), max_queries, replace=False))]
         inputs, relevant = [], []
@@ -249,7 +227,7 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
             if format_string(text):
                 item["text"] = format_string(text)
             if q.get("query_img_path"):
-                item["image"] = _resolve(q["query_img_path"], image_root, where)
+                item["image"] = resolve_image(q["query_img_path"], image_root, where)
             if not item:
                 raise MBEIRDataError(f"{where}: query has neither text nor image.")
             inputs.append(item)

@@ -17,7 +17,6 @@ reported as missing. Near-constant embeddings are flagged in the report and logg
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MMEmbedError
+from ..data.formats import DataError, iter_jsonl, resolve_image
 from .encoding import EmbeddingCache
 from .metrics import mean, precision_at_1
 
@@ -38,7 +37,7 @@ META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 COLLAPSE_COSINE = 0.999
 
 
-class MMEBDataError(MMEmbedError, ValueError):
+class MMEBDataError(DataError):
     """An MMEB file or row that cannot be used; the message names the file and line."""
 
 
@@ -94,26 +93,12 @@ def _records(path: Path):
         for i, record in enumerate(pq.read_table(path).to_pylist()):
             yield f"{path}:row {i}", record
         return
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MMEBDataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+    yield from iter_jsonl(path)
 
 
 def _side(text: Any, image: Any, image_root: Path, where: str) -> tuple[str | None, str | None]:
     text = (text or "").replace(IMAGE_TOKEN, "").strip() or None
-    path = None
-    if image:
-        resolved = (image_root / str(image)).resolve()
-        if not resolved.is_relative_to(image_root.resolve()):
-            raise MMEBDataError(f"{where}: image path '{image}' leaves the image root {image_root}.")
-        if not resolved.is_file():
-            raise MMEBDataError(f"{where}: image file '{resolved}' does not exist (image root {image_root}).")
-        path = str(resolved)
+    path = resolve_image(str(image), image_root, where) if image else None
     if text is None and path is None:
         raise MMEBDataError(f"{where}: neither text nor image.")
     return text, path

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.formats import DataError, iter_jsonl
 from ..errors import MMEmbedError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class TaskDataUnavailableError(MMEmbedError, RuntimeError):
     """The data of a registry task could not be loaded (typically: not in the local cache, and offline)."""
 
 
-class TaskFileError(MMEmbedError, ValueError):
+class TaskFileError(DataError):
     """A local task file is malformed; the message names ``file:line``."""
 
 
@@ -342,22 +343,6 @@ def _files_hash(*paths: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskFileError(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
-            if not isinstance(row, dict):
-                raise TaskFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}.")
-            rows.append((number, row))
-    return rows
-
-
 def _read_side(path: Path, folder: Path, kind: str) -> tuple[list[str], dict[str, list], list[str]]:
     """``corpus.jsonl`` / ``queries.jsonl`` -> ids, columns (text, title, image paths) and the modalities present."""
     ids: list[str] = []
@@ -365,8 +350,7 @@ def _read_side(path: Path, folder: Path, kind: str) -> tuple[list[str], dict[str
     titles: list[str] = []
     images: list[str | None] = []
     seen: set[str] = set()
-    for number, row in _read_jsonl(path):
-        where = f"{path}:{number}"
+    for where, row in iter_jsonl(path):
         if "_id" not in row:
             fields = '"_id", "title", "text"' if kind == "corpus" else '"_id", "text"'
             raise TaskFileError(f"{where}: missing '_id' (a BEIR {kind} line is {{{fields}}}, optionally with "
@@ -528,8 +512,8 @@ def _read_sts(path: Path) -> tuple[list[str], list[str], list[float]]:
 
     head = path.read_text(encoding="utf-8").lstrip()[:1]
     if path.suffix.lower() in (".jsonl", ".json") or head == "{":
-        for number, row in _read_jsonl(path):
-            add(f"{path}:{number}", row)
+        for where, row in iter_jsonl(path):
+            add(where, row)
     else:
         with path.open(encoding="utf-8", newline="") as handle:
             lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, start=1) if line.strip()]

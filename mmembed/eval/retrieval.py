@@ -13,19 +13,18 @@ correct (every ranking scores 1); both counts are recorded.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import MMEmbedError
+from ..data.formats import DataError, iter_jsonl
 from .encoding import EmbeddingCache, encode_side
 from .metrics import average_precision, mean, ndcg_at_k, rank, recall_at_k, reciprocal_rank
 from .search import topk_search
 
 
-class RetrievalDataError(MMEmbedError, ValueError):
+class RetrievalDataError(DataError):
     """A retrieval file that cannot be used; the message names the file and line."""
 
 
@@ -33,18 +32,11 @@ def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     if not path.is_file():
         raise RetrievalDataError(f"{path} not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RetrievalDataError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
-            absent = [k for k in required if k not in record]
-            if absent:
-                raise RetrievalDataError(f"{path}:{number}: missing field(s) {absent}.")
-            rows.append(record)
+    for where, record in iter_jsonl(path):
+        absent = [k for k in required if k not in record]
+        if absent:
+            raise RetrievalDataError(f"{where}: missing field(s) {absent}.")
+        rows.append(record)
     return rows
 
 

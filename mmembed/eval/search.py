@@ -52,7 +52,7 @@ class NpyFile:
         return data.reshape(-1, self.shape[1])
 
 
-def write_npy_header(f, shape: tuple[int, int], dtype: np.dtype = np.dtype(np.float32)) -> None:
+def write_npy_header(f, shape: tuple[int, int], dtype: str = "float32") -> None:
     """Start a ``.npy`` file whose rows are then written with ``f.write(block.tobytes())``."""
     np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                                              "fortran_order": False, "shape": tuple(shape)})

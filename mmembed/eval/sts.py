@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MMEmbedError
+from ..data.formats import DataError
 from .encoding import EmbeddingCache
 from .metrics import mean, spearman
 
@@ -37,7 +37,7 @@ STSB_FILES = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.
 SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
 
 
-class STSDataError(MMEmbedError, ValueError):
+class STSDataError(DataError):
     """An STS file that cannot be read; the message names the file and line."""
 
 
