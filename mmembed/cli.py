@@ -190,8 +190,8 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p = suites.add_parser("mmeb", help="MMEB (VLM2Vec format), Precision@1 with random tie-breaking")
     common(p, "folder with <Task>.jsonl / .parquet files (or <Task>/ folders)")
     p.add_argument("--image-root", help="folder the image paths are relative to (default: --data)")
-    p.add_argument("--tasks-file", help="YAML task list {tasks: [{name, meta_task, distribution}]} "
-                                        "(default: the 36 MMEB v1 tasks)")
+    p.add_argument("--tasks-file", help="YAML task list {tasks: [{name, meta_task, distribution}]} (default: "
+                                        "<data>/tasks.yaml if present, else the 36 MMEB v1 tasks)")
     p.add_argument("--task", action="append", help="only these tasks")
     p.add_argument("--max-queries", type=int, help="a seeded sample of at most N queries per task")
 
@@ -233,7 +233,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
                              n_muco_images=args.muco_images, k_turns=args.k_turns, n_mbeir_queries=args.mbeir_queries)
     out = generate(args.output, config)
     print(f"wrote the synthetic benchmark to {out}; evaluate with:\n"
-          f"  mmembed eval mmeb --data {out}/mmeb_eval --tasks-file {out}/mmeb_eval/tasks.yaml --image-root {out}\n"
+          f"  mmembed eval mmeb --data {out}/mmeb_eval --image-root {out}\n"
           f"  mmembed eval mbeir --data {out}/mbeir --image-root {out}", file=sys.stderr)
     return 0
 

@@ -129,6 +129,7 @@ def test_task_list_sample_and_errors(vlm, data, tmp_path):
     assert sum(t.distribution == "IND" for t in tasks) == 20
     assert [sum(t.meta_task == m for t in tasks) for m in ("classification", "vqa", "retrieval", "grounding")] == \
         [10, 10, 12, 4]
+    assert evaluate_mmeb(vlm, data).data["tasks_file"] == str(data / "tasks.yaml")  # the folder's own list
     report = evaluate_mmeb(vlm, data, tasks_file=data / "tasks.yaml", tasks=["Cls"], max_queries=3, seed=1)
     assert report.tasks["Cls"]["n"] == 3 and report.tasks["Cls"]["n_total"] == 6
     with pytest.raises(MMEBDataError, match="not in the task list"):

@@ -21,12 +21,11 @@ def synthetic(tmp_path_factory):
 def test_random_vlm_is_near_chance_on_synthetic_mmeb(synthetic, qwen2_vl_path, tmp_path):
     out = tmp_path / "report"
     assert main(["eval", "mmeb", "--model", str(qwen2_vl_path), "--dtype", "float32", "--data",
-                 str(synthetic / "mmeb_eval"), "--tasks-file", str(synthetic / "mmeb_eval" / "tasks.yaml"),
-                 "--image-root", str(synthetic), "-o", str(out)]) == 0
+                 str(synthetic / "mmeb_eval"), "--image-root", str(synthetic), "-o", str(out)]) == 0
     report = json.loads((out / "mmeb.json").read_text())
     manifest = json.loads((synthetic / "manifest.json").read_text())
     tasks = report["tasks"]
-    assert len(tasks) == 9 and not report["missing"]
+    assert len(tasks) == 9 and not report["missing"]  # the folder's tasks.yaml is the task list
     assert report["summary"]["tasks_present"] == "9/9"
     diffs = []
     for task, entry in tasks.items():

@@ -145,6 +145,7 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
                   show_progress_bar: bool | None = None):
     """Score ``embedder`` on the MMEB tasks found under ``data_root``; returns a :class:`~mmembed.eval.report.Report`.
 
+    The task list is ``tasks_file``, else ``<data_root>/tasks.yaml`` when present, else the 36 MMEB v1 tasks.
     ``tasks`` restricts to some task names; ``max_queries`` evaluates a seeded sample of each task's queries (the
     sample size is recorded).
     """
@@ -156,6 +157,8 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     if not root.is_dir():
         raise MMEBDataError(f"MMEB data root {root} is not a folder.")
     image_root = Path(image_root) if image_root is not None else root
+    if tasks_file is None and (root / "tasks.yaml").is_file():
+        tasks_file = root / "tasks.yaml"
     task_list = load_task_list(tasks_file)
     if tasks:
         unknown = sorted(set(tasks) - {t.name for t in task_list})
@@ -208,7 +211,10 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
             logger.warning(flags[-1])
         results[task.name] = entry
     if not results:
-        raise MMEBDataError(f"no MMEB task of the list was found under {root}: " + "; ".join(missing.values()))
+        present = sorted(p.name for p in root.iterdir())[:8]
+        raise MMEBDataError(f"none of the {len(task_list)} tasks of {tasks_file or 'MMEB v1'} is under {root} (a task "
+                            f"is <name>.jsonl, <name>.parquet or a folder <name>/, e.g. {task_list[0].name}.jsonl); "
+                            f"the folder holds {present}. Pass --tasks-file for another task list.")
 
     def avg(selected: list[MMEBTask]) -> float | None:
         return mean([results[t.name]["score"] for t in selected if t.name in results])

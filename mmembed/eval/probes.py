@@ -321,7 +321,7 @@ def read_probe_data(path: str | Path, max_sentences: int | None = 2000, seed: in
                     ) -> tuple[list[str], tuple[list[str], list[str]] | None]:
     """Sentences to probe and optional positive pairs: an STS-B file (``.csv``, SentEval layout) gives its
     sentences and the pairs with gold > 4; any other file gives one sentence a line. At most ``max_sentences``
-    sentences (a seeded sample)."""
+    sentences and ``max_sentences // 2`` pairs (seeded samples)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"probe data {path} is not a file.")
@@ -332,6 +332,9 @@ def read_probe_data(path: str | Path, max_sentences: int | None = 2000, seed: in
         first, second, gold = read_sts_benchmark(path)
         sentences = list(dict.fromkeys(first + second))
         pairs = sts_positive_pairs(first, second, gold)
+        if max_sentences is not None and len(pairs[0]) > max_sentences // 2:  # pairs add two texts each
+            keep = np.sort(np.random.default_rng(seed + 1).choice(len(pairs[0]), max_sentences // 2, replace=False))
+            pairs = ([pairs[0][i] for i in keep], [pairs[1][i] for i in keep])
         pairs = pairs if pairs[0] else None
     else:
         sentences = list(dict.fromkeys(s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()))

@@ -118,6 +118,8 @@ def evaluate_retrieval(embedder: Any, folder: str | Path, *, split: str = "test"
 def read_trecqa(path: str | Path) -> list[tuple[str, list[str], list[int]]]:
     """``(question, candidate sentences, labels)`` per question, in file order, from a ``qtext,label,atext`` CSV."""
     questions: dict[str, tuple[list[str], list[int]]] = {}
+    if not Path(path).is_file():
+        raise RetrievalDataError(f"TREC-QA file {path} not found (a CSV with the header qtext,label,atext).")
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"qtext", "label", "atext"} <= set(reader.fieldnames):
