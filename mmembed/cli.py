@@ -128,7 +128,8 @@ def run_suite(args: argparse.Namespace):
         from .eval.mmeb import evaluate_mmeb
 
         return evaluate_mmeb(model, args.data, tasks_file=args.tasks_file, tasks=args.task, image_root=args.image_root,
-                             max_queries=args.max_queries, seed=args.seed, **common)
+                             max_queries=args.max_queries, seed=args.seed,
+                             resume_file=Path(args.output) / "mmeb.partial.json", **common)
     if args.suite == "mbeir":
         from .eval.mbeir import evaluate_mbeir
 
@@ -161,6 +162,7 @@ def run_suite(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     report = run_suite(args)
     paths = report.save(Path(args.output))
+    (Path(args.output) / f"{args.suite}.partial.json").unlink(missing_ok=True)  # finished: no resume state left
     print(report.to_markdown())
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0

@@ -145,3 +145,33 @@ def test_task_list_sample_and_errors(vlm, data, tmp_path):
     (bad / "Cls.jsonl").write_text(json.dumps({**row, "tgt_img_path": ["../../etc/passwd"] * 4}) + "\n")
     with pytest.raises(DataError, match=r"Cls.jsonl:1 candidate 0: image path '../../etc/passwd' leaves the image root"):
         evaluate_mmeb(vlm, bad, tasks_file=bad / "tasks.yaml")
+
+
+def test_an_interrupted_run_resumes_without_encoding_finished_tasks(vlm, data, tmp_path, monkeypatch):
+    state = tmp_path / "mmeb.partial.json"
+    full = evaluate_mmeb(vlm, data, resume_file=state)
+    saved = json.loads(state.read_text())
+    del saved["tasks"]["T2I"]  # as if the run stopped after the first task
+    state.write_text(json.dumps(saved))
+    encoded = []
+    original = vlm.encode
+
+    def counting(inputs, **kwargs):
+        encoded.extend(inputs)
+        return original(inputs, **kwargs)
+
+    monkeypatch.setattr(vlm, "encode", counting)
+    resumed = evaluate_mmeb(vlm, data, resume_file=state)
+    assert resumed.scores() == full.scores()
+    texts = {x.get("text") for x in encoded if isinstance(x, dict)}
+    assert not texts & set(LABELS)  # the finished classification task was not encoded again ...
+    assert any(t and t.startswith("Find me an everyday image") for t in texts)  # ... the unfinished one was
+    with torch.no_grad():  # other weights: the saved results are not reused
+        next(vlm.backbone.model.parameters()).add_(1.0)
+    try:
+        encoded.clear()
+        evaluate_mmeb(vlm, data, resume_file=state)
+        assert {x.get("text") for x in encoded if isinstance(x, dict)} & set(LABELS)
+    finally:
+        with torch.no_grad():
+            next(vlm.backbone.model.parameters()).sub_(1.0)

@@ -17,7 +17,10 @@ reported as missing. Near-constant embeddings are flagged in the report and logg
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -139,15 +142,35 @@ def mean_pairwise_cosine(vectors: np.ndarray) -> float:
     return float((total @ total - n) / (n * (n - 1)))
 
 
+def _load_state(path: str | Path | None, key: str) -> dict[str, Any]:
+    """Finished tasks of an earlier run with the same key (model, weights, settings), else an empty state."""
+    if path is not None and Path(path).is_file():
+        state = json.loads(Path(path).read_text())
+        if state.get("key") == key:
+            logger.info("resuming from %s: %d finished task(s)", path, len(state["tasks"]))
+            return state
+        logger.info("%s belongs to another model or settings: starting over", path)
+    return {"key": key, "tasks": {}}
+
+
+def _save_state(path: str | Path, state: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, default=str))
+    temporary.replace(path)  # atomic: an interruption never leaves half a file
+
+
 def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Path | None = None,
                   tasks: list[str] | None = None, image_root: str | Path | None = None,
                   max_queries: int | None = None, seed: int = 0, batch_size: int = 16,
-                  show_progress_bar: bool | None = None):
+                  resume_file: str | Path | None = None, show_progress_bar: bool | None = None):
     """Score ``embedder`` on the MMEB tasks found under ``data_root``; returns a :class:`~mmembed.eval.report.Report`.
 
     The task list is ``tasks_file``, else ``<data_root>/tasks.yaml`` when present, else the 36 MMEB v1 tasks.
     ``tasks`` restricts to some task names; ``max_queries`` evaluates a seeded sample of each task's queries (the
-    sample size is recorded).
+    sample size is recorded). With ``resume_file``, each finished task is saved there, and a rerun with the same
+    model, weights, settings and task files reuses those results instead of encoding again.
     """
     from tqdm.auto import tqdm
 
@@ -168,23 +191,33 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     queries = EmbeddingCache(embedder, "query", _to_input, batch_size=batch_size, show_progress_bar=show_progress_bar)
     candidates = EmbeddingCache(embedder, "document", _to_input, batch_size=batch_size,
                                 show_progress_bar=show_progress_bar)
-    rng = np.random.default_rng(seed)
+    model_info = describe_model(embedder)
+    run_key = hashlib.sha256(json.dumps([model_info, str(image_root), max_queries, seed], sort_keys=True,
+                                        default=str).encode()).hexdigest()
+    state = _load_state(resume_file, run_key)
     results: dict[str, dict[str, Any]] = {}
     missing: dict[str, str] = {}
     flags: list[str] = []
-    files_read: list[Path] = []
+    data_files: dict[str, str] = {}
     for task in tqdm(task_list, desc="MMEB tasks", unit="task", disable=show_progress_bar is False):
         files = task_files(root, task.name)
         if not files:
             missing[task.name] = f"no {task.name}.jsonl / .parquet / folder under {root}"
             continue
+        hashes = file_hashes(files)
+        data_files.update(hashes)
+        done = state["tasks"].get(task.name)
+        if done is not None and done["files"] == hashes:
+            results[task.name] = done["entry"]
+            flags += [done["flag"]] if done.get("flag") else []
+            continue
         rows = read_task(files, image_root)
-        files_read += files
         if not rows:
             missing[task.name] = f"{files[0]} has no rows"
             continue
         n_total = len(rows)
-        if max_queries is not None and n_total > max_queries:
+        if max_queries is not None and n_total > max_queries:  # a per-task stream: independent of the task list
+            rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
             rows = [rows[i] for i in sorted(rng.choice(n_total, max_queries, replace=False))]
         query_vectors = queries.get([r.query for r in rows])
         keys = list(dict.fromkeys(c for r in rows for c in r.candidates))
@@ -210,6 +243,10 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
                          f"{entry['score']:.2f} is at chance level {entry['chance']:.2f}, not a real result.")
             logger.warning(flags[-1])
         results[task.name] = entry
+        if resume_file is not None:
+            state["tasks"][task.name] = {"files": hashes, "entry": entry, "flag": flags[-1] if "collapsed" in entry
+                                         else None}
+            _save_state(resume_file, state)
     if not results:
         present = sorted(p.name for p in root.iterdir())[:8]
         raise MMEBDataError(f"none of the {len(task_list)} tasks of {tasks_file or 'MMEB v1'} is under {root} (a task "
@@ -226,13 +263,13 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
                     "overall": avg(full), "tasks_present": f"{len(results)}/{len(full)}"})
     return Report(
         suite="mmeb", metric="precision@1 x 100", tasks=results, summary=summary, missing=missing, flags=flags,
-        model=describe_model(embedder),
+        model=model_info,
         protocol={"query": "qry_text + qry_img_path", "candidate": "tgt_text[i] + tgt_img_path[i]",
                   "image_token_removed": IMAGE_TOKEN, "similarity": "cosine", "pool": "per-query candidate list",
                   "tie_breaking": "random (expected credit 1/t among t tied best)", "max_queries": max_queries,
                   "unique_queries": len(queries), "unique_candidates": len(candidates),
                   "averages": "unweighted over the tasks present"},
         data={"root": str(root), "image_root": str(image_root), "tasks_file": str(tasks_file or "MMEB v1 (36 tasks)"),
-              "files": file_hashes(files_read)},
+              "files": data_files},
         seeds={"query_sample": seed},
     )

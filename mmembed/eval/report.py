@@ -29,9 +29,23 @@ def file_hashes(paths: list[str | Path]) -> dict[str, str]:
     return {str(p): sha256(p) for p in sorted({str(p) for p in paths})}
 
 
+def weights_fingerprint(model: Any) -> str:
+    """A 16-hex-digit hash of every parameter's name, shape, sum and sum of squares: two models with different
+    weights (a retrained adapter included) get different fingerprints; cheap enough to compute on every run."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            values = param.detach().double()
+            digest.update(f"{name}{tuple(param.shape)}{values.sum().item():.10e}"
+                          f"{values.square().sum().item():.10e}".encode())
+    return digest.hexdigest()[:16]
+
+
 def describe_model(embedder: Any) -> dict[str, Any]:
     """What produced the embeddings: model path, adapter, chain settings (template, prompts, pooling, layer),
-    dtype, parameter count and the image processor's resolution settings."""
+    dtype, parameter count, a fingerprint of the weights and the image processor's resolution settings."""
     info: dict[str, Any] = {"class": type(embedder).__name__}
     backbone = getattr(embedder, "backbone", None)
     if backbone is None:
@@ -46,6 +60,7 @@ def describe_model(embedder: Any) -> dict[str, Any]:
     info["config"] = embedder.get_config()
     info["dtype"] = str(next(model.parameters()).dtype)
     info["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
+    info["weights_fingerprint"] = weights_fingerprint(model)
     info["embedding_dim"] = int(embedder.embedding_dim)
     image_processor = getattr(backbone.processor, "image_processor", None)
     if image_processor is not None:
