@@ -9,8 +9,10 @@ import numpy as np
 
 
 def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *, prompt_name: str | None = None,
-                prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None) -> np.ndarray:
-    """L2-normalised float32 embeddings ``(n, dim)``.
+                prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
+                chunk_size: int = 4096) -> np.ndarray:
+    """L2-normalised float32 embeddings ``(n, dim)``, encoded ``chunk_size`` inputs at a time (so the images of a
+    large pool are never all decoded at once; each chunk is still sorted by length inside ``encode``).
 
     ``side`` ("query" / "document") picks the model's prompt of that name when it has one (as ``encode_queries``
     / ``encode_documents``); an explicit ``prompt_name`` or ``prompt`` wins.
@@ -24,10 +26,13 @@ def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *
         kwargs.update({"prompt_name": side} if side in (getattr(embedder, "prompts", None) or {}) else {})
     if not len(inputs):
         return np.zeros((0, embedder.embedding_dim), dtype=np.float32)
-    vectors = embedder.encode(list(inputs), **kwargs)
-    if isinstance(vectors, list):  # a multi-vector (special-token) pooler: evaluate the first embedding
-        vectors = np.stack([v[0] for v in vectors])
-    vectors = np.asarray(vectors, dtype=np.float32).reshape(len(inputs), -1)
+    chunks = []
+    for start in range(0, len(inputs), chunk_size):
+        vectors = embedder.encode(list(inputs[start:start + chunk_size]), **kwargs)
+        if isinstance(vectors, list):  # a multi-vector (special-token) pooler: evaluate the first embedding
+            vectors = np.stack([v[0] for v in vectors])
+        chunks.append(np.asarray(vectors, dtype=np.float32).reshape(-1, embedder.embedding_dim))
+    vectors = np.concatenate(chunks)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
 

@@ -246,7 +246,8 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
             blocks = _shuffled_blocks(len(dids), block_size, rng)  # ties never favour the pool file's order
             order = np.concatenate([start + perm for start, perm in blocks])
             shuffled = (np.asarray(vectors[start:start + len(perm)])[perm] for start, perm in blocks)
-            _, index = topk_search(query_vectors, shuffled, k=depth, block_size=block_size, device=device)
+            _, index = topk_search(query_vectors, shuffled, k=depth, block_size=block_size, device=device,
+                                   show_progress_bar=show_progress_bar is not False and len(dids) >= 200_000)
             ranked = [[dids[order[j]] for j in row] for row in index.tolist()]
             recalls = {f"recall@{k}": 100 * float(np.mean([hit_at_k(r, rel, k) for r, rel in zip(ranked, relevant)]))
                        for k in sorted(set(k_values) | {k_main})}
