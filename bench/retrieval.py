@@ -4,8 +4,8 @@ Compares, each in its own process (peak RSS is per process):
   * mmembed: ``topk_search`` reading the pool block by block from an ``.npy`` file on disk (``NpyFile``);
   * full:    the plain way, the whole pool in RAM, one ``queries @ pool.T`` matrix, then ``topk``;
   * faiss:   ``IndexFlatIP`` (exact), when faiss-cpu is installed.
-Prints throughput (query x candidate scores per second) and peak RSS, and the ratios against the plain way, and
-checks that every method returns the same top-k ids.
+Prints throughput (query x candidate scores per second), peak RSS, the ratios against the plain way, and how often
+each method returns the same top-k ids as the first one.
 
     python bench/retrieval.py                       # 1,000 queries x 1,000,000 candidates x 768 (the issue's size)
     python bench/retrieval.py --candidates 200000   # quicker
@@ -43,7 +43,6 @@ def make_pool(path: Path, n: int, dim: int, seed: int, chunk: int = 50_000) -> N
 def run(method: str, pool_path: Path, queries_path: Path, k: int, block_size: int, out: Path) -> None:
     """One measurement (in a fresh process)."""
     import torch
-
     from _measure import peak_rss_kb, reset_peak_rss
 
     queries = np.load(queries_path)

@@ -136,7 +136,7 @@ def run_suite(args: argparse.Namespace):
         return evaluate_mbeir(model, args.data, tasks=args.task, pools=tuple(args.pool or ("local", "global")),
                               split=args.split, image_root=args.image_root, instructions=not args.no_instructions,
                               seed=args.seed, max_queries=args.max_queries, embeddings_dir=args.embeddings_dir,
-                              **common)
+                              device=args.device, **common)
     if args.suite == "mteb":
         from .eval.mteb import mteb_report
 
@@ -145,7 +145,7 @@ def run_suite(args: argparse.Namespace):
     if args.suite == "retrieval":
         from .eval.retrieval import evaluate_retrieval
 
-        return evaluate_retrieval(model, args.data, split=args.split, seed=args.seed, **common)
+        return evaluate_retrieval(model, args.data, split=args.split, seed=args.seed, device=args.device, **common)
     if args.suite == "trecqa":
         from .eval.retrieval import evaluate_trecqa
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import mmembed
 from mmembed.eval.mbeir import MBEIRDataError, evaluate_mbeir, format_string, recall_k
@@ -101,7 +102,7 @@ def test_local_and_global_pools_equal_brute_force(vlm, data):
     assert recall_k("fashion200k_task0") == 10 and recall_k("cirr_task7") == 5
 
 
-def test_on_disk_pool_embeddings_resume(vlm, data, tmp_path):
+def test_on_disk_pool_embeddings_resume(vlm, data, tmp_path, monkeypatch):
     in_memory = evaluate_mbeir(vlm, data, pools=("global",))
     folder = tmp_path / "emb"
     first = evaluate_mbeir(vlm, data, pools=("global",), embeddings_dir=folder, block_size=5)
@@ -113,9 +114,56 @@ def test_on_disk_pool_embeddings_resume(vlm, data, tmp_path):
     array[8:] = 0
     array.flush()
     (folder / "global_test.progress.json").write_text(json.dumps({**state, "done": 8}))
+    encoded = []
+    original = vlm.encode
+    monkeypatch.setattr(vlm, "encode", lambda inputs, **kw: encoded.extend(inputs) or original(inputs, **kw))
     resumed = evaluate_mbeir(vlm, data, pools=("global",), embeddings_dir=folder)
     assert resumed.scores() == pytest.approx(in_memory.scores())
     assert np.allclose(np.load(folder / "global_test.npy"), saved, atol=1e-6)
+    pool = [json.loads(x) for x in (data / "cand_pool/global/mbeir_union_test_cand_pool.jsonl").read_text().splitlines()]
+    images = [x["image"] for x in encoded if isinstance(x, dict) and "image" in x and "text" not in x]
+    assert sorted(images) == sorted(str(data / c["img_path"]) for c in pool[8:] if c["img_path"])  # rows 8+ only
+    # other weights: the saved embeddings are not reused
+    encoded.clear()
+    with torch.no_grad():
+        next(vlm.backbone.model.parameters()).mul_(1.5)
+    try:
+        evaluate_mbeir(vlm, data, pools=("global",), embeddings_dir=folder)
+        assert len([x for x in encoded if isinstance(x, dict) and "text" not in x]) == 16  # the whole pool again
+    finally:
+        with torch.no_grad():
+            next(vlm.backbone.model.parameters()).div_(1.5)
+
+
+def test_format_string_and_seeded_instruction_choice(vlm, data, tmp_path):
+    assert format_string('  "a red dress\r" ') == "A red dress."
+    assert format_string("is it blue?") == "Is it blue?"
+    assert format_string(None) == "" and format_string("Done!") == "Done!"
+    several = build_mbeir(tmp_path / "several")
+    tsv = several / "instructions/query_instructions.tsv"
+    lines = tsv.read_text().splitlines()
+    lines[1] += "\tShow me the picture described\tGive the image for this caption"
+    tsv.write_text("\n".join(lines) + "\n")
+    def query_texts(seed):
+        texts = []
+        original = vlm.encode
+        vlm.encode = lambda inputs, **kw: texts.extend(x["text"] for x in inputs if "text" in x) or original(inputs,
+                                                                                                              **kw)
+        try:
+            evaluate_mbeir(vlm, several, pools=("local",), tasks=["mscoco_task0"], seed=seed)
+        finally:
+            del vlm.encode
+        return texts
+
+    first, again, other = query_texts(0), query_texts(0), query_texts(1)
+    assert first == again and first != other
+    prompts = ("Retrieve an image that matches the caption", "Show me the picture described",
+               "Give the image for this caption")
+    assert all(t.startswith(prompts) and t.endswith(".") for t in first + other)
+    assert len({next(p for p in prompts if t.startswith(p)) for t in first + other}) == 3
+    alone = evaluate_mbeir(vlm, several, pools=("local",), tasks=["mscoco_task0"], seed=0).scores()
+    both = evaluate_mbeir(vlm, several, seed=0).scores()  # other tasks and pools do not change a task's draws
+    assert both["mscoco_task0 [local]"] == alone["mscoco_task0 [local]"]
 
 
 def test_errors_name_the_record(vlm, data, tmp_path):

@@ -213,8 +213,10 @@ def test_text_to_image_retrieval_equals_the_reference(tmp_path, vl_embedder):
                docs=[{"_id": f"i{i}", "image": f"img/{i}.png"} for i in range(6)])
     # the same corpus with captions: text+image documents
     both = write_beir(tmp_path / "t2it", queries=queries, qrels=qrels,
-                      docs=[{"_id": f"i{i}", "text": captions[i], "image": str(folder / "img" / f"{i}.png")}
-                            for i in range(6)])
+                      docs=[{"_id": f"i{i}", "text": captions[i], "image": f"img/{i}.png"} for i in range(6)])
+    (both / "img").mkdir()
+    for i, image in enumerate(images):
+        image.save(both / "img" / f"{i}.png")
     task = mm.retrieval_task_from_beir(folder)
     assert (task.metadata.type, task.metadata.category, task.metadata.modalities) == \
         ("Any2AnyRetrieval", "t2i", ["image", "text"])
@@ -379,3 +381,15 @@ def test_cli_runs_local_retrieval_and_sts_through_mteb(tmp_path, text_embedder, 
     assert saved["model"]["mteb_revision"] == mm.as_encoder(text_embedder).mteb_model_meta.revision
     assert (out / "mteb" / "results").is_dir() and (out / "mteb.png").is_file()
     assert str(sts) in saved["data"]["files"]
+
+
+def test_revision_follows_every_weight(qwen2_path):
+    """Two adapters on one base must not share mteb's cached results: any parameter changes the revision."""
+    import torch
+
+    model = mmembed.load(str(qwen2_path), dtype="float32")
+    before = mm.model_revision(model)
+    params = list(model.backbone.model.parameters())
+    with torch.no_grad():
+        params[len(params) // 2].add_(1e-3)  # a middle layer, as a LoRA update would be
+    assert mm.model_revision(model) != before

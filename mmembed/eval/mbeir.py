@@ -14,10 +14,12 @@ positive candidates); candidate texts are ``format_string(txt)``. Cosine scores,
 "Recall@k" = 1 if any positive is in the top k (:func:`~mmembed.eval.metrics.hit_at_k`): Recall@5 for every task but
 Fashion200K and FashionIQ (Recall@10). Averages over tasks per pool (M-BEIR_local, M-BEIR global).
 
-Pools are embedded once (a candidate shared by several local pools and the global pool is encoded once) and, with
-``embeddings_dir``, written to ``.npy`` files in chunks so an interrupted run resumes and a pool of millions needs
-no RAM for its embeddings: scoring reads blocks (:func:`~mmembed.eval.search.topk_search`). The pool is scored in a
-seeded random order, so exact ties never favour the order of the pool file.
+Pools are embedded once per run (in RAM, a candidate shared by several pools is encoded once) or, with
+``embeddings_dir``, written to one ``.npy`` file per pool in chunks: an interrupted run resumes where it stopped (the
+files are reused only for the same model, weights fingerprint and image root), and a pool of millions needs no RAM
+for its embeddings, as scoring reads blocks (:func:`~mmembed.eval.search.topk_search`). The pool is scored in a
+seeded random order, so exact ties never favour the order of the pool file. Query samples, instruction choices and
+pool orders come from one random stream per (seed, task[, pool]), so they do not depend on which tasks ran.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +40,6 @@ from .search import NpyFile, topk_search
 
 logger = logging.getLogger(__name__)
 
-#: UniIR's dataset ids (the prefix of every qid / did) and task ids
-DATASET_IDS = {"VisualNews": 0, "Fashion200K": 1, "WebQA": 2, "EDIS": 3, "NIGHTS": 4, "OVEN": 5, "INFOSEEK": 6,
-               "FashionIQ": 7, "CIRR": 8, "MSCOCO": 9}
-TASK_IDS = {"text -> image": 0, "text -> text": 1, "text -> image,text": 2, "image -> text": 3, "image -> image": 4,
-            "image -> text,image": 5, "image,text -> text": 6, "image,text -> image": 7,
-            "image,text -> image,text": 8}
 RECALL_AT_10 = ("fashion200k", "fashioniq")
 
 
@@ -83,7 +80,11 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
         parts = line.split()
         if len(parts) < 4:
             raise MBEIRDataError(f"{path}:{number}: expected 'qid 0 did relevance [task_id]'.")
-        if float(parts[3]) > 0:
+        try:
+            relevance = float(parts[3])
+        except ValueError:
+            raise MBEIRDataError(f"{path}:{number}: relevance {parts[3]!r} is not a number.") from None
+        if relevance > 0:
             qrels.setdefault(parts[0], set()).add(parts[2])
     return qrels
 
@@ -103,8 +104,9 @@ class _Pools:
     """Candidate records by did, and their embeddings computed once (in RAM, or in .npy files on disk)."""
 
     def __init__(self, embedder: Any, image_root: Path, batch_size: int, embeddings_dir: Path | None,
-                 chunk: int = 8192, show_progress_bar: bool | None = None):
+                 model_key: str = "", chunk: int = 8192, show_progress_bar: bool | None = None):
         self.embedder, self.image_root, self.batch_size = embedder, image_root, batch_size
+        self.model_key = model_key  # saved embeddings are reused only for the same model, weights and image root
         self.embeddings_dir, self.chunk, self.show_progress_bar = embeddings_dir, chunk, show_progress_bar
         self.records: dict[str, dict] = {}
         self.vectors: dict[str, np.ndarray] = {}
@@ -143,9 +145,12 @@ class _Pools:
         folder = self.embeddings_dir
         folder.mkdir(parents=True, exist_ok=True)
         array_path, state_path = folder / f"{name}.npy", folder / f"{name}.progress.json"
+        key = _hash([self.model_key, *dids])
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-        if state.get("dids_hash") != _hash(dids) or not array_path.is_file():
-            state = {"dids_hash": _hash(dids), "done": 0}
+        if state.get("key") != key or not array_path.is_file():
+            if state:
+                logger.info("%s holds embeddings of another model or pool: computing them again", array_path)
+            state = {"key": key, "done": 0}
             np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32,
                                       shape=(len(dids), self.embedder.embedding_dim)).flush()
         if state["done"] < len(dids):
@@ -154,7 +159,8 @@ class _Pools:
                 out[start:start + self.chunk] = self._encode(dids[start:start + self.chunk])
                 out.flush()
                 state["done"] = min(len(dids), start + self.chunk)
-                state_path.write_text(json.dumps(state))
+                state_path.with_suffix(".tmp").write_text(json.dumps(state))
+                state_path.with_suffix(".tmp").replace(state_path)  # atomic
             del out
         else:
             logger.info("reusing the embeddings of %s in %s", name, array_path)
@@ -183,17 +189,19 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
         raise MBEIRDataError(f"no query files {root}/query/{split}/mbeir_<task>_{split}.jsonl found.")
     instruction_path = root / "instructions" / "query_instructions.tsv"
     table = read_instructions(instruction_path) if instructions else {}
+    model_info = describe_model(embedder)
+    model_key = json.dumps([model_info, str(image_root.resolve())], sort_keys=True, default=str)
     pool_store = _Pools(embedder, image_root, batch_size, Path(embeddings_dir) if embeddings_dir else None,
-                        show_progress_bar=show_progress_bar)
+                        model_key=model_key, show_progress_bar=show_progress_bar)
     files_read = [instruction_path] if instructions else []
     global_path = root / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
     global_dids = pool_store.load(global_path) if "global" in pools and global_path.is_file() else None
     if global_dids is not None:
         files_read.append(global_path)
-    rng = np.random.default_rng(seed)
     results: dict[str, dict[str, Any]] = {}
     missing: dict[str, str] = {}
     depth = max(max(k_values), 10)
+    global_vectors = pool_store.embed(f"global_{split}", global_dids) if global_dids is not None else None
     for name in names:
         query_path = root / "query" / split / f"mbeir_{name}_{split}.jsonl"
         if not query_path.is_file():
@@ -201,16 +209,23 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
             continue
         local_path = root / "cand_pool" / "local" / f"mbeir_{name}_cand_pool.jsonl"
         local_dids = pool_store.load(local_path) if "local" in pools and local_path.is_file() else None
+        scored = {"local": local_dids, "global": global_dids}
+        for pool_name in pools:
+            if scored[pool_name] is None:
+                missing[f"{name} [{pool_name}]"] = f"no {pool_name} candidate pool file"
+        if local_dids is None and global_dids is None:
+            continue
         qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
         qrels = read_qrels(qrels_path) if qrels_path.is_file() else None
         files_read += [p for p in (query_path, local_path, qrels_path) if p.is_file()]
         records = list(iter_jsonl(query_path))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])  # per task: independent of the task list
         if max_queries is not None and len(records) > max_queries:
             records = [records[i] for i in sorted(rng.choice(len(records), max_queries, replace=False))]
         inputs, relevant = [], []
         for where, q in records:
-            positives = qrels.get(q.get("qid")) if qrels is not None else None
-            positives = positives or set(q.get("pos_cand_list") or [])
+            listed = list(q.get("pos_cand_list") or [])
+            positives = (qrels.get(q.get("qid")) if qrels is not None else None) or set(listed)
             if not positives:
                 raise MBEIRDataError(f"{where}: query {q.get('qid')} has no positive candidate.")
             unknown = [d for d in positives if d not in pool_store.records]
@@ -218,8 +233,10 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
                 raise MBEIRDataError(f"{where}: positive candidate(s) {unknown[:3]} are in no loaded pool.")
             text = q.get("query_txt") or ""
             if instructions:
-                key = f"{str(q['qid']).split(':')[0]}, {q.get('query_modality')}, " \
-                      f"{pool_store.records[min(positives)].get('modality')}"
+                # UniIR: the positive of the query's own dataset names the candidate modality (OVEN / INFOSEEK)
+                dataset = str(q.get("qid", "")).split(":")[0]
+                own = [d for d in listed if d.split(":")[0] == dataset and d in pool_store.records] or sorted(positives)
+                key = f"{dataset}, {q.get('query_modality')}, {pool_store.records[own[0]].get('modality')}"
                 if key not in table:
                     raise MBEIRDataError(f"{where}: no instruction for '{key}' in {instruction_path}.")
                 text = f"{table[key][rng.integers(len(table[key]))]} {text}"
@@ -235,15 +252,13 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
         query_vectors = encode_side(embedder, inputs, "query", batch_size=batch_size,
                                     show_progress_bar=show_progress_bar)
         k_main = recall_k(name)
-        for pool_name, dids in (("local", local_dids), ("global", global_dids)):
-            if pool_name not in pools:
+        for pool_index, pool_name in enumerate(("local", "global")):
+            dids = scored[pool_name]
+            if pool_name not in pools or dids is None:
                 continue
-            label = f"{name} [{pool_name}]"
-            if dids is None:
-                missing[label] = f"no {pool_name} candidate pool file"
-                continue
-            vectors = pool_store.embed(f"{pool_name}_{name}" if pool_name == "local" else f"global_{split}", dids)
-            blocks = _shuffled_blocks(len(dids), block_size, rng)  # ties never favour the pool file's order
+            vectors = pool_store.embed(f"local_{name}", dids) if pool_name == "local" else global_vectors
+            pool_rng = np.random.default_rng([seed, zlib.crc32(name.encode()), pool_index])
+            blocks = _shuffled_blocks(len(dids), block_size, pool_rng)  # ties never favour the pool file's order
             order = np.concatenate([start + perm for start, perm in blocks])
             shuffled = (np.asarray(vectors[start:start + len(perm)])[perm] for start, perm in blocks)
             _, index = topk_search(query_vectors, shuffled, k=depth, block_size=block_size, device=device,
@@ -251,20 +266,27 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
             ranked = [[dids[order[j]] for j in row] for row in index.tolist()]
             recalls = {f"recall@{k}": 100 * float(np.mean([hit_at_k(r, rel, k) for r, rel in zip(ranked, relevant)]))
                        for k in sorted(set(k_values) | {k_main})}
-            results[label] = {"score": recalls[f"recall@{k_main}"], "metric": f"recall@{k_main}", "pool": pool_name,
-                              "n": len(records), "pool_size": len(dids), **recalls}
+            results[f"{name} [{pool_name}]"] = {"score": recalls[f"recall@{k_main}"], "metric": f"recall@{k_main}",
+                                                "pool": pool_name, "n": len(records), "pool_size": len(dids),
+                                                **recalls}
     if not results:
         raise MBEIRDataError(f"no M-BEIR task could be scored under {root}: " + "; ".join(missing.values()))
-    summary = {f"{pool}_avg": mean([r["score"] for r in results.values() if r["pool"] == pool]) for pool in pools}
+    summary: dict[str, Any] = {}
+    for pool in pools:
+        scores = [r["score"] for r in results.values() if r["pool"] == pool]
+        summary[f"{pool}_avg"] = mean(scores) if len(scores) == len(names) else None  # only over every task
+        summary[f"{pool}_avg_present"] = mean(scores)
+        summary[f"{pool}_tasks_present"] = f"{len(scores)}/{len(names)}"
     return Report(
         suite="mbeir", metric="recall@5 (recall@10 for Fashion200K, FashionIQ) x 100", tasks=results,
-        summary=summary, missing=missing, model=describe_model(embedder),
+        summary=summary, missing=missing, model=model_info,
         protocol={"recall": "hit: any positive in the top k (UniIR)", "instructions": instructions,
                   "instruction_choice": "seeded random among the (dataset, query modality, candidate modality) ones",
                   "text_normalisation": "UniIR format_string", "similarity": "cosine", "search": "exact, blocked",
-                  "pool_order": "seeded random permutation", "split": split, "max_queries": max_queries},
+                  "pool_order": "seeded random permutation", "split": split, "max_queries": max_queries,
+                  "random_streams": "one per (seed, task[, pool]): independent of the tasks and pools run"},
         data={"root": str(root), "image_root": str(image_root), "files": file_hashes(files_read)},
-        seeds={"instructions_and_pool_order": seed},
+        seeds={"instructions_query_sample_and_pool_order": seed},
     )
 
 

@@ -133,15 +133,6 @@ def _to_input(key: tuple[str | None, str | None]) -> dict:
     return {k: v for k, v in (("text", text), ("image", image)) if v is not None}
 
 
-def mean_pairwise_cosine(vectors: np.ndarray) -> float:
-    """Exact mean cosine over distinct pairs of unit rows: (|sum v|^2 - n) / (n (n - 1))."""
-    n = len(vectors)
-    if n < 2:
-        return 1.0
-    total = vectors.astype(np.float64).sum(0)
-    return float((total @ total - n) / (n * (n - 1)))
-
-
 def _load_state(path: str | Path | None, key: str) -> dict[str, Any]:
     """Finished tasks of an earlier run with the same key (model, weights, settings), else an empty state."""
     if path is not None and Path(path).is_file():
@@ -174,6 +165,7 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     """
     from tqdm.auto import tqdm
 
+    from .probes import average_cosine
     from .report import Report, describe_model, file_hashes
 
     root = Path(data_root)
@@ -228,7 +220,8 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
             credit = precision_at_1(scores, gold=0)
             tied += int(0 < credit < 1)
             credits.append(credit)
-        spread = mean_pairwise_cosine(np.concatenate([query_vectors, np.stack(list(candidate_vectors.values()))]))
+        spread = average_cosine(np.concatenate([query_vectors, np.stack(list(candidate_vectors.values()))]),
+                                n_pairs=None)  # exact
         entry: dict[str, Any] = {
             "score": 100 * float(np.mean(credits)), "metric": "precision_at_1", "meta_task": task.meta_task,
             "distribution": task.distribution, "n": len(rows), "n_total": n_total,
@@ -256,19 +249,22 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     def avg(selected: list[MMEBTask]) -> float | None:
         return mean([results[t.name]["score"] for t in selected if t.name in results])
 
-    full = load_task_list(tasks_file) if tasks is None else task_list
-    summary: dict[str, Any] = {f"{m}": avg([t for t in full if t.meta_task == m]) for m in META_TASKS}
-    summary.update({"IND": avg([t for t in full if t.distribution == "IND"]),
-                    "OOD": avg([t for t in full if t.distribution == "OOD"]),
-                    "overall": avg(full), "tasks_present": f"{len(results)}/{len(full)}"})
+    summary: dict[str, Any] = {f"{m}": avg([t for t in task_list if t.meta_task == m]) for m in META_TASKS}
+    summary.update({"IND": avg([t for t in task_list if t.distribution == "IND"]),
+                    "OOD": avg([t for t in task_list if t.distribution == "OOD"]),
+                    "overall": avg(task_list) if len(results) == len(task_list) else None,
+                    "overall_present": avg(task_list), "tasks_present": f"{len(results)}/{len(task_list)}"})
     return Report(
         suite="mmeb", metric="precision@1 x 100", tasks=results, summary=summary, missing=missing, flags=flags,
         model=model_info,
         protocol={"query": "qry_text + qry_img_path", "candidate": "tgt_text[i] + tgt_img_path[i]",
                   "image_token_removed": IMAGE_TOKEN, "similarity": "cosine", "pool": "per-query candidate list",
                   "tie_breaking": "random (expected credit 1/t among t tied best)", "max_queries": max_queries,
-                  "unique_queries": len(queries), "unique_candidates": len(candidates),
-                  "averages": "unweighted over the tasks present"},
+                  "encoded_queries": len(queries), "encoded_candidates": len(candidates),
+                  "prompts": "the model's 'query' / 'document' prompts when it has them (VLM2Vec adds none: the "
+                             "instruction is in qry_text)",
+                  "averages": "unweighted; per meta-task and IND / OOD over the tasks present, 'overall' only "
+                              "when every task ran ('overall_present' otherwise)"},
         data={"root": str(root), "image_root": str(image_root), "tasks_file": str(tasks_file or "MMEB v1 (36 tasks)"),
               "files": data_files},
         seeds={"query_sample": seed},

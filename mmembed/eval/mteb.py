@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.formats import DataError, iter_jsonl
+from ..data.formats import DataError, iter_jsonl, resolve_image
 from ..errors import MMEmbedError
 
 if TYPE_CHECKING:
@@ -270,21 +270,15 @@ def model_name(embedder: Embedder, name: str | None = None) -> str:
 
 
 def model_revision(embedder: Embedder) -> str:
-    """A 12-hex-digit hash of the chain config, the model config and a fingerprint of the weights."""
-    import torch
+    """A 12-hex-digit hash of the chain config, the model config and the weights fingerprint
+    (:func:`~mmembed.eval.report.weights_fingerprint`: every parameter counts, a LoRA adapter's included)."""
+    from .report import weights_fingerprint
 
-    digest = hashlib.sha256()
-    try:
-        digest.update(json.dumps(embedder.get_config(), sort_keys=True, default=str).encode())
-        config = embedder.backbone.config
-        digest.update(config.to_json_string(use_diff=False).encode() if hasattr(config, "to_json_string")
-                      else repr(config).encode())
-        params = [p for p in embedder.parameters()]
-        for p in params[:2] + params[-2:]:
-            digest.update(p.detach().flatten()[:4096].to(torch.float32).cpu().numpy().tobytes())
-    except Exception as exc:  # noqa: BLE001 - a revision is a label; never fail a run for it
-        logger.debug("model revision hash failed (%s); using 'local'", exc)
-        return "local"
+    digest = hashlib.sha256(json.dumps(embedder.get_config(), sort_keys=True, default=str).encode())
+    config = embedder.backbone.config
+    digest.update(config.to_json_string(use_diff=False).encode() if hasattr(config, "to_json_string")
+                  else repr(config).encode())
+    digest.update(weights_fingerprint(embedder.backbone.model).encode())
     return digest.hexdigest()[:12]
 
 
@@ -365,11 +359,7 @@ def _read_side(path: Path, folder: Path, kind: str) -> tuple[list[str], dict[str
             if value is not None and not isinstance(value, str):
                 raise TaskFileError(f"{where}: '{field}' must be a string, got {type(value).__name__}.")
         if image is not None:
-            image_path = Path(image).expanduser()
-            image_path = image_path if image_path.is_absolute() else folder / image_path
-            if not image_path.is_file():
-                raise TaskFileError(f"{where}: image file '{image_path}' does not exist.")
-            image = str(image_path)
+            image = resolve_image(str(image), folder, where)  # inside the task folder
         if not (text or "").strip() and not title.strip() and image is None:
             raise TaskFileError(f"{where}: {kind} entry {doc_id!r} has no text and no image.")
         ids.append(doc_id)
@@ -755,17 +745,19 @@ def mteb_report(embedder: Any, tasks: Any, *, output_folder: str | Path | None =
     mteb's own result files go to ``output_folder``."""
     from .report import Report, describe_model, file_hashes
 
+    tasks = [tasks] if isinstance(tasks, (str, Path)) else list(tasks)
     results = evaluate(embedder, tasks, output_folder=output_folder, batch_size=batch_size, name=name,
                        show_progress_bar=show_progress_bar)
     local = [Path(t) for t in tasks if isinstance(t, (str, Path)) and _looks_like_path(str(t)) and Path(t).exists()]
     files = [p for t in local for p in ([t] if t.is_file() else sorted(t.rglob("*")) if t.is_dir() else [])
              if p.is_file()]
-    entries = {task: {"score": 100 * r["main_score"], "metric": r["metric"], "splits": _finite(r["scores"])}
+    entries = {task: {"score": _finite(100 * r["main_score"]), "metric": r["metric"], "splits": _finite(r["scores"])}
                for task, r in results.items()}
+    scores = [e["score"] for e in entries.values() if e["score"] is not None]
     encoder = as_encoder(embedder, name=name, batch_size=batch_size)
     return Report(
         suite="mteb", metric="mteb main score x 100", tasks=entries,
-        summary={"avg": float(np.mean([e["score"] for e in entries.values()])) if entries else None},
+        summary={"avg": float(np.mean(scores)) if len(scores) == len(entries) and scores else None},
         model={**describe_model(embedder), "mteb_name": encoder.mteb_model_meta.name,
                "mteb_revision": encoder.mteb_model_meta.revision},
         protocol={"runner": "mteb.evaluate", "prompts": "embedder.prompts by mteb's priority rules",

@@ -37,9 +37,12 @@ def weights_fingerprint(model: Any) -> str:
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            values = param.detach().double()
-            digest.update(f"{name}{tuple(param.shape)}{values.sum().item():.10e}"
-                          f"{values.square().sum().item():.10e}".encode())
+            total = squares = 0.0
+            for chunk in param.detach().reshape(-1).split(1 << 22):  # float64 a chunk at a time, not the whole tensor
+                chunk = chunk.double()
+                total += chunk.sum().item()
+                squares += chunk.square().sum().item()
+            digest.update(f"{name}{tuple(param.shape)}{total:.10e}{squares:.10e}".encode())
     return digest.hexdigest()[:16]
 
 

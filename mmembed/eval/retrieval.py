@@ -1,7 +1,7 @@
 """Retrieval on local data: any query -> corpus set with qrels (BEIR layout), and TREC-QA answer selection.
 
 BEIR layout: ``corpus.jsonl`` (``{"_id", "title", "text"}``), ``queries.jsonl`` (``{"_id", "text"}``) and
-``qrels/<split>.tsv`` (header, then ``query-id  corpus-id  score``). Queries use the model's ``query`` prompt and the
+``qrels/<split>.tsv`` (``query-id  corpus-id  score``, after an optional header line). Queries use the model's ``query`` prompt and the
 corpus its ``document`` prompt when it has them; a title is put before the text as ``"title text"`` (BEIR, mteb).
 Metrics over the exact top-``depth`` ranking: nDCG@10 (main, linear gains), MAP, MRR@10, Recall@k.
 
@@ -53,18 +53,21 @@ def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], 
     if not qrels_path.is_file():
         raise RetrievalDataError(f"{qrels_path} not found.")
     qrels: dict[str, dict[str, int]] = {}
-    lines = qrels_path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
+    for number, line in enumerate(qrels_path.read_text(encoding="utf-8").splitlines(), start=1):
         parts = line.split("\t")
+        if not line.strip() or (number == 1 and parts[0].strip().lower() == "query-id"):  # the header, if any
+            continue
         if len(parts) < 3:
             raise RetrievalDataError(f"{qrels_path}:{number}: expected query-id, corpus-id, score.")
-        qid, doc, score = parts[0], parts[1], parts[2]
+        qid, doc = parts[0], parts[1]
+        try:
+            score = int(float(parts[2]))
+        except ValueError:
+            raise RetrievalDataError(f"{qrels_path}:{number}: score {parts[2]!r} is not a number.") from None
         if qid not in queries or doc not in corpus:
             raise RetrievalDataError(f"{qrels_path}:{number}: {'query ' + qid if qid not in queries else 'document ' + doc}"
                                      f" is not in {'queries' if qid not in queries else 'corpus'}.jsonl.")
-        qrels.setdefault(qid, {})[doc] = int(float(score))
+        qrels.setdefault(qid, {})[doc] = score
     queries = {q: t for q, t in queries.items() if q in qrels}
     return queries, corpus, qrels
 

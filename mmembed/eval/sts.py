@@ -8,7 +8,8 @@ Score: Spearman x 100 between the cosine similarity of the two embeddings and th
 STS12-16 use the "all" aggregation (the subsets of a year pooled into one correlation; SentEval's ``all``, not its
 ``mean`` / ``wmean``, which are also recorded). STS-B and SICK-R are scored on their test split, and their dev splits
 (``STSBenchmark-dev``, ``SICKRelatedness-dev``) are reported separately for model selection. The average is over the
-seven test tasks and is only given when all seven ran; tasks whose files are absent are reported as missing.
+requested test tasks (the seven by default) and is only given when all of them ran (``avg_present`` otherwise);
+tasks whose files are absent are reported as missing.
 Sentences are whitespace-normalised, as SentEval's word lists joined by spaces are.
 """
 
