@@ -108,7 +108,7 @@ def main() -> None:
             out = tmp / f"{method}.json"
             cmd = [sys.executable, __file__, "--_run", method, str(pool_path), str(out), "--k", str(args.k),
                    "--block-size", str(args.block_size)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{method}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
                 continue
