@@ -12,6 +12,7 @@ Folder layout (``Embedder.save``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -48,6 +49,21 @@ class _Step:
     prefix: SharedPrefix | None
     skip: int = 0  # tokens of each input covered by ``prefix``
     prefix_lengths: list[int] | None = None  # prompt tokens left in ``ids`` (prefix-excluding pooling)
+
+
+def _in_eval_mode(method):
+    """Run a module's method with the module in eval mode, restoring its train / eval mode afterwards."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        training = self.training
+        self.eval()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.train(training)
+
+    return wrapper
 
 
 class Embedder(nn.Module):
@@ -134,6 +150,7 @@ class Embedder(nn.Module):
         """Whether ``encode`` returns a list of ``(k_i, dim)`` arrays (one embedding per special token)."""
         return isinstance(self.pooler, SpecialTokenPooler)
 
+    @_in_eval_mode
     @torch.inference_mode()
     def encode(
         self,
@@ -157,7 +174,8 @@ class Embedder(nn.Module):
         tensors on the CPU with ``convert_to_tensor=True`` / ``convert_to_numpy=False``. A special-token pooler gives
         a list of ``(k_i, dim)`` arrays, one row per occurrence of its token. With ``cache_prompt`` (and a causal
         decoder whose pooler ignores the prompt's states) the prompt prefix the inputs share is computed once
-        (:mod:`mmembed.prefix_cache`).
+        (:mod:`mmembed.prefix_cache`). Encoding runs in eval mode (no dropout: the same input always gives the same
+        embedding, also during training), and the model's mode is restored afterwards.
         """
         items, single = to_items(inputs)
         backbone = self.backbone

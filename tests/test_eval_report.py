@@ -58,3 +58,30 @@ def test_probes_cli_with_layers(qwen2_path, tmp_path):
         assert saved["tasks"]["embeddings"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert saved["tasks"]["layer 2"]["isoscore"] == pytest.approx(expected["isoscore"], rel=1e-5, abs=1e-6)
     assert np.isfinite(saved["tasks"]["layer 1"]["uniformity"])
+
+
+def test_encode_is_deterministic_while_the_model_trains(qwen2_path):
+    """The "stochastic embeddings" trap: a model left in train mode (LoRA dropout 0.5 here) must still embed in eval
+    mode, so evaluation during or after training is reproducible; the train mode is restored."""
+    import torch
+
+    from mmembed import lora
+
+    model = mmembed.load(str(qwen2_path), dtype="float32")
+    model.backbone.model = lora.attach(model.backbone.model, lora.lora_config(model.backbone.model, r=4,
+                                                                              dropout=0.5))
+    with torch.no_grad():  # a non-zero adapter, so its dropout matters
+        for name, p in model.backbone.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    texts = ["A man is playing a guitar.", "Two dogs run in the park."]
+    model.train()
+    first, second = model.encode(texts), model.encode(texts)
+    assert model.training and model.backbone.model.training
+    model.eval()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, model.encode(texts), atol=1e-6)
+    model.train()  # ... whereas the differentiable training forward does use dropout
+    batch = model.backbone.tokenize([model.backbone.renderer.render(mmembed.inputs.to_items(texts)[0][0], "")])
+    outs = [model(batch)[0] for _ in range(2)]
+    assert not torch.allclose(outs[0], outs[1])
