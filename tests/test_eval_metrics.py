@@ -127,3 +127,18 @@ def test_topk_search_streams_memmap_and_iterables(tmp_path):
     assert index.shape == (4, 3)
     with pytest.raises(ValueError, match="dimension"):
         topk_search(queries, pool[:, :4], k=2)
+
+
+def test_single_gold_metrics_in_expectation_over_ties():
+    from mmembed.eval.metrics import gold_rank_range, single_gold_metric
+
+    assert gold_rank_range([0.5, 0.9, 0.5, 0.5, 0.1]) == (2, 4)  # one better, tied with two others
+    assert single_gold_metric([0.5, 0.9, 0.5, 0.5, 0.1], "hit@3") == pytest.approx(2 / 3)
+    assert single_gold_metric([0.5, 0.9, 0.5, 0.5, 0.1], "mrr") == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    assert single_gold_metric([0.5, 0.9, 0.5, 0.5, 0.1], "ndcg@3") == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(4) + 0) / 3)
+    for scores in ([0.5, 0.4, 0.2], [0.4, 0.5, 0.2], [0.3] * 4, [0.5, 0.5, 0.1]):
+        assert single_gold_metric(scores, "precision@1") == precision_at_1(scores)
+    assert single_gold_metric([0.2, 0.3, 0.1], "ndcg@5") == pytest.approx(1 / math.log2(3))
+    with pytest.raises(ValueError, match="unknown metric"):
+        single_gold_metric([0.1, 0.2], "map@3")

@@ -176,3 +176,24 @@ def test_an_interrupted_run_resumes_without_encoding_finished_tasks(vlm, data, t
     finally:
         with torch.no_grad():
             next(vlm.backbone.model.parameters()).sub_(1.0)
+
+
+def test_a_task_can_name_its_metric(vlm, data, tmp_path):
+    """MMEB-V2 scores visual-document retrieval with nDCG@5, not hit@1: the task list carries the metric."""
+    tasks_file = tmp_path / "tasks.yaml"
+    tasks_file.write_text("tasks:\n  - {name: T2I, meta_task: retrieval, distribution: OOD, metric: ndcg@2}\n")
+    report = evaluate_mmeb(vlm, data, tasks_file=tasks_file)
+    values = []
+    for line in (data / "T2I.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        q = vlm.encode([{"text": row["qry_text"]}], normalize=True)[0]
+        c = vlm.encode([{"text": "Represent the given image.", "image": str(data / p)} for p in row["tgt_img_path"]],
+                       normalize=True)
+        position = 1 + int((c @ q > (c @ q)[0]).sum())
+        values.append(1 / np.log2(position + 1) if position <= 2 else 0.0)
+    assert report.tasks["T2I"]["metric"] == "ndcg@2"
+    assert report.tasks["T2I"]["score"] == pytest.approx(100 * np.mean(values))
+    assert report.tasks["T2I"]["chance"] == pytest.approx(100 * (1 + 1 / np.log2(3)) / 3)
+    tasks_file.write_text("tasks:\n  - {name: T2I, meta_task: retrieval, distribution: OOD, metric: map}\n")
+    with pytest.raises(MMEBDataError, match="unknown metric 'map'"):
+        evaluate_mmeb(vlm, data, tasks_file=tasks_file)

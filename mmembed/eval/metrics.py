@@ -53,6 +53,33 @@ def precision_at_1(scores: Sequence[float] | np.ndarray, gold: int = 0, toleranc
     return 1.0 / int((scores >= best - tolerance).sum())
 
 
+def gold_rank_range(scores: Sequence[float] | np.ndarray, gold: int = 0,
+                    tolerance: float = TIE_TOLERANCE) -> tuple[int, int]:
+    """The ranks (1-based) the gold candidate can take under a random tie-break: ``(b + 1, b + t)`` with ``b``
+    candidates strictly better and ``t`` tied with it (itself included); each rank in between is equally likely."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores[gold]):
+        return len(scores), len(scores)
+    better = int((scores > scores[gold] + tolerance).sum())
+    tied = int((np.abs(scores - scores[gold]) <= tolerance).sum())
+    return better + 1, better + tied
+
+
+def single_gold_metric(scores: Sequence[float] | np.ndarray, metric: str, gold: int = 0,
+                       tolerance: float = TIE_TOLERANCE) -> float:
+    """A per-query metric with one relevant candidate, in expectation over random tie-breaks: ``precision@1``,
+    ``hit@k`` (= recall@k), ``ndcg@k`` (1 / log2(rank + 1) within the top k) or ``mrr`` (1 / rank)."""
+    first, last = gold_rank_range(scores, gold, tolerance)
+    name, _, k = metric.partition("@")
+    if name == "precision" and k == "1":
+        name, k = "hit", "1"
+    values = {"hit": lambda r: float(r <= int(k)), "ndcg": lambda r: float(r <= int(k)) / np.log2(r + 1),
+              "mrr": lambda r: 1.0 / r}
+    if name not in values or (name != "mrr" and not k.isdigit()):
+        raise ValueError(f"unknown metric {metric!r}: use precision@1, hit@k, ndcg@k or mrr.")
+    return float(np.mean([values[name](r) for r in range(first, last + 1)]))
+
+
 def rank(scores: Sequence[float] | np.ndarray, rng: np.random.Generator | int | None = 0,
          depth: int | None = None, decimals: int = 6) -> np.ndarray:
     """Candidate indices by decreasing score; scores equal at ``decimals`` are ordered by a seeded random key."""

@@ -10,7 +10,8 @@ each ``(tgt_text, tgt_img_path)`` a candidate; Phi-3's ``<|image_1|>`` marker is
 template places the image). Every distinct query and candidate is embedded once per run and reused across queries
 and tasks. Cosine scores; a query counts 1 when its gold is the unique best candidate. Unlike the reference, whose
 ``argmax == 0`` credits a tie to the gold stored first (a collapsed model would score 100%), ties are broken at
-random, in expectation (:func:`~mmembed.eval.metrics.precision_at_1`). Per-task scores are averaged per meta-task
+random, in expectation (:func:`~mmembed.eval.metrics.single_gold_metric`); a task may name another metric in the task
+list (``ndcg@5`` for MMEB-V2's visual-document tasks). Per-task scores are averaged per meta-task
 (classification, VQA, retrieval, grounding), IND / OOD and overall, over the tasks present; absent tasks are
 reported as missing. Near-constant embeddings are flagged in the report and logged as a warning.
 """
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..data.formats import DataError, iter_jsonl, resolve_image
 from .encoding import EmbeddingCache
-from .metrics import mean, precision_at_1
+from .metrics import gold_rank_range, mean, single_gold_metric
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class MMEBTask:
     name: str
     meta_task: str
     distribution: str  # IND or OOD
+    metric: str = "precision@1"  # or hit@k, ndcg@k (MMEB-V2 visual documents: ndcg@5), mrr
 
 
 @dataclass
@@ -60,7 +62,8 @@ class MMEBRow:
 
 
 def load_task_list(path: str | Path | None = None) -> list[MMEBTask]:
-    """Tasks from a YAML file ``{tasks: [{name, meta_task, distribution}]}``; default: the 36 MMEB v1 tasks."""
+    """Tasks from a YAML file ``{tasks: [{name, meta_task, distribution[, metric]}]}`` (metric: ``precision@1`` by
+    default, or ``hit@k``, ``ndcg@k``, ``mrr``); default: the 36 MMEB v1 tasks."""
     import yaml
 
     text = Path(path).read_text() if path else resources.files(__package__).joinpath("mmeb_tasks.yaml").read_text()
@@ -72,7 +75,12 @@ def load_task_list(path: str | Path | None = None) -> list[MMEBTask]:
         if entry["meta_task"] not in META_TASKS or entry["distribution"] not in ("IND", "OOD"):
             raise MMEBDataError(f"{where}: tasks[{i}] ({entry['name']}): meta_task must be one of {META_TASKS} and "
                                 f"distribution IND or OOD.")
-        tasks.append(MMEBTask(str(entry["name"]), entry["meta_task"], entry["distribution"]))
+        metric = str(entry.get("metric", "precision@1"))
+        try:
+            single_gold_metric([1.0, 0.0], metric)
+        except ValueError as exc:
+            raise MMEBDataError(f"{where}: tasks[{i}] ({entry['name']}): {exc}") from None
+        tasks.append(MMEBTask(str(entry["name"]), entry["meta_task"], entry["distribution"], metric))
     if not tasks:
         raise MMEBDataError(f"{where}: no tasks listed.")
     return tasks
@@ -217,16 +225,17 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
         credits, tied = [], 0
         for row, q in zip(rows, query_vectors):
             scores = np.stack([candidate_vectors[c] for c in row.candidates]) @ q
-            credit = precision_at_1(scores, gold=0)
-            tied += int(0 < credit < 1)
-            credits.append(credit)
+            first, last = gold_rank_range(scores, gold=0)
+            tied += int(first == 1 and last > 1)  # the gold shares the top with others
+            credits.append(single_gold_metric(scores, task.metric, gold=0))
         spread = average_cosine(np.concatenate([query_vectors, np.stack(list(candidate_vectors.values()))]),
                                 n_pairs=None)  # exact
         entry: dict[str, Any] = {
-            "score": 100 * float(np.mean(credits)), "metric": "precision_at_1", "meta_task": task.meta_task,
+            "score": 100 * float(np.mean(credits)), "metric": task.metric, "meta_task": task.meta_task,
             "distribution": task.distribution, "n": len(rows), "n_total": n_total,
             "n_candidates": float(np.mean([len(r.candidates) for r in rows])),
-            "chance": 100 * float(np.mean([1 / len(r.candidates) for r in rows])),
+            "chance": 100 * float(np.mean([single_gold_metric(np.zeros(len(r.candidates)), task.metric)
+                                           for r in rows])),
             "tied_queries": tied, "mean_pairwise_cosine": spread,
         }
         if spread > COLLAPSE_COSINE or tied > len(rows) / 2:
@@ -255,7 +264,7 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
                     "overall": avg(task_list) if len(results) == len(task_list) else None,
                     "overall_present": avg(task_list), "tasks_present": f"{len(results)}/{len(task_list)}"})
     return Report(
-        suite="mmeb", metric="precision@1 x 100", tasks=results, summary=summary, missing=missing, flags=flags,
+        suite="mmeb", metric="precision@1 x 100 (or the task's metric)", tasks=results, summary=summary, missing=missing, flags=flags,
         model=model_info,
         protocol={"query": "qry_text + qry_img_path", "candidate": "tgt_text[i] + tgt_img_path[i]",
                   "image_token_removed": IMAGE_TOKEN, "similarity": "cosine", "pool": "per-query candidate list",
