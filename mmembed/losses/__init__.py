@@ -1,6 +1,7 @@
-"""Losses: contrastive InfoNCE (with cross-process gathering) and gradient caching."""
+"""Losses: contrastive InfoNCE (with cross-process gathering), gradient caching, MuCo's multi-turn losses."""
 
 from .contrastive import ContrastiveLoss, InfoNCELoss
 from .gradcache import cached_embed
+from .multiturn import AuxiliaryContrastiveLoss, MultiTurnContrastiveLoss
 
-__all__ = ["ContrastiveLoss", "InfoNCELoss", "cached_embed"]
+__all__ = ["AuxiliaryContrastiveLoss", "ContrastiveLoss", "InfoNCELoss", "MultiTurnContrastiveLoss", "cached_embed"]
