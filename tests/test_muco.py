@@ -10,8 +10,15 @@ import torch.nn.functional as F
 import mmembed
 from mmembed import testing
 from mmembed.data.collator import ContrastiveCollator
-from mmembed.data.multiturn import (EMB_TOKEN, MASK_TOKEN, SYSTEM, AuxiliaryCollator, MultiTurnCollator,
-                                    conversation, mask_words)
+from mmembed.data.multiturn import (
+    EMB_TOKEN,
+    MASK_TOKEN,
+    SYSTEM,
+    AuxiliaryCollator,
+    MultiTurnCollator,
+    conversation,
+    mask_words,
+)
 from mmembed.inputs import PromptTemplate
 from mmembed.losses import AuxiliaryContrastiveLoss, ContrastiveLoss, InfoNCELoss, MultiTurnContrastiveLoss
 
@@ -115,7 +122,7 @@ def test_turns_are_shuffled_together_and_truncation_is_caught(vl_path, image_fil
     model = load(vl_path)
     rows = rows_of(image_files, 3)
     collator = MultiTurnCollator(model.backbone, seed=1, max_turns=2)
-    queries, targets, chosen = collator.pack(rows[0])
+    queries, _, chosen = collator.pack(rows[0])
     assert len(chosen) == 2
     pairs = {p["query"]: p["positive"] for p in rows[0]["pairs"]}
     assert all(pairs[q] == t for q, t in chosen)  # the same permutation on both sides

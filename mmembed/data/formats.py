@@ -1,15 +1,20 @@
 """Readers for the training formats. Each returns rows ``{"anchor", "positive"[, "negative"]}`` whose values are
-``{"text": str | None, "image": str | None}`` (``negative`` may be a list of them), ready for ``datasets.Dataset``.
+``{"text": str | None, "image": str | None}`` (``negative`` may be a list of them; ``read_mmeb_train`` adds a
+``caption`` key to every side), ready for ``datasets.Dataset``. ``read_multiturn`` returns multi-turn rows instead:
+``{"image", "pairs": [{"query": [paraphrases], "positive", "kind"}]}``.
 
 Image paths are resolved inside a declared image root (a path that leaves it is an error). A bad record raises
-:class:`DataError` with its file and line, or, with ``skip_bad=True``, is counted and reported in one warning.
+:class:`DataError` with its file and line (``file:row N`` in a ``.parquet`` file, N counted from 0), or, with
+``skip_bad=True``, is counted and reported in one warning. Files are JSON lines, or Parquet when the name ends in
+``.parquet`` (read with pyarrow).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +73,44 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
                 yield where, _parse_json(line, where)
 
 
+def _raw_records(path: Path) -> Iterator[tuple[str, str | dict]]:
+    """``(where, raw)`` per record: a JSON line (parsed by the caller, so that invalid JSON can be skipped) or, for a
+    ``.parquet`` file, a row as a dict (``where`` = ``file:row N``, N from 0)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:  # pragma: no cover - pyarrow comes with datasets (the train extra)
+            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'mmembed[train]').") from exc
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            number = 0
+            for batch in batches:
+                for record in batch.to_pylist():
+                    yield f"{path}:row {number}", record
+                    number += 1
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable Parquet file ({exc}).") from exc
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                yield f"{path}:{number}", line
+
+
 def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) -> list[dict]:
-    """Parse every non-empty line of a JSON-lines file; bad records raise with file:line, or are counted."""
+    """Parse every record of a JSON-lines (or ``.parquet``) file; bad records raise with file:line, or are
+    counted."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"training file '{path}' does not exist.")
     rows, bad = [], []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                rows.append(parse(_parse_json(line, where), where))
-            except DataError as exc:
-                if not skip_bad:
-                    raise
-                bad.append(str(exc))
+    for where, raw in _raw_records(path):
+        try:
+            rows.append(parse(_parse_json(raw, where) if isinstance(raw, str) else raw, where))
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            bad.append(str(exc))
     if bad:
         logger.warning("%s: skipped %d bad records (asked with skip_bad); first: %s", path, len(bad), bad[0])
     if not rows:
@@ -127,24 +153,178 @@ def read_pairs(path: str | Path, image_root: str | Path | None = None, skip_bad:
     return _read(path, parse, skip_bad)
 
 
+IMAGE_TOKEN = "<|image_1|>"  # MMEB's Phi-3 image token, removed from texts (the template places the image)
+
+
+def _clean_text(value: Any, where: str, name: str) -> str | None:
+    """A text field without the Phi-3 image token, stripped; None when absent or empty."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: '{name}' must be a string, got {type(value).__name__}.")
+    return value.replace(IMAGE_TOKEN, "").strip() or None
+
+
+def _as_list(value: Any, where: str, name: str) -> list:
+    """A list-valued field: a list (or tuple), a stringified Python list such as ``"['a', 'b']"`` (parsed with
+    ``ast.literal_eval``; a string that does not parse to a list of strings / lists / None is one plain value), a
+    single value (-> ``[value]``), or None / ``""`` (-> ``[]``)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                parsed = ast.literal_eval(text)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                parsed = None
+            if isinstance(parsed, list) and all(x is None or isinstance(x, (str, list)) for x in parsed):
+                return parsed
+        return [value] if text else []
+    raise DataError(f"{where}: '{name}' must be a list or a string, got {type(value).__name__}.")
+
+
 def read_mmeb_train(path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False) -> list[dict]:
-    """MMEB-train rows (JSON lines of the HF ``TIGER-Lab/MMEB-train`` columns): ``qry``, ``qry_image_path``,
-    ``pos_text``, ``pos_image_path``, optional ``neg_text`` / ``neg_image_path``; the Phi-3 image token
-    ``<|image_1|>`` is removed from the texts (the image slot of the template places the image)."""
+    """MMEB-train rows (JSON lines, or ``.parquet``, of the HF ``TIGER-Lab/MMEB-train`` columns): ``qry``,
+    ``qry_image_path``, ``pos_text``, ``pos_image_path``, optional ``neg_text`` / ``neg_image_path``; the Phi-3
+    image token ``<|image_1|>`` is removed from the texts (the image slot of the template places the image).
+
+    MuCo's ``*_generated_sentence`` variants (HF ``naver-ai/M3T``, ``MMEB_train/``) are read too: the generated
+    captions ``qry_sentence`` / ``pos_sentence`` go to ``row["anchor"]["caption"]`` / ``row["positive"]["caption"]``
+    (every side of this reader has a ``caption`` key, None when absent), and ``neg_text`` / ``neg_image_path`` may be
+    parallel lists or stringified Python lists (``ast.literal_eval``, never ``eval``): every negative is kept, in
+    order, in ``row["negative"]``. One of the two lists may be empty / missing (text-only or image-only negatives)."""
     root = Path(image_root) if image_root is not None else None
 
-    def side(text: Any, image: Any, where: str) -> dict:
-        text = (text or "").replace("<|image_1|>", "").strip() or None
-        return _side({"text": text, "image_path": image}, root, where)
+    def side(text: Any, image: Any, caption: Any, where: str) -> dict:
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{where}: the image path must be a string, got {type(image).__name__}.")
+        return {**_side({"text": _clean_text(text, where, "text"), "image_path": image}, root, where),
+                "caption": _clean_text(caption, where, "caption")}
+
+    def negatives(record: dict, where: str) -> list[dict]:
+        texts = _as_list(record.get("neg_text"), where, "neg_text")
+        images = _as_list(record.get("neg_image_path"), where, "neg_image_path")
+        if texts and images and len(texts) != len(images):
+            raise DataError(f"{where}: {len(texts)} neg_text but {len(images)} neg_image_path entries (parallel "
+                            f"lists need the same length).")
+        n = max(len(texts), len(images))
+        texts, images = texts or [None] * n, images or [None] * n
+        return [side(t, i, None, f"{where} neg[{k}]") for k, (t, i) in enumerate(zip(texts, images))]
 
     def parse(record: dict, where: str) -> dict:
         if "qry" not in record or "pos_text" not in record:
             raise DataError(f"{where}: an MMEB-train row needs 'qry' and 'pos_text'.")
-        row = {"anchor": side(record["qry"], record.get("qry_image_path"), f"{where} qry"),
-               "positive": side(record["pos_text"], record.get("pos_image_path"), f"{where} pos")}
-        if record.get("neg_text") or record.get("neg_image_path"):
-            row["negative"] = [side(record.get("neg_text"), record.get("neg_image_path"), f"{where} neg")]
+        row = {"anchor": side(record["qry"], record.get("qry_image_path"), record.get("qry_sentence"),
+                              f"{where} qry"),
+               "positive": side(record["pos_text"], record.get("pos_image_path"), record.get("pos_sentence"),
+                                f"{where} pos")}
+        found = negatives(record, where)
+        if found:
+            row["negative"] = found
         return row
+
+    return _read(path, parse, skip_bad)
+
+
+MULTITURN_COLUMNS: dict[str, tuple[str, ...]] = {
+    "image": ("image", "image_path", "img_path"),
+    "queries": ("queries", "qry"),
+    "positives": ("positives", "pos", "pos_text"),
+    "kinds": ("kinds",),
+}
+"""Where ``read_multiturn`` looks for each field of the parallel-list layout (first column present wins). The
+column names of the released M3T parquet are NOT verified: pass ``columns=`` to name others."""
+
+
+def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False, *,
+                   columns: dict[str, str | Sequence[str]] | None = None) -> list[dict]:
+    """Multi-turn training data (MuCo / M3T): one record = one image and K >= 1 (query, positive) pairs about it.
+
+    Two layouts, JSON lines or ``.parquet``:
+
+    - ours (what ``mmembed.data.synthetic`` writes): ``{"image": str | null, "pairs": [{"query": str | [str, ...],
+      "positive": str, "kind": str (optional)}, ...]}``;
+    - M3T-style parallel lists: the image under ``image`` / ``image_path`` / ``img_path``, the queries under
+      ``queries`` / ``qry``, the positives under ``positives`` / ``pos`` / ``pos_text``, optional kinds under
+      ``kinds`` (:data:`MULTITURN_COLUMNS`); ``columns`` maps any of ``image``, ``queries``, ``positives``,
+      ``kinds`` to other column name(s). Lists may be stringified Python lists (``ast.literal_eval``).
+
+    A query entry may be a list of paraphrases; all are kept (the collator samples one). Returns rows
+    ``{"image": absolute path inside image_root | None, "pairs": [{"query": [str, ...], "positive": str,
+    "kind": str | None}]}`` with the Phi-3 image token ``<|image_1|>`` removed from every text. Records without
+    pairs, with an empty text, an image outside the root or missing, or lists of different lengths are bad records
+    (``DataError`` naming ``file:line`` / ``file:row N``, or counted with ``skip_bad``)."""
+    root = Path(image_root) if image_root is not None else None
+    names = {role: tuple(candidates) for role, candidates in MULTITURN_COLUMNS.items()}
+    for role, given in (columns or {}).items():
+        if role not in names:
+            raise ValueError(f"read_multiturn: unknown column role {role!r}; roles are {sorted(names)}.")
+        names[role] = (given,) if isinstance(given, str) else tuple(given)
+
+    def column(record: dict, role: str) -> tuple[str | None, Any]:
+        for name in names[role]:
+            if name in record:
+                return name, record[name]
+        return None, None
+
+    def texts(value: Any, where: str) -> list[str]:
+        paraphrases = _as_list(value, where, "query")
+        if not paraphrases:
+            raise DataError(f"{where}: empty query.")
+        out = []
+        for k, text in enumerate(paraphrases):
+            cleaned = _clean_text(text, f"{where} paraphrase {k}", "query")
+            if cleaned is None:
+                raise DataError(f"{where}: paraphrase {k} of the query is empty.")
+            out.append(cleaned)
+        return out
+
+    def pair(query: Any, positive: Any, kind: Any, where: str) -> dict:
+        pos = _clean_text(positive, where, "positive")
+        if pos is None:
+            raise DataError(f"{where}: empty positive.")
+        if kind is not None and not isinstance(kind, str):
+            raise DataError(f"{where}: 'kind' must be a string, got {type(kind).__name__}.")
+        return {"query": texts(query, where), "positive": pos, "kind": kind or None}
+
+    def parse(record: dict, where: str) -> dict:
+        image_key, image = column(record, "image")
+        if "pairs" in record:
+            given = record["pairs"]
+            if not isinstance(given, list):
+                raise DataError(f"{where}: 'pairs' must be a list of {{'query', 'positive'}} objects.")
+            pairs = []
+            for k, p in enumerate(given):
+                if not isinstance(p, dict) or "query" not in p or "positive" not in p:
+                    raise DataError(f"{where} pairs[{k}]: a pair is an object with 'query' and 'positive'.")
+                pairs.append(pair(p["query"], p["positive"], p.get("kind"), f"{where} pairs[{k}]"))
+        else:
+            q_key, queries = column(record, "queries")
+            p_key, positives = column(record, "positives")
+            if q_key is None or p_key is None:
+                raise DataError(f"{where}: neither 'pairs' nor query / positive columns (looked for "
+                                f"{list(names['queries'])} and {list(names['positives'])}; name others with "
+                                f"columns=...).")
+            queries, positives = _as_list(queries, where, q_key), _as_list(positives, where, p_key)
+            k_key, kinds = column(record, "kinds")
+            kinds = _as_list(kinds, where, k_key) if k_key is not None else []
+            if len(queries) != len(positives) or (kinds and len(kinds) != len(queries)):
+                sizes = f"{len(queries)} {q_key}, {len(positives)} {p_key}"
+                sizes += f", {len(kinds)} {k_key}" if kinds else ""
+                raise DataError(f"{where}: parallel lists of different lengths ({sizes}).")
+            kinds = kinds or [None] * len(queries)
+            pairs = [pair(q, p, c, f"{where} turn {k}")
+                     for k, (q, p, c) in enumerate(zip(queries, positives, kinds))]
+        if not pairs:
+            raise DataError(f"{where}: no (query, positive) pairs.")
+        if isinstance(image, list) and len(image) == 1:
+            image = image[0]
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{where}: '{image_key}' must be an image path (a string), got {type(image).__name__}.")
+        return {"image": resolve_image(image, root, where), "pairs": pairs}
 
     return _read(path, parse, skip_bad)
 
@@ -186,4 +366,6 @@ def read_sick_triplets(folder: str | Path, split: str = "train") -> list[dict]:
     return rows
 
 
-READERS = {"triplets": read_triplets, "pairs": read_pairs, "mmeb": read_mmeb_train}
+READERS = {"triplets": read_triplets, "pairs": read_pairs, "mmeb": read_mmeb_train, "multiturn": read_multiturn}
+"""``--train_format`` name -> reader. ``multiturn`` rows are not anchor / positive rows: they need a multi-turn
+collator, not ``to_dataset`` + ``ContrastiveCollator``."""
