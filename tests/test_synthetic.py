@@ -78,6 +78,7 @@ def test_render_is_deterministic_and_noise_is_mild():
 
 def test_same_seed_same_files_other_seed_differs(out, tmp_path):
     first = _manifest(out)
+    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.1"
     again = _manifest(syn.generate(tmp_path / "again", CONFIG))
     assert again["files"] == first["files"] and again["images"] == first["images"]
     for rel, digest in first["files"].items():  # the manifest records the real file hashes
@@ -318,10 +319,16 @@ def test_mmeb_train_is_read_by_the_reader_and_disjoint_from_eval(out, eval_rows)
         rows = read_mmeb_train(out / "mmeb_train" / f"{name}.jsonl", image_root=out)
         assert len(rows) == len(raw) == CONFIG.n_train_per_task
         for record, row in zip(raw, rows):
-            assert set(record) == {"qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text",
-                                   "neg_image_path"}
+            assert list(record) == ["qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text",
+                                    "neg_image_path", "qry_sentence", "pos_sentence"]
             assert record["qry"].startswith(IMAGE_TOKEN) == bool(record["qry_image_path"])
             assert record["pos_text"].startswith(IMAGE_TOKEN) == bool(record["pos_image_path"])
+            # MuCo's generated captions: here the exact scene of the image (None for a side without image)
+            for path, sentence, side in [(record["qry_image_path"], record["qry_sentence"], row["anchor"]),
+                                         (record["pos_image_path"], record["pos_sentence"], row["positive"])]:
+                assert side["caption"] == sentence and (sentence is None) == (not path)
+                if path:
+                    assert syn.caption(read_scene(Image.open(out / path))) == sentence
             assert (record["pos_text"], record["pos_image_path"]) != (record["neg_text"], record["neg_image_path"])
             assert len(row["negative"]) == 1
             for side in [row["anchor"], row["positive"], *row["negative"]]:

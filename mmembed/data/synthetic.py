@@ -6,7 +6,8 @@ task's answer is visible in the image and absent from the query text, and the go
 (any text-only guess is at chance). ``generate`` writes the same scenes in four formats that share one image folder:
 
 - ``mmeb_eval/<Task>.jsonl`` + ``tasks.yaml`` (VLM2Vec ``TIGER-Lab/MMEB-eval`` rows, gold candidate first);
-- ``mmeb_train/<Task>.jsonl`` for the in-distribution tasks (``TIGER-Lab/MMEB-train`` rows, ``read_mmeb_train``);
+- ``mmeb_train/<Task>.jsonl`` for the in-distribution tasks (``TIGER-Lab/MMEB-train`` rows plus MuCo's generated
+  captions ``qry_sentence`` / ``pos_sentence``, here the exact scene captions; ``read_mmeb_train``);
 - ``muco/train.jsonl`` (one image, ``k_turns`` query / positive pairs about it);
 - ``mbeir/`` (UniIR ``TIGER-Lab/M-BEIR`` layout: queries, local and global candidate pools, qrels, instructions).
 
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 GENERATOR = "mmembed.data.synthetic"
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence
 IMAGE_TOKEN = "<|image_1|>"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -486,15 +487,25 @@ class _Example:
 
 
 class _Images:
-    """Writes every image once (PNG, fixed settings) under ``out/images/<folder>/NNNNNN.png``."""
+    """Writes every image once (PNG, fixed settings) under ``out/images/<folder>/NNNNNN.png``, and remembers the
+    scene each full image shows (crops have none)."""
 
     def __init__(self, out: Path, size: int, noise: int) -> None:
         self.out, self.size, self.noise = out, size, noise
         self.counters: dict[str, int] = {}
         self.digest = hashlib.sha256()
         self.count = 0
+        self.scenes: dict[str, Scene] = {}
 
-    def save_image(self, image: Image.Image, folder: str) -> str:
+    def caption(self, rel: str) -> str | None:
+        """The exact caption of the scene an image shows; None for no image (``""``)."""
+        if not rel:
+            return None
+        if rel not in self.scenes:
+            raise ValueError(f"{rel} is not the rendering of a whole scene (a crop?): it has no scene caption")
+        return caption(self.scenes[rel])
+
+    def save_image(self, image: Image.Image, folder: str, scene: Scene | None = None) -> str:
         n = self.counters.get(folder, 0)
         if n == 0:
             (self.out / "images" / folder).mkdir(parents=True, exist_ok=True)
@@ -503,10 +514,12 @@ class _Images:
         image.save(self.out / rel, format="PNG", compress_level=6)
         self.digest.update(rel.encode() + b"\0" + image.tobytes())
         self.count += 1
+        if scene is not None:
+            self.scenes[rel] = scene
         return rel
 
     def save(self, scene: Scene, rng: np.random.Generator, folder: str) -> str:
-        return self.save_image(render(scene, self.size, rng=rng, noise=self.noise), folder)
+        return self.save_image(render(scene, self.size, rng=rng, noise=self.noise), folder, scene)
 
 
 def _label_cands(rng: np.random.Generator, labels: Sequence[str], gold: str, n: int) -> list[tuple[str, str]]:
@@ -607,7 +620,7 @@ def _grounding(images: _Images, rng: np.random.Generator, gold: str, n: int, fol
     combos = _sample(rng, [(c, s) for c in COLOR_NAMES for s in SHAPES], 9)
     scene = Scene(tuple(SceneObject(s, c, _pick(rng, SIZES), k) for k, (c, s) in enumerate(combos)))
     image = render(scene, images.size, rng=rng, noise=images.noise)
-    path = images.save_image(image, folder)
+    path = images.save_image(image, folder, scene)
     order = [cell] + _sample(rng, [k for k in range(9) if k != cell], n - 1)
     crops = [("", images.save_image(image.crop(cell_box(k, images.size)), f"{folder}/crops")) for k in order]
     target = scene.objects[cell]
@@ -905,7 +918,8 @@ def generate(out: str | Path, config: SyntheticConfig | None = None) -> Path:
                 query, targets = _texts(task, ex)
                 train.append({"qry": query, "qry_image_path": ex.query_image, "pos_text": targets[0],
                               "pos_image_path": ex.cands[0][1], "neg_text": targets[1],
-                              "neg_image_path": ex.cands[1][1]})
+                              "neg_image_path": ex.cands[1][1], "qry_sentence": images.caption(ex.query_image),
+                              "pos_sentence": images.caption(ex.cands[0][1])})
             _write_jsonl(out / "mmeb_train" / f"{task.name}.jsonl", train)
             n_train = len(train)
         task_rows.append({"name": task.name, "meta_task": task.meta_task, "distribution": task.distribution,
