@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from . import lora
+from . import lora, tokens
 from .errors import InputError, ModelNotFoundError
 from .gguf import convert_gguf
 from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
@@ -70,6 +70,11 @@ def resolve_model_path(name_or_path: str | Path, gguf_file: str | None = None, *
             f"Check the path, or download the model first; mmembed never needs the network for a local folder."
         ) from exc
     return name, config
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved tokenizer (or a processor with its tokenizer)."""
+    return (Path(folder) / "tokenizer_config.json").is_file()
 
 
 def load_base_model(path: str, **kwargs: Any) -> nn.Module:
@@ -154,11 +159,21 @@ class Backbone(nn.Module):
         model_kwargs: dict | None = None,
         processor_kwargs: dict | None = None,
     ) -> Backbone:
-        """Load a backbone from a folder, a hub id or a GGUF file, optionally with a LoRA adapter."""
+        """Load a backbone from a folder, a hub id or a GGUF file, optionally with a LoRA adapter.
+
+        The tokenizer / processor comes from the ``adapter`` folder when it holds one (mmembed's adapter-only saves
+        do), else from the model. When the tokenizer is longer than the model's input embeddings (tokens added for
+        training, such as ``<|emb|>``), the embeddings grow to its length (:func:`mmembed.tokens.grow_input_embeddings`)
+        before the adapter is attached.
+        """
         hub = {"trust_remote_code": trust_remote_code}
         path, config = resolve_model_path(name_or_path, gguf_file, **hub)
-        processor = load_processor(path, config, **hub, **(processor_kwargs or {}))
+        # an adapter folder saved by mmembed holds the tokenizer it was trained with (with any added tokens)
+        processor_path = str(adapter) if adapter is not None and has_tokenizer_files(adapter) else path
+        processor = load_processor(processor_path, config, **hub, **(processor_kwargs or {}))
         model = load_base_model(path, dtype=resolve_dtype(dtype), **hub, **(model_kwargs or {}))
+        # a tokenizer with added tokens (<|emb|>) needs their rows; never shrinks (padded vocabularies stay as is)
+        tokens.grow_input_embeddings(model, len(tokenizer_of(processor)))
         if adapter is not None:
             model = lora.load_adapter(model, adapter)
         model.to(device or default_device()).eval()
@@ -310,7 +325,11 @@ class Backbone(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- saving
     def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> None:
-        """Save model weights (safetensors) and processor; LoRA adapters are merged unless ``adapter_only``."""
+        """Save model weights (safetensors) and processor; LoRA adapters are merged unless ``adapter_only``.
+
+        A merged export folds trained token rows (``lora_config(..., trainable_token_indices=...)``) into the saved
+        embedding matrix; an adapter-only save stores just those rows with the LoRA weights.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if lora.has_adapter(self.model) and not adapter_only:
@@ -321,5 +340,10 @@ class Backbone(nn.Module):
             raise ValueError("adapter_only=True but this model has no LoRA adapter.")
         else:
             model = self.model
-        model.save_pretrained(folder, state_dict=state_dict)
+        extra = {}
+        if adapter_only and lora.trained_token_ids(model):
+            # the trained rows are in the adapter; the rest of the grown embedding matrix is rebuilt on loading
+            # (Backbone.load), so PEFT need not store the whole matrix because the vocabulary grew
+            extra["save_embedding_layers"] = False
+        model.save_pretrained(folder, state_dict=state_dict, **extra)
         self.processor.save_pretrained(folder)

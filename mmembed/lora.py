@@ -1,9 +1,12 @@
-"""LoRA adapters through PEFT: attach, load (with a clear error when the adapter does not fit), merge."""
+"""LoRA adapters through PEFT: attach (optionally with trainable token rows), load (with a clear error when the
+adapter does not fit), merge."""
 
 from __future__ import annotations
 
 import copy
 import json
+import operator
+import re
 import warnings
 from pathlib import Path
 
@@ -43,15 +46,54 @@ def language_model_linear_layers(model: nn.Module, names: list[str] | None = Non
 
 
 def lora_config(model: nn.Module, r: int = 64, alpha: int = 128, dropout: float = 0.05,
-                target_modules: list[str] | None = None, **kwargs):
+                target_modules: list[str] | None = None, trainable_token_indices: list[int] | None = None,
+                **kwargs):
     """A ``peft.LoraConfig`` on the language model's linear layers, chosen by module path (vision tower excluded).
 
     ``target_modules`` lists short names (``q_proj`` ...); by default every linear layer of the language model.
+    ``trainable_token_indices`` (e.g. the ids :func:`mmembed.tokens.add_special_tokens` returns) makes those rows of
+    the input embeddings trainable too, and only them (PEFT's trainable tokens; MuCo's ``<|emb|>`` / ``<|mask|>``):
+    they are stored in an adapter-only save and folded into the embedding matrix by :func:`merged_copy`.
     """
     from peft import LoraConfig
 
+    if trainable_token_indices is not None:
+        trainable_token_indices = _checked_token_indices(model, trainable_token_indices)
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                      target_modules=language_model_linear_layers(model, target_modules), **kwargs)
+                      target_modules=language_model_linear_layers(model, target_modules),
+                      trainable_token_indices=trainable_token_indices, **kwargs)
+
+
+def _checked_token_indices(model: nn.Module, indices) -> list[int] | None:
+    """``indices`` as a list of distinct ints that are rows of the input embeddings (else a ValueError)."""
+    try:
+        indices = list(dict.fromkeys(operator.index(i) for i in indices))
+    except TypeError:
+        raise ValueError(f"trainable_token_indices={indices!r}: give a list of token ids.") from None
+    rows = base_model(model).get_input_embeddings().weight.shape[0]
+    bad = [i for i in indices if not 0 <= i < rows]
+    if bad:
+        raise ValueError(f"trainable_token_indices {bad} are not rows of the input embeddings ({rows} rows). Add new "
+                         f"tokens with mmembed.tokens.add_special_tokens first: it grows the embeddings and returns "
+                         f"their ids.")
+    return indices or None
+
+
+def trained_token_ids(model: nn.Module) -> list[int]:
+    """The input-embedding rows the active adapter of ``model`` trains (empty without trainable tokens)."""
+    if not has_adapter(model):
+        return []
+    config = model.peft_config[model.active_adapter]
+    indices = getattr(config, "trainable_token_indices", None) or []
+    if isinstance(indices, dict):
+        name = _input_embeddings_name(model.get_base_model())
+        indices = next((v for k, v in indices.items() if name is not None and name.endswith(k)), [])
+    return list(indices)
+
+
+def _input_embeddings_name(model: nn.Module) -> str | None:
+    embeddings = model.get_input_embeddings()
+    return next((name for name, module in model.named_modules() if module is embeddings), None)
 
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:
@@ -80,6 +122,7 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     ours = getattr(model.config, "_name_or_path", None)
     hint = (f"The adapter was trained on '{declared}' but the base model is '{ours}' ({type(model).__name__}). "
             f"Load the adapter onto the base model it was trained on.")
+    _check_token_rows(model, json.loads(config_file.read_text()).get("trainable_token_indices"), adapter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -107,9 +150,30 @@ def _unused_adapter_keys(wrapped: nn.Module, adapter: Path) -> list[str]:
 
     with safe_open(str(weights), framework="pt") as f:
         saved = set(f.keys())
-    name = wrapped.active_adapter
-    present = {k.replace(f".{name}.", ".") for k in wrapped.state_dict()}
+    name = re.escape(wrapped.active_adapter)
+    # live keys name the adapter: "lora_A.default.weight", "token_adapter.trainable_tokens_delta.default"
+    present = {re.sub(rf"\.{name}(?=\.|$)", "", k) for k in wrapped.state_dict()}
     return sorted(saved - present)
+
+
+def _check_token_rows(model: nn.Module, indices, adapter: Path) -> None:
+    """Raise when the adapter trains embedding rows (trainable tokens) that ``model`` does not have."""
+    groups = indices if isinstance(indices, dict) else {None: indices or []}
+    for key, ids in groups.items():
+        if not ids:
+            continue
+        layers = [("input embeddings", model.get_input_embeddings())] if key is None else [
+            (f"'{name}' weights", module) for name, module in model.named_modules()
+            if (name == key or name.endswith(f".{key}")) and hasattr(module, "weight")]
+        for what, layer in layers:
+            rows = layer.weight.shape[0]
+            if max(ids) >= rows:
+                raise AdapterMismatchError(
+                    f"LoRA adapter '{adapter}' trains token id {max(ids)}, but the {what} of "
+                    f"{type(model).__name__} have only {rows} rows: the adapter was trained with added tokens (such "
+                    f"as <|emb|>) that this model's vocabulary lacks. Load it with the tokenizer it was saved with "
+                    f"(mmembed.load of the adapter folder grows the embeddings to that tokenizer), or add the tokens "
+                    f"first (mmembed.tokens.add_special_tokens).")
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

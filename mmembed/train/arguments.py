@@ -18,7 +18,10 @@ class ModelArguments:
     template_text_image: str = field(default="{image}{text}", metadata={"help": "text+image format"})
     chat: bool = field(default=False, metadata={"help": "render through the model's chat template"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (with chat)"})
-    pooling: str = field(default="last", metadata={"help": "last, mean, mean_excluding_prefix, cls"})
+    template_response: str | None = field(default=None, metadata={
+        "help": "fixed assistant reply after each input (with chat), e.g. <|emb|> for special-token pooling"})
+    pooling: str = field(default="last", metadata={"help": "last, mean, mean_excluding_prefix, cls, or "
+                                                           "special_token:<token> (e.g. special_token:<|emb|>)"})
     dtype: str = field(default="float32", metadata={"help": "weights dtype (bf16 training: also set --bf16)"})
     max_length: int | None = field(default=None, metadata={"help": "max tokens per input"})
     lora: bool = field(default=True, metadata={"help": "train a LoRA adapter on the language model"})
@@ -27,6 +30,7 @@ class ModelArguments:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = field(default=None, metadata={
         "help": "short names of the language model's linear layers (default: all of them)"})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA (weight-decomposed LoRA) instead of LoRA"})
 
 
 @dataclass

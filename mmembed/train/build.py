@@ -17,23 +17,41 @@ from .trainer import EmbeddingTrainer
 logger = logging.getLogger(__name__)
 
 
+def pooling_config(name: str) -> str | dict:
+    """A pooler config from a recipe's ``pooling`` string (``special_token:<|emb|>`` names the token)."""
+    if name == "mean_excluding_prefix":
+        return {"mode": "mean", "exclude_prefix": True}
+    if name.startswith("special_token"):
+        return {"mode": "special_token", "token": name.partition(":")[2] or "<|emb|>"}
+    return name
+
+
+def attach_lora(embedder: Embedder, args: ModelArguments, trainable_token_indices: list[int] | None = None) -> None:
+    """Freeze the backbone and put a trainable LoRA (or DoRA) adapter on its language model's linear layers (and
+    make the given embedding rows trainable)."""
+    backbone = embedder.backbone
+    for p in backbone.model.parameters():
+        p.requires_grad_(False)
+    extra = {"use_dora": True} if args.use_dora else {}
+    if trainable_token_indices:
+        extra["trainable_token_indices"] = trainable_token_indices
+    config = lora.lora_config(backbone.model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                              target_modules=args.lora_target_modules, **extra)
+    backbone.model = lora.attach(backbone.model, config)
+
+
 def build_embedder(args: ModelArguments) -> Embedder:
     """Load the backbone with the template and pooler of ``args``; attach a trainable LoRA adapter."""
     import mmembed
 
     template = PromptTemplate(text=args.template_text, image=args.template_image, text_image=args.template_text_image,
-                              chat=args.chat, system=args.system_prompt)
-    pooling = {"mode": "mean", "exclude_prefix": True} if args.pooling == "mean_excluding_prefix" else args.pooling
+                              chat=args.chat, system=args.system_prompt, response=args.template_response)
+    pooling = pooling_config(args.pooling)
     embedder = mmembed.load(args.model_name_or_path, template=template, pooling=pooling, dtype=args.dtype,
                             max_length=args.max_length, device="cpu")
-    backbone = embedder.backbone
     if args.lora:
-        for p in backbone.model.parameters():
-            p.requires_grad_(False)
-        config = lora.lora_config(backbone.model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                                  target_modules=args.lora_target_modules)
-        backbone.model = lora.attach(backbone.model, config)
-    backbone.model.train()
+        attach_lora(embedder, args)
+    embedder.backbone.model.train()
     return embedder
 
 
