@@ -167,3 +167,33 @@ def test_mask_words():
     for o in outputs:
         assert f"{MASK_TOKEN} {MASK_TOKEN}" not in o  # runs collapse
         assert set(o.replace(MASK_TOKEN, " ").split()) <= set("abcdef")
+
+
+def test_recipe_runs_two_steps_with_two_processes_under_zero2(tmp_path):
+    """`accelerate launch recipes/muco.py` (2 processes, DeepSpeed ZeRO-2, gloo on CPU) on the synthetic multi-turn
+    data; the merged export loads with its <|emb|> pooling and embeds an image with a question."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mmembed.data.synthetic import SyntheticConfig, generate
+
+    root = Path(__file__).resolve().parents[1]
+    model = testing.build_tiny_qwen2_vl(tmp_path / "vl")  # no <|emb|> yet: the recipe adds it
+    data = generate(tmp_path / "syn", SyntheticConfig(image_size=56, n_eval_queries=4, n_train_per_task=2,
+                                                      n_muco_images=16, n_mbeir_queries=2))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+           "ds_configs/accelerate/zero2.yaml", "recipes/muco.py", "--config", "recipes/configs/muco_tiny.yaml",
+           "--model_name_or_path", str(model), "--train_file", str(data / "muco" / "train.jsonl"),
+           "--image_root", str(data), "--output_dir", str(tmp_path / "out")]
+    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "'steps': 2" in run.stdout
+    trained = mmembed.load(str(tmp_path / "out" / "final"))
+    assert trained.pooler.get_config() == POOLING
+    assert trained.backbone.tokenizer.convert_tokens_to_ids(MASK_TOKEN) == len(trained.backbone.tokenizer) - 1
+    image = str(next((data / "images").rglob("*.png")))
+    vectors = trained.encode({"text": "What color is the star?", "image": image})  # one <|emb|>: one row
+    assert vectors.shape == (1, 64) and abs(float(np.linalg.norm(vectors[0])) - 1) < 1e-5
