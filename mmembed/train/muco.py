@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..data.collator import content_key
 from ..data.dataset import to_dataset
 from ..data.multiturn import EMB_TOKEN, MASK_TOKEN, SYSTEM, AuxiliaryCollator, MultiTurnCollator
@@ -91,6 +93,9 @@ def build_muco_trainer(model_args: ModelArguments, data_args: DataArguments,
                                      system=system, seed=seed)
         dataset = multiturn_dataset(rows)
     elif args.stage == "finetune":
+        rng = np.random.default_rng(seed)  # MuCo samples one hard negative of each row's list
+        rows = [{**r, "negative": [r["negative"][rng.integers(len(r["negative"]))]]} if r.get("negative") else r
+                for r in rows]
         loss = AuxiliaryContrastiveLoss(embedder, info_nce, mini_batch_size=training_args.mini_batch_size,
                                         mini_batch_tokens=training_args.mini_batch_tokens)
         collator = AuxiliaryCollator(embedder.backbone, system=system, seed=seed)
