@@ -78,7 +78,7 @@ def test_render_is_deterministic_and_noise_is_mild():
 
 def test_same_seed_same_files_other_seed_differs(out, tmp_path):
     first = _manifest(out)
-    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.1"
+    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.2"
     again = _manifest(syn.generate(tmp_path / "again", CONFIG))
     assert again["files"] == first["files"] and again["images"] == first["images"]
     for rel, digest in first["files"].items():  # the manifest records the real file hashes
@@ -354,6 +354,10 @@ def test_muco_lines(out):
         for pair in pairs:
             assert pair["kind"] in {"classification", "vqa", "retrieval", "grounding"}
             assert IMAGE_TOKEN not in pair["query"] + pair["positive"]
+            # the query names nothing of the scene: only the image tells which conversation a target belongs to
+            words = set(pair["query"].lower().replace("?", " ").replace(".", " ").split())
+            named = set(syn.SHAPES) | set(syn.PLURALS.values()) | set(syn.COLOR_NAMES) | set(syn.WORDS)
+            assert not words & named, pair["query"]
 
 
 # ---------------------------------------------------------------------------------------------------- M-BEIR

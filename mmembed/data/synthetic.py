@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 GENERATOR = "mmembed.data.synthetic"
-VERSION = "1.1"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence
+VERSION = "1.2"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo queries name no object
 IMAGE_TOKEN = "<|image_1|>"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -664,20 +664,22 @@ def _texts(task: TaskInfo, ex: _Example) -> tuple[str, list[str]]:
 
 
 def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str, str]] | None:
-    """``k`` query / positive pairs about one scene, of rotating kinds, with distinct queries and positives."""
+    """``k`` query / positive pairs about one scene, of rotating kinds, with distinct queries and positives.
+
+    No query names anything of the scene (its shapes, colours or word): a query is a fixed question or names a grid
+    position, which every scene shares, so neither a query nor the earlier turns of its conversation identify the
+    scene. Only the image does: in a multi-turn pack, where each turn also sees the earlier turns, a named object
+    ("What color is the star?") would let the text alone match query and target conversations."""
     shapes = list(dict.fromkeys(o.shape for o in scene.objects))
     colors = list(dict.fromkeys(o.color for o in scene.objects))
-    shape_counts = Counter(o.shape for o in scene.objects)
-    combos = Counter((o.color, o.shape) for o in scene.objects)
     pools: dict[str, list[tuple[str, str]]] = {
         "retrieval": [("Find a caption that describes the image.", caption(scene))],
         "classification": [("Which shapes are in the image?", _join(shapes)),
                            ("Which colors are in the image?", _join(colors))],
-        "vqa": [(f"How many {PLURALS[s]} are there?", COUNT_WORDS[shape_counts[s]]) for s in shapes]
-        + [(f"What color is the {o.shape}?", o.color) for o in scene.objects if shape_counts[o.shape] == 1]
+        "vqa": [("How many objects are there?", COUNT_WORDS[len(scene.objects)])]
         + ([("What word is written in the image?", scene.word)] if scene.word else []),
-        "grounding": [(f"Which part of the image contains the {o.name}?", f"the {POSITIONS[o.cell]}")
-                      for o in scene.objects if combos[(o.color, o.shape)] == 1],
+        "grounding": [(f"What is at the {POSITIONS[o.cell]} of the image?", f"a {o.size} {o.color} {o.shape}")
+                      for o in scene.objects],
     }
     kinds = [str(x) for x in rng.permutation(list(pools))]
     for kind in kinds:
