@@ -217,12 +217,16 @@ def test_synthetic_training_files_are_read_and_captions_describe_their_images(tm
         clean = np.asarray(syn.render(syn.parse_caption(caption), config.image_size), dtype=int)
         return np.abs(np.asarray(Image.open(image), dtype=int) - clean).max() <= config.noise
 
+    config = syn.SyntheticConfig(seed=1, image_size=48, n_eval_queries=1, n_candidates=2, n_train_per_task=4,
+                                 n_muco_images=12, n_mbeir_queries=1)
+    out = syn.generate(tmp_path / "syn", config)
     muco = read_multiturn(out / "muco" / "train.jsonl", image_root=out)
-    assert len(muco) == 4 and all(len(row["pairs"]) == config.k_turns for row in muco)
-    for row in muco:
-        retrieval = [p for p in row["pairs"] if p["kind"] == "retrieval"]
-        assert all(len(p["query"]) == 1 for p in row["pairs"]) and len(retrieval) == 1
-        assert shows(retrieval[0]["positive"], row["image"])
+    assert len(muco) == 12 and all(len(row["pairs"]) in (1, config.k_turns) for row in muco)
+    captions = [row for row in muco if len(row["pairs"]) == 1]  # caption packs (Caption-I2T)
+    assert captions and all(row["pairs"][0]["kind"] == "retrieval" for row in captions)
+    for row in captions:
+        assert all(len(p["query"]) == 1 for p in row["pairs"])
+        assert shows(row["pairs"][0]["positive"], row["image"])
     files = sorted((out / "mmeb_train").glob("*.jsonl"))
     assert len(files) == sum(t.distribution == "IND" for t in syn.TASKS)
     captioned = 0

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 GENERATOR = "mmembed.data.synthetic"
-VERSION = "1.2"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo queries name no object
+VERSION = "1.2"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks
 IMAGE_TOKEN = "<|image_1|>"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -472,6 +472,8 @@ TASKS: tuple[TaskInfo, ...] = (
              "Represent the given cropped image of the object."),
 )
 
+TASKS_BY_NAME: dict[str, TaskInfo] = {t.name: t for t in TASKS}
+
 
 @dataclass
 class _Example:
@@ -664,22 +666,20 @@ def _texts(task: TaskInfo, ex: _Example) -> tuple[str, list[str]]:
 
 
 def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str, str]] | None:
-    """``k`` query / positive pairs about one scene, of rotating kinds, with distinct queries and positives.
+    """``k`` query / positive pairs about one scene, phrased as the in-distribution MMEB tasks (the instruction, then
+    the question), with distinct queries and positives, of rotating kinds.
 
-    No query names anything of the scene (its shapes, colours or word): a query is a fixed question or names a grid
-    position, which every scene shares, so neither a query nor the earlier turns of its conversation identify the
-    scene. Only the image does: in a multi-turn pack, where each turn also sees the earlier turns, a named object
-    ("What color is the star?") would let the text alone match query and target conversations."""
+    Queries may name shapes but answers never do (counts, colours, the word): in a multi-turn pack every turn sees
+    the earlier turns, so a shape named on both sides would let the text alone pair a query conversation with its
+    target conversation. Only the image links them. Captions, which name everything, get packs of their own
+    (:func:`_write_muco`)."""
     shapes = list(dict.fromkeys(o.shape for o in scene.objects))
-    colors = list(dict.fromkeys(o.color for o in scene.objects))
+    shape_counts = Counter(o.shape for o in scene.objects)
     pools: dict[str, list[tuple[str, str]]] = {
-        "retrieval": [("Find a caption that describes the image.", caption(scene))],
-        "classification": [("Which shapes are in the image?", _join(shapes)),
-                           ("Which colors are in the image?", _join(colors))],
-        "vqa": [("How many objects are there?", COUNT_WORDS[len(scene.objects)])]
-        + ([("What word is written in the image?", scene.word)] if scene.word else []),
-        "grounding": [(f"What is at the {POSITIONS[o.cell]} of the image?", f"a {o.size} {o.color} {o.shape}")
-                      for o in scene.objects],
+        "classification": [("Which colors are in the image?", _join(list(dict.fromkeys(o.color for o in scene.objects))))],
+        "vqa": [(f"{_VQA}: How many {PLURALS[s]} are there?", COUNT_WORDS[shape_counts[s]]) for s in shapes]
+        + [(f"{_VQA}: What color is the {o.shape}?", o.color) for o in scene.objects if shape_counts[o.shape] == 1]
+        + ([(f"{_VQA}: What word is written in the image?", scene.word)] if scene.word else []),
     }
     kinds = [str(x) for x in rng.permutation(list(pools))]
     for kind in kinds:
@@ -705,7 +705,11 @@ def _write_muco(out: Path, images: _Images, cfg: SyntheticConfig) -> None:
     for _ in range(cfg.n_muco_images):
         while True:
             scene = random_scene(rng, int(rng.integers(2, 5)), word_prob=0.5, unique=True)
-            pairs = _muco_pairs(scene, rng, cfg.k_turns)
+            if rng.random() < 0.25:  # a caption names everything: a pack of its own (the Caption-I2T task)
+                pairs = [{"kind": "retrieval", "query": TASKS_BY_NAME["Caption-I2T"].instruction,
+                          "positive": caption(scene)}]
+            else:
+                pairs = _muco_pairs(scene, rng, cfg.k_turns)
             if pairs is not None:
                 break
         lines.append({"image": images.save(scene, rng, "train/muco"), "pairs": pairs})
