@@ -11,7 +11,6 @@ model is saved as an mmembed folder and, if ``eval_sts_file`` is set, scored on 
 from __future__ import annotations
 
 import logging
-import time
 
 from trl import TrlParser
 
@@ -34,11 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["sts_spearman_before"] = round(sts_benchmark_spearman(trainer.embedder.eval(),
                                                                      data_args.eval_sts_file), 2)
         trainer.embedder.train()
-    start = time.time()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    result.update(train_seconds=round(time.time() - start, 1), steps=trainer.state.global_step)
-    final = f"{training_args.output_dir}/final"
-    trainer.save_embedder(final)
+    summary, final = trainer.train_and_export()
+    result.update(summary)
     if data_args.eval_sts_file and trainer.is_world_process_zero():
         saved = mmembed.load(final, device=str(training_args.device))  # the exported model, LoRA merged
         result["sts_spearman"] = round(sts_benchmark_spearman(saved, data_args.eval_sts_file), 2)

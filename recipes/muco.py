@@ -14,7 +14,6 @@ and, with ``--eval_mmeb_dir``, scored on an MMEB-format folder (Precision@1) bef
 from __future__ import annotations
 
 import logging
-import time
 
 from trl import TrlParser
 
@@ -42,11 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {}
     if muco_args.eval_mmeb_dir and trainer.is_world_process_zero():
         result["mmeb_before"] = score(trainer.embedder, muco_args)
-    start = time.time()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    result.update(train_seconds=round(time.time() - start, 1), steps=trainer.state.global_step)
-    final = f"{training_args.output_dir}/final"
-    trainer.save_embedder(final)
+    summary, final = trainer.train_and_export()
+    result.update(summary)
     if muco_args.eval_mmeb_dir and trainer.is_world_process_zero():
         result["mmeb_after"] = score(mmembed.load(final, device=str(training_args.device)), muco_args)
         logger.warning("MMEB-format Precision@1: %s -> %s", result.get("mmeb_before", {}).get("overall"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,6 +59,15 @@ class EmbeddingTrainer(Trainer):
             if self.is_world_process_zero():
                 module.model.save(folder)
         self.accelerator.wait_for_everyone()
+
+    def train_and_export(self) -> tuple[dict, str]:
+        """Train (resuming from ``args.resume_from_checkpoint`` when set), then save the Embedder merged to
+        ``<output_dir>/final``. Returns ``({"train_seconds", "steps"}, final folder)`` for the recipe's summary."""
+        start = time.time()
+        self.train(resume_from_checkpoint=self.args.resume_from_checkpoint)
+        final = f"{self.args.output_dir}/final"
+        self.save_embedder(final)
+        return {"train_seconds": round(time.time() - start, 1), "steps": self.state.global_step}, final
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
