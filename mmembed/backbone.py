@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
@@ -77,13 +77,15 @@ def has_tokenizer_files(folder: str | Path) -> bool:
     return (Path(folder) / "tokenizer_config.json").is_file()
 
 
-def load_base_model(path: str, **kwargs: Any) -> nn.Module:
-    """``AutoModel.from_pretrained`` (the base model, no LM head); weights missing from the checkpoint are an error
-    (they would be random), while unused ones (an LM head) are expected and not reported."""
+def load_base_model(path: str, causal_lm: bool = False, **kwargs: Any) -> nn.Module:
+    """``AutoModel.from_pretrained`` (the base model, no LM head), or ``AutoModelForCausalLM`` with ``causal_lm``
+    (models that generate, e.g. rationale mode); weights missing from the checkpoint are an error (they would be
+    random), while unused ones (an LM head) are expected and not reported."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
     try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
@@ -130,7 +132,7 @@ class Backbone(nn.Module):
         text_config = config.get_text_config()
         limit = getattr(text_config, "max_position_embeddings", None)
         self.max_length = max_length or min(x for x in (tokenizer.model_max_length, limit, 1 << 20) if x)
-        params = inspect.signature(base.forward).parameters
+        params = inspect.signature(self.body(model).forward).parameters
         self._forward_params = set(params)
         self._accepts_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
         # Left padding shifts positions unless they are given; models with their own multimodal rope index
@@ -140,6 +142,19 @@ class Backbone(nn.Module):
         self.cache_argument = next((name for name in ("cache", "past_key_values") if name in params), None)
         self.renderer = Renderer(self.template, processor, image_markup_for(processor))
         self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
+
+    @staticmethod
+    def body(model: nn.Module) -> nn.Module:
+        """The module that gives token states: the model itself, or, for a model with a language-modelling head
+        (``*ForCausalLM``), its base model (LoRA layers are injected in place, so they run too)."""
+        base = lora.base_model(model)
+        has_head = getattr(base, "get_output_embeddings", lambda: None)() is not None
+        return base.base_model if has_head and base.base_model is not base else model
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether the model has a language-modelling head (loaded with ``causal_lm=True``)."""
+        return self.body(self.model) is not self.model
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -158,20 +173,22 @@ class Backbone(nn.Module):
         layer: int = -1,
         model_kwargs: dict | None = None,
         processor_kwargs: dict | None = None,
+        causal_lm: bool = False,
     ) -> Backbone:
         """Load a backbone from a folder, a hub id or a GGUF file, optionally with a LoRA adapter.
 
         The tokenizer / processor comes from the ``adapter`` folder when it holds one (mmembed's adapter-only saves
         do), else from the model. When the tokenizer is longer than the model's input embeddings (tokens added for
         training, such as ``<|emb|>``), the embeddings grow to its length (:func:`mmembed.tokens.grow_input_embeddings`)
-        before the adapter is attached.
+        before the adapter is attached. ``causal_lm`` loads the model with its language-modelling head, so that it
+        can generate (rationale mode); token states are the same.
         """
         hub = {"trust_remote_code": trust_remote_code}
         path, config = resolve_model_path(name_or_path, gguf_file, **hub)
         # an adapter folder saved by mmembed holds the tokenizer it was trained with (with any added tokens)
         processor_path = str(adapter) if adapter is not None and has_tokenizer_files(adapter) else path
         processor = load_processor(processor_path, config, **hub, **(processor_kwargs or {}))
-        model = load_base_model(path, dtype=resolve_dtype(dtype), **hub, **(model_kwargs or {}))
+        model = load_base_model(path, causal_lm, dtype=resolve_dtype(dtype), **hub, **(model_kwargs or {}))
         # a tokenizer with added tokens (<|emb|>) needs their rows; never shrinks (padded vocabularies stay as is)
         tokens.grow_input_embeddings(model, len(tokenizer_of(processor)))
         if adapter is not None:
@@ -307,7 +324,7 @@ class Backbone(nn.Module):
         inputs = self.model_inputs(batch)
         if prefix is not None:
             inputs.update(prefix.model_inputs(inputs["attention_mask"], self.cache_argument))
-        out = self.model(**inputs, output_hidden_states=intermediate, return_dict=True)
+        out = self.body(self.model)(**inputs, output_hidden_states=intermediate, return_dict=True)
         if not intermediate:
             return out.last_hidden_state
         hidden = out.hidden_states[self.layer]

@@ -33,6 +33,7 @@ from .errors import InputError
 from .inputs import InputLike, Item, PromptTemplate, Rendered, to_items
 from .pooling import MissingTokenError, Pooler, SpecialTokenPooler
 from .prefix_cache import SharedPrefix, shared_token_prefix
+from .rationale import RationaleConfig, cache_key, generate_rationales
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class Embedder(nn.Module):
         truncate_dim: keep the first ``truncate_dim`` dimensions (Matryoshka), before normalisation.
         prompts: named instruction prefixes, e.g. ``{"query": "Instruct: ...\\nQuery: ", "document": ""}``.
         default_prompt_name: the prompt ``encode`` uses when none is given.
+        rationale: rationale mode (GRACE): before pooling, the model generates a rationale for each (text) input,
+            deterministically (:class:`~mmembed.rationale.RationaleConfig`); the backbone must be able to generate
+            (``Backbone.load(..., causal_lm=True)``; ``mmembed.load`` does this when the option is set).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class Embedder(nn.Module):
         truncate_dim: int | None = None,
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
+        rationale: RationaleConfig | dict | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -99,6 +104,12 @@ class Embedder(nn.Module):
         if default_prompt_name is not None and default_prompt_name not in self.prompts:
             raise ValueError(f"default_prompt_name={default_prompt_name!r} is not in prompts {sorted(self.prompts)}.")
         self.default_prompt_name = default_prompt_name
+        self.rationale = RationaleConfig.from_dict(rationale) if isinstance(rationale, dict) else rationale
+        if self.rationale is not None and not backbone.can_generate:
+            raise ValueError(f"rationale mode needs a model that generates, but '{backbone.name_or_path}' was loaded "
+                             f"without its language-modelling head: load it with Backbone.load(..., causal_lm=True) "
+                             f"(mmembed.load(..., rationale=...) does this).")
+        self._rationales: dict[str, list[int]] = {}  # cache_key(prompt ids, config) -> rationale ids
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -166,7 +177,9 @@ class Embedder(nn.Module):
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         cache_prompt: bool = True,
-    ) -> np.ndarray | Tensor | list:
+        return_rationales: bool = False,
+        cache_rationales: bool = True,
+    ) -> np.ndarray | Tensor | list | tuple:
         """Embed texts, images, ``{"text", "image"}`` pairs or chat messages.
 
         Inputs are batched by length (at most ``batch_size`` items and ``max_batch_tokens`` padded tokens a batch)
@@ -176,6 +189,10 @@ class Embedder(nn.Module):
         decoder whose pooler ignores the prompt's states) the prompt prefix the inputs share is computed once
         (:mod:`mmembed.prefix_cache`). Encoding runs in eval mode (no dropout: the same input always gives the same
         embedding, also during training), and the model's mode is restored afterwards.
+
+        In rationale mode (``self.rationale``) each text input's rationale is generated first (greedy) and pooled
+        with it; rationales are cached by input (``cache_rationales``; :meth:`clear_rationale_cache` after changing
+        the weights), and ``return_rationales=True`` returns ``(embeddings, rationale strings)``.
         """
         items, single = to_items(inputs)
         backbone = self.backbone
@@ -186,12 +203,17 @@ class Embedder(nn.Module):
             if item.has_image and not backbone.supports_images:
                 raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
                                  f"(it has no image processor). Pass text, or load a vision-language model.")
+            if self.rationale is not None and item.has_image:
+                raise InputError(f"inputs[{i}] holds an image, but rationale mode (GRACE) encodes text only. Pass "
+                                 f"text, or load the model without rationale=... .")
             if item.messages is not None and not backbone.renderer.has_chat_template:
                 raise InputError(f"inputs[{i}] is a chat conversation, but '{backbone.name_or_path}' has no chat "
                                  f"template. Pass plain text, or set tokenizer.chat_template.")
         text_prompt = self.resolve_prompt(prompt_name, prompt)
         rendered = [backbone.renderer.render(item, text_prompt) for item in items]
-        plan = self._plan(items, rendered, text_prompt, batch_size, max_batch_tokens, cache_prompt)
+        rationales: dict[int, list[int]] = {}
+        plan = self._plan(items, rendered, text_prompt, batch_size, max_batch_tokens, cache_prompt,
+                          rationales if self.rationale is not None else None, cache_rationales)
         if show_progress_bar is None:
             show_progress_bar = len(items) >= 256
         results: list[Tensor] = [torch.empty(0, dim or backbone.hidden_size)] * len(items)
@@ -218,7 +240,30 @@ class Embedder(nn.Module):
         else:
             out = torch.cat(results) if results else torch.empty(0, dim or backbone.hidden_size)
             out = out.numpy() if numpy else out
-        return out[0] if single else out
+        out = out[0] if single else out
+        if return_rationales:
+            texts = [backbone.tokenizer.decode(rationales.get(i, []), skip_special_tokens=True).strip()
+                     for i in range(len(items))]
+            return out, (texts[0] if single else texts)
+        return out
+
+    def clear_rationale_cache(self) -> None:
+        """Forget cached rationales (they belong to the weights that generated them)."""
+        self._rationales.clear()
+
+    def add_rationales(self, prompts: list[list[int]], use_cache: bool = True, **generate_kwargs: Any
+                       ) -> list[list[int]]:
+        """Rationale token ids for rendered prompt ids (rationale mode), from the cache or generated in batches."""
+        assert self.rationale is not None
+        keys = [cache_key(p, self.rationale) for p in prompts]
+        todo = sorted({k: i for i, k in enumerate(keys) if not (use_cache and k in self._rationales)}.values(),
+                      key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+        generated = generate_rationales(self.backbone.model, self.backbone.tokenizer, [prompts[i] for i in todo],
+                                        self.rationale, **generate_kwargs)
+        fresh = {keys[i]: g for i, g in zip(todo, generated)}
+        if use_cache:
+            self._rationales.update(fresh)
+        return [fresh[k] if k in fresh else self._rationales[k] for k in keys]
 
     def encode_queries(self, inputs: InputLike | Sequence[InputLike], **kwargs: Any) -> np.ndarray | Tensor | list:
         """``encode`` with the ``"query"`` prompt (no prompt when the model has none)."""
@@ -234,16 +279,24 @@ class Embedder(nn.Module):
         return kwargs
 
     def _plan(self, items: list[Item], rendered: list[Rendered], prompt: str, batch_size: int,
-              max_batch_tokens: int | None, cache_prompt: bool) -> list[_Step]:
+              max_batch_tokens: int | None, cache_prompt: bool, rationales: dict[int, list[int]] | None = None,
+              cache_rationales: bool = True) -> list[_Step]:
         """Batches of similar length; text inputs that share a prompt prefix get it computed once.
 
-        Over-long text inputs are fitted to ``max_length`` first (``rendered`` is updated in place)."""
+        Over-long text inputs are fitted to ``max_length`` first (``rendered`` is updated in place). With
+        ``rationales`` (rationale mode), each text input's generated rationale is appended to its ids (and stored
+        there by input index)."""
         backbone = self.backbone
         text_idx = [i for i, r in enumerate(rendered) if not r.images]
         image_idx = [i for i, r in enumerate(rendered) if r.images]
         ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
         for i in text_idx:
             rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], ids[i], f"inputs[{i}]")
+        if rationales is not None and text_idx:
+            generated = self.add_rationales([ids[i] for i in text_idx], use_cache=cache_rationales)
+            for i, rationale in zip(text_idx, generated):
+                rationales[i] = rationale
+                ids[i] = ids[i] + rationale
         groups: list[tuple[SharedPrefix | None, list[int], int]] = []
         if cache_prompt and backbone.can_cache_prefix and not self.pooler.needs_prefix_states:
             by_prefix: dict[str, list[int]] = {}
@@ -297,13 +350,14 @@ class Embedder(nn.Module):
             "truncate_dim": self.truncate_dim,
             "prompts": self.prompts,
             "default_prompt_name": self.default_prompt_name,
+            "rationale": self.rationale.to_dict() if self.rationale is not None else None,
         }
 
     def sentence_transformers_compatible(self) -> bool:
         """Whether sentence-transformers reproduces this model's text embeddings from the saved folder."""
         backbone = self.backbone
         return (backbone.template.is_plain_prefix and not backbone.supports_images and backbone.layer == -1
-                and self.truncate_dim is None
+                and self.truncate_dim is None and self.rationale is None
                 and self.pooler.sentence_transformers_config(backbone.hidden_size) is not None)
 
     def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> Path:
@@ -340,7 +394,7 @@ class Embedder(nn.Module):
         return folder
 
     #: options that configure the chain (a ``None`` passed to ``load`` clears a saved value)
-    CHAIN_OPTIONS = ("pooling", "normalize", "truncate_dim", "prompts", "default_prompt_name")
+    CHAIN_OPTIONS = ("pooling", "normalize", "truncate_dim", "prompts", "default_prompt_name", "rationale")
 
     @classmethod
     def load(cls, name_or_path: str | Path, **options: Any) -> Embedder:
@@ -367,7 +421,10 @@ class Embedder(nn.Module):
             saved.pop("default_prompt_name", None)  # it named one of the replaced prompts
         settings = {**saved, **{k: v for k, v in options.items() if v is not None or k in cls.CHAIN_OPTIONS}}
         chain = {k: settings.pop(k) for k in cls.CHAIN_OPTIONS if k in settings}
+        if chain.get("rationale") is not None:
+            settings["causal_lm"] = True  # rationale mode generates
         backbone = Backbone.load(name_or_path, **settings)
         pooling = chain.pop("pooling", None) or ("mean" if backbone.is_encoder else "last")
-        chain = {k: v for k, v in chain.items() if v is not None or k in ("truncate_dim", "default_prompt_name")}
+        chain = {k: v for k, v in chain.items()
+                 if v is not None or k in ("truncate_dim", "default_prompt_name", "rationale")}
         return cls(backbone, pooling, **chain)

@@ -29,7 +29,7 @@ class SharedPrefix:
 
     def __init__(self, backbone, prefix_ids: list[int]) -> None:
         self.ids = list(prefix_ids)
-        model = backbone.model
+        model = backbone.body(backbone.model)
         config = backbone.config
         cache = DynamicCache(config=config)
         ids = torch.tensor([self.ids], device=backbone.device)

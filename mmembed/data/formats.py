@@ -329,6 +329,25 @@ def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_
     return _read(path, parse, skip_bad)
 
 
+def read_grace(path: str | Path, skip_bad: bool = False) -> list[dict]:
+    """GRACE's supervised JSON lines ``{"query", "positive", "negative"[, "source"]}`` (strings; ``negative``
+    optional) as ``{"text": positive, "query", "negative"?}``: the policy writes its rationale for the positive."""
+
+    def parse(record: dict, where: str) -> dict:
+        missing = [k for k in ("query", "positive") if not isinstance(record.get(k), str) or not record[k].strip()]
+        if missing:
+            raise DataError(f"{where}: {missing} missing or not a non-empty string (a GRACE row has 'query', "
+                            f"'positive' and optionally 'negative').")
+        row = {"text": record["positive"], "query": record["query"]}
+        if record.get("negative") is not None:
+            if not isinstance(record["negative"], str) or not record["negative"].strip():
+                raise DataError(f"{where}: 'negative' must be a non-empty string.")
+            row["negative"] = record["negative"]
+        return row
+
+    return _read(path, parse, skip_bad)
+
+
 def read_sentences(path: str | Path) -> list[dict]:
     """One sentence a line (unsupervised: the sentence is its own positive, as SimCSE)."""
     lines = [s.strip() for s in Path(path).read_text(encoding="utf-8").splitlines() if s.strip()]

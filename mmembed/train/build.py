@@ -40,15 +40,16 @@ def attach_lora(embedder: Embedder, args: ModelArguments, trainable_token_indice
     backbone.model = lora.attach(backbone.model, config)
 
 
-def build_embedder(args: ModelArguments) -> Embedder:
-    """Load the backbone with the template and pooler of ``args``; attach a trainable LoRA adapter."""
+def build_embedder(args: ModelArguments, **load_options) -> Embedder:
+    """Load the backbone with the template and pooler of ``args`` (and ``load_options`` for ``mmembed.load``, e.g.
+    ``rationale=``); attach a trainable LoRA adapter."""
     import mmembed
 
     template = PromptTemplate(text=args.template_text, image=args.template_image, text_image=args.template_text_image,
                               chat=args.chat, system=args.system_prompt, response=args.template_response)
     pooling = pooling_config(args.pooling)
     embedder = mmembed.load(args.model_name_or_path, template=template, pooling=pooling, dtype=args.dtype,
-                            max_length=args.max_length, device="cpu")
+                            max_length=args.max_length, device="cpu", **load_options)
     if args.lora:
         attach_lora(embedder, args)
     embedder.backbone.model.train()

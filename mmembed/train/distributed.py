@@ -26,6 +26,12 @@ def training_defaults() -> dict:
     return {}
 
 
+def bf16_available() -> bool:
+    """Whether bf16 mixed precision can run here (a CUDA device that supports it); TRL's configs default to bf16
+    and refuse to start on a CPU-only host otherwise."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def teardown() -> None:
     """Free memory and destroy the process group (the clean-exit fix for gloo); call after dropping the trainer."""
     import torch.distributed as dist

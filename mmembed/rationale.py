@@ -1,0 +1,116 @@
+"""Rationale mode (GRACE): the model writes a rationale for its input, and the embedding pools input + rationale.
+
+:class:`RationaleConfig` is saved with the model (``mmembed_config.json``), so a GRACE model encodes the way it was
+trained. Decoding is deterministic: greedy (the default), never sampled, so the same input always gives the same
+embedding (the public GRACE evaluation samples at temperature 1.0, so its embeddings are random). Generation is
+batched with left padding; :func:`generate_rationales` works on token ids, so the rationale's exact tokens (ending
+in the model's end-of-turn token when it finished) are what the pooler sees, as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: GRACE's system prompt (training, reward and evaluation), verbatim from its ``process_data.py``.
+GRACE_SYSTEM_PROMPT = ("Read and analyze the following text, then you need to provide your reasoning within "
+                       "<think></think> tags. Finally, generate a comprehensive understanding of this text.")
+
+DECODINGS = ("greedy",)
+
+
+@dataclass
+class RationaleConfig:
+    """How a rationale is generated before pooling.
+
+    Args:
+        max_new_tokens: the rationale's length limit (GRACE trains with up to 2048; short limits keep CPU runs fast).
+        decoding: ``"greedy"`` (deterministic).
+        batch_size: prompts generated together.
+    """
+
+    max_new_tokens: int = 128
+    decoding: str = "greedy"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"RationaleConfig.max_new_tokens={self.max_new_tokens}; it must be at least 1.")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"RationaleConfig.decoding={self.decoding!r}; choose one of {DECODINGS}.")
+        if self.batch_size < 1:
+            raise ValueError(f"RationaleConfig.batch_size={self.batch_size}; it must be at least 1.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RationaleConfig:
+        return cls(**data)
+
+
+def stop_token_ids(model: nn.Module, tokenizer) -> list[int]:
+    """Token ids that end a rationale: the generation config's EOS ids and the tokenizer's EOS token."""
+    ids: list[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        for i in value if isinstance(value, (list, tuple)) else [value]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("the model has no end-of-sequence token (generation_config.eos_token_id or the "
+                         "tokenizer's eos_token); set one so that rationales can end.")
+    return ids
+
+
+@torch.no_grad()
+def generate_rationales(model: nn.Module, tokenizer, prompts: Sequence[Sequence[int]], config: RationaleConfig,
+                        *, synced_gpus: bool = False, min_batches: int = 0) -> list[list[int]]:
+    """Rationale token ids for each prompt (token ids of the rendered prompt, ending in the generation prompt).
+
+    Each rationale ends with a stop token when the model finished within ``config.max_new_tokens``. Prompts are
+    generated ``config.batch_size`` at a time, left-padded. ``synced_gpus`` (DeepSpeed ZeRO-3) keeps every process
+    generating until all are done; ``min_batches`` runs extra (repeated) batches so that every process makes the same
+    number of ``generate`` calls.
+    """
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device
+    training = model.training
+    model.eval()
+    out: list[list[int]] = []
+    try:
+        real = list(range(0, len(prompts), config.batch_size))
+        for start in real + [None] * max(0, min_batches - len(real)):
+            chunk = [list(p) for p in prompts[start:start + config.batch_size]] if start is not None else \
+                [list(prompts[0]) if len(prompts) else [pad]]  # a padding batch, for lockstep
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens,
+                                       do_sample=False, num_beams=1, eos_token_id=stops, pad_token_id=pad,
+                                       synced_gpus=synced_gpus, temperature=None, top_p=None, top_k=None)
+            if start is not None:
+                out += [_until_stop(row, stops) for row in generated[:, width:].tolist()]
+    finally:
+        model.train(training)
+    return out
+
+
+def _until_stop(row: list[int], stops: list[int]) -> list[int]:
+    """The generated ids up to and including the first stop token (what follows is padding)."""
+    for k, token in enumerate(row):
+        if token in stops:
+            return row[:k + 1]
+    return row
+
+
+def cache_key(prompt: Sequence[int], config: RationaleConfig) -> str:
+    """Key of a prompt's rationale in the encode cache: its token ids and the decoding settings."""
+    text = repr((tuple(prompt), config.max_new_tokens, config.decoding))
+    return hashlib.sha256(text.encode()).hexdigest()

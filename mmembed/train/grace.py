@@ -1,0 +1,181 @@
+"""GRACE on TRL: the policy writes rationales, :class:`~mmembed.rewards.GraceReward` scores their embeddings, and
+``GRPOTrainer`` (LoRA, no KL, no reward-std scaling, clip 0.2) updates the policy.
+
+The policy *is* the embedder's backbone model (LoRA attached in place), so the reward embeds with the current
+weights and the saved folder is an Embedder in rationale mode. Optionally, a differentiable InfoNCE term on the
+rationale embeddings is added to the GRPO loss (``infonce_weight``; off by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from trl import GRPOTrainer
+
+from ..data.formats import read_grace, read_sentences, read_sick_triplets
+from ..embedder import Embedder
+from ..rationale import GRACE_SYSTEM_PROMPT
+from ..rewards import GraceReward, GraceRewardConfig
+
+logger = logging.getLogger(__name__)
+
+#: GRPOConfig values that make TRL's GRPO the GRACE objective (the recipe's parser defaults)
+GRPO_DEFAULTS = {"num_generations": 8, "beta": 0.0, "scale_rewards": "none", "epsilon": 0.2, "num_iterations": 1,
+                 "gradient_checkpointing": False, "remove_unused_columns": False, "temperature": 1.0}
+
+
+@dataclass
+class GraceArguments:
+    """Data, reward and evaluation options of the GRACE recipe (the policy's are ``GRPOConfig``'s)."""
+
+    train_file: str | None = field(default=None, metadata={
+        "help": "supervised JSON lines (query / positive / negative), a sentence file, or a SICK folder"})
+    train_format: str = field(default="grace", metadata={"help": "grace (supervised), sentences (unsupervised), "
+                                                                 "sick (supervised triplets from SICK)"})
+    max_train_samples: int | None = None
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "rows whose rendered prompt is longer are "
+                                                                   "dropped (counted in the log), as GRACE"})
+    reward_temperature: float = field(default=0.1, metadata={"help": "tau of the reward"})
+    negative_weight: float = 1.0
+    clustering_weight: float = 0.2
+    cross_group_weight: float = 0.2
+    truncation_reward: float = field(default=-1.0, metadata={"help": "reward of a rationale cut off at the limit"})
+    query_rationale: bool = field(default=True, metadata={"help": "embed query and negative with a greedy "
+                                                                  "rationale of the current policy"})
+    reward_batch_size: int = 16
+    infonce_weight: float = field(default=0.0, metadata={"help": "weight of a differentiable InfoNCE term on the "
+                                                                 "rationale embeddings (0: off)"})
+    infonce_temperature: float = 0.05
+    rationale_max_tokens: int | None = field(default=None, metadata={
+        "help": "rationale length of the saved model's encode (default: max_completion_length)"})
+    eval_sts_file: str | None = field(default=None, metadata={"help": "STS-B file scored before and after"})
+    eval_max_pairs: int | None = field(default=None, metadata={"help": "score only the first N STS pairs"})
+
+
+def grace_rows(args: GraceArguments) -> list[dict]:
+    """``{"text", "query", "negative"?}`` rows: the policy text is the positive (supervised) or the sentence itself,
+    whose query is a second rollout of the same text (unsupervised)."""
+    if args.train_file is None:
+        raise ValueError("no training data: set train_file (and train_format).")
+    if args.train_format == "grace":
+        rows = read_grace(args.train_file)
+    elif args.train_format == "sick":
+        rows = [{"text": r["positive"]["text"], "query": r["anchor"]["text"], "negative": r["negative"][0]["text"]}
+                for r in read_sick_triplets(args.train_file)]
+    elif args.train_format == "sentences":
+        rows = [{"text": r["anchor"]["text"], "query": r["anchor"]["text"]} for r in read_sentences(args.train_file)]
+    else:
+        raise ValueError(f"train_format={args.train_format!r}; choose grace, sick or sentences.")
+    return rows[: args.max_train_samples] if args.max_train_samples else rows
+
+
+def grace_dataset(embedder: Embedder, rows: list[dict], max_prompt_tokens: int) -> Dataset:
+    """TRL rows: the chat ``prompt`` (system prompt + policy text), ``text``, ``group`` (row index), ``query`` and
+    ``negative`` when present. Rows whose rendered prompt exceeds ``max_prompt_tokens`` are dropped and counted."""
+    system = embedder.template.system
+    backbone = embedder.backbone
+    lengths = [len(ids) for ids in backbone.tokenize_texts(
+        [backbone.renderer.render(item).text for item in _text_items([r["text"] for r in rows])])]
+    kept = [r for r, n in zip(rows, lengths) if n <= max_prompt_tokens]
+    if len(kept) < len(rows):
+        logger.warning("prompt-length filter: dropped %d of %d rows longer than %d tokens", len(rows) - len(kept),
+                       len(rows), max_prompt_tokens)
+    if not kept:
+        raise ValueError(f"no training rows left after the prompt-length filter (max_prompt_tokens="
+                         f"{max_prompt_tokens}).")
+    columns: dict[str, list] = {
+        "prompt": [([{"role": "system", "content": system}] if system is not None else [])
+                   + [{"role": "user", "content": r["text"]}] for r in kept],
+        "text": [r["text"] for r in kept], "group": list(range(len(kept))), "query": [r["query"] for r in kept]}
+    with_negative = sum("negative" in r for r in kept)
+    if 0 < with_negative < len(kept):
+        raise ValueError(f"{with_negative} of {len(kept)} rows have a negative: give every row one (supervised) or "
+                         f"none (the negative term is then left out).")
+    if with_negative:
+        columns["negative"] = [r["negative"] for r in kept]
+    return Dataset.from_dict(columns)
+
+
+def _text_items(texts: list[str]):
+    from ..inputs import to_items
+
+    return to_items([{"text": t} for t in texts])[0]
+
+
+class GraceTrainer(GRPOTrainer):
+    """``GRPOTrainer`` for GRACE: it keeps the reward's handle on the trainer, and optionally adds a differentiable
+    InfoNCE term (rationale embedding of each rollout vs the query embeddings of the batch's groups)."""
+
+    def __init__(self, *args, grace_reward: GraceReward, infonce_weight: float = 0.0,
+                 infonce_temperature: float = 0.05, **kwargs) -> None:
+        super().__init__(*args, reward_funcs=[grace_reward], **kwargs)
+        self.grace_reward = grace_reward
+        grace_reward.trainer = self
+        self.infonce_weight = infonce_weight
+        self.infonce_temperature = infonce_temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.infonce_weight > 0:
+            loss = loss + self.infonce_weight * self._infonce(inputs)
+        return loss
+
+    def _infonce(self, inputs: dict) -> torch.Tensor:
+        """InfoNCE between each rollout's rationale embedding (with gradient) and its own prompt's rationale-free
+        embedding, against the other rollouts' prompts in the batch."""
+        embedder = self.grace_reward.embedder
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        prompts = [row[m.bool()].tolist() for row, m in zip(inputs["prompt_ids"], inputs["prompt_mask"])]
+        prefix = self._prefix_length(prompts[0])
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "prefix_lengths": torch.full((len(ids),), prefix, device=ids.device)}
+        main, _ = embedder(batch)
+        with torch.no_grad():
+            anchors = self.grace_reward.embed(prompts, [prefix] * len(prompts)).to(main.device)
+        logits = F.normalize(main, dim=-1) @ F.normalize(anchors, dim=-1).T / self.infonce_temperature
+        same = torch.tensor([[a == b for b in prompts] for a in prompts], device=main.device)
+        logits = logits.masked_fill(same & ~torch.eye(len(prompts), dtype=torch.bool, device=main.device),
+                                    float("-inf"))  # the same prompt's other rollouts are not negatives
+        loss = F.cross_entropy(logits, torch.arange(len(prompts), device=main.device))
+        self._metrics["train"]["grace/infonce"].append(float(loss.detach()))
+        return loss
+
+    def _prefix_length(self, prompt_ids: list[int]) -> int:
+        backbone = self.grace_reward.embedder.backbone
+        prefix = backbone.renderer.render(_text_items(["x"])[0]).prefix
+        return backbone.prefix_length(prompt_ids, prefix)
+
+    def save_embedder(self, folder: str | Path) -> None:
+        """Save the trained Embedder (LoRA merged, rationale mode kept), gathering ZeRO-3 shards first."""
+        module = self.accelerator.unwrap_model(self.model)
+        context = contextlib.nullcontext()
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed
+
+            context = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        with context:
+            if self.is_world_process_zero():
+                self.grace_reward.embedder.save(folder)
+        self.accelerator.wait_for_everyone()
+
+
+def build_grace_trainer(embedder: Embedder, args: GraceArguments, training_args) -> GraceTrainer:
+    """The trainer for ``embedder`` (rationale mode, LoRA attached) on the rows of ``args``."""
+    if embedder.template.system is None:
+        logger.warning("no system prompt: GRACE uses %r", GRACE_SYSTEM_PROMPT)
+    dataset = grace_dataset(embedder, grace_rows(args), args.max_prompt_tokens)
+    reward = GraceReward(
+        embedder, GraceRewardConfig(args.reward_temperature, args.negative_weight, args.clustering_weight,
+                                    args.cross_group_weight, args.truncation_reward),
+        training_args.max_completion_length, query_rationale=args.query_rationale,
+        batch_size=args.reward_batch_size)
+    return GraceTrainer(model=embedder.backbone.model, args=training_args, train_dataset=dataset,
+                        processing_class=embedder.backbone.tokenizer, grace_reward=reward,
+                        infonce_weight=args.infonce_weight, infonce_temperature=args.infonce_temperature)
