@@ -211,11 +211,11 @@ class Embedder(nn.Module):
                                  f"template. Pass plain text, or set tokenizer.chat_template.")
         text_prompt = self.resolve_prompt(prompt_name, prompt)
         rendered = [backbone.renderer.render(item, text_prompt) for item in items]
+        if show_progress_bar is None:
+            show_progress_bar = len(items) >= (16 if self.rationale is not None else 256)
         rationales: dict[int, list[int]] = {}
         plan = self._plan(items, rendered, text_prompt, batch_size, max_batch_tokens, cache_prompt,
-                          rationales if self.rationale is not None else None, cache_rationales)
-        if show_progress_bar is None:
-            show_progress_bar = len(items) >= 256
+                          rationales if self.rationale is not None else None, cache_rationales, show_progress_bar)
         results: list[Tensor] = [torch.empty(0, dim or backbone.hidden_size)] * len(items)
         for step in tqdm(plan, desc="Encoding", unit="batch", disable=not show_progress_bar):
             if step.ids is not None:
@@ -280,7 +280,7 @@ class Embedder(nn.Module):
 
     def _plan(self, items: list[Item], rendered: list[Rendered], prompt: str, batch_size: int,
               max_batch_tokens: int | None, cache_prompt: bool, rationales: dict[int, list[int]] | None = None,
-              cache_rationales: bool = True) -> list[_Step]:
+              cache_rationales: bool = True, show_progress_bar: bool = False) -> list[_Step]:
         """Batches of similar length; text inputs that share a prompt prefix get it computed once.
 
         Over-long text inputs are fitted to ``max_length`` first (``rendered`` is updated in place). With
@@ -293,7 +293,8 @@ class Embedder(nn.Module):
         for i in text_idx:
             rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], ids[i], f"inputs[{i}]")
         if rationales is not None and text_idx:
-            generated = self.add_rationales([ids[i] for i in text_idx], use_cache=cache_rationales)
+            generated = self.add_rationales([ids[i] for i in text_idx], use_cache=cache_rationales,
+                                            show_progress_bar=show_progress_bar)
             for i, rationale in zip(text_idx, generated):
                 rationales[i] = rationale
                 ids[i] = ids[i] + rationale

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 #: GRACE's system prompt (training, reward and evaluation), verbatim from its ``process_data.py``.
 GRACE_SYSTEM_PROMPT = ("Read and analyze the following text, then you need to provide your reasoning within "
@@ -70,7 +71,8 @@ def stop_token_ids(model: nn.Module, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate_rationales(model: nn.Module, tokenizer, prompts: Sequence[Sequence[int]], config: RationaleConfig,
-                        *, synced_gpus: bool = False, min_batches: int = 0) -> list[list[int]]:
+                        *, synced_gpus: bool = False, min_batches: int = 0, show_progress_bar: bool = False
+                        ) -> list[list[int]]:
     """Rationale token ids for each prompt (token ids of the rendered prompt, ending in the generation prompt).
 
     Each rationale ends with a stop token when the model finished within ``config.max_new_tokens``. Prompts are
@@ -86,7 +88,8 @@ def generate_rationales(model: nn.Module, tokenizer, prompts: Sequence[Sequence[
     out: list[list[int]] = []
     try:
         real = list(range(0, len(prompts), config.batch_size))
-        for start in real + [None] * max(0, min_batches - len(real)):
+        starts = real + [None] * max(0, min_batches - len(real))
+        for start in tqdm(starts, desc="Generating rationales", unit="batch", disable=not show_progress_bar):
             chunk = [list(p) for p in prompts[start:start + config.batch_size]] if start is not None else \
                 [list(prompts[0]) if len(prompts) else [pad]]  # a padding batch, for lockstep
             width = max(len(p) for p in chunk)

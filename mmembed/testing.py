@@ -75,7 +75,8 @@ def build_tiny_qwen2(folder: str | Path, *, emb_token: bool = False, num_layers:
     return _save(model, tokenizer, Path(folder))
 
 
-def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dict, emb_token: bool, seed: int) -> Path:
+def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dict, emb_token: bool, seed: int,
+                   initializer_range: float = 0.02) -> Path:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from .processing import register_image_only_processor
@@ -85,9 +86,10 @@ def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dic
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     config = config_cls(
         text_config=_text_config(tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                             "mrope_section": [2, 3, 3]}),
+                                                             "mrope_section": [2, 3, 3]},
+                                 initializer_range=initializer_range),
         vision_config=dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, depth=2, num_heads=2,
-                           **vision_config),
+                           initializer_range=initializer_range, **vision_config),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
@@ -100,12 +102,18 @@ def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dic
     return _save(model, processor, Path(folder))
 
 
-def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
-    """A ``Qwen2VLForConditionalGeneration`` with a 2-layer vision tower and an image-only processor."""
+def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0,
+                        initializer_range: float = 0.02) -> Path:
+    """A ``Qwen2VLForConditionalGeneration`` with a 2-layer vision tower and an image-only processor.
+
+    ``initializer_range`` is the weights' init std. transformers' 0.02 suits widths near 1,000; at width 64 it
+    shrinks every signal ~6x per linear layer, so the image barely reaches the last token and a learning test cannot
+    learn (measured: Color-Cls stays at chance). About ``1 / sqrt(64)`` (0.125) to 0.25 keeps the signal, as
+    a trained model's residual stream does; the learning runs use 0.25."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     return _build_qwen_vl(folder, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                          dict(embed_dim=32, hidden_size=64, mlp_ratio=2), emb_token, seed)
+                          dict(embed_dim=32, hidden_size=64, mlp_ratio=2), emb_token, seed, initializer_range)
 
 
 def build_tiny_qwen2_5_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:

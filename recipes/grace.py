@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     result.update(train_seconds=round(time.time() - start, 1), steps=trainer.state.global_step)
+    if trainer.step_times:
+        result["seconds_per_step"] = {k: round(float(np.mean([t[k] for t in trainer.step_times])), 2)
+                                      for k in ("step", "generation", "reward", "update")}
     final = Path(training_args.output_dir) / "final"
     trainer.save_embedder(final)
     history = trainer.grace_reward.history

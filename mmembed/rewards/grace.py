@@ -20,6 +20,7 @@ group ids are gathered first.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ class GraceReward:
         self.batch_size = batch_size
         self.trainer = None
         self.history: list[dict[str, float]] = []  # per call: mean reward and terms over the global batch
+        self.seconds = 0.0  # time spent in calls
 
     # -------------------------------------------------------------------------------------------- distribution
     @property
@@ -190,13 +192,15 @@ class GraceReward:
     def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], text: list[str],
                  group: list[int], query: list[str], negative: list[str] | None = None,
                  log_metric: Callable[[str, float], None] | None = None, **_: object) -> list[float]:
+        start = time.perf_counter()
         ids, prefix = self.render(text)
         main = self.embed([p + list(c) for p, c in zip(ids, completion_ids)], prefix)
         stops = set(stop_token_ids(self.embedder.backbone.model, self.embedder.backbone.tokenizer))
         truncated = torch.tensor([len(c) >= self.max_completion_length and (not c or c[-1] not in stops)
                                   for c in completion_ids])
-        query_vectors = self.embed_texts(query)
-        negative_vectors = self.embed_texts(negative) if negative is not None else None
+        others = self.embed_texts(list(query) + list(negative or []))  # one batched generation for both
+        query_vectors = others[:len(query)]
+        negative_vectors = others[len(query):] if negative is not None else None
         local = len(completion_ids)
         gathered = {
             "main": self._gather(main), "query": self._gather(query_vectors),
@@ -214,4 +218,5 @@ class GraceReward:
                 if name != "reward":
                     log_metric(f"grace/{name}", value)
         rank = self._accelerator.process_index if self._accelerator is not None else 0
+        self.seconds += time.perf_counter() - start
         return terms["reward"][rank * local:(rank + 1) * local].tolist()

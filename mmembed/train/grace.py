@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class GraceArguments:
     train_format: str = field(default="grace", metadata={"help": "grace (supervised), sentences (unsupervised), "
                                                                  "sick (supervised triplets from SICK)"})
     max_train_samples: int | None = None
+    skip_bad_records: bool = field(default=False, metadata={"help": "count and report bad records, don't stop"})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "rows whose rendered prompt is longer are "
                                                                    "dropped (counted in the log), as GRACE"})
     reward_temperature: float = field(default=0.1, metadata={"help": "tau of the reward"})
@@ -64,7 +66,7 @@ def grace_rows(args: GraceArguments) -> list[dict]:
     if args.train_file is None:
         raise ValueError("no training data: set train_file (and train_format).")
     if args.train_format == "grace":
-        rows = read_grace(args.train_file)
+        rows = read_grace(args.train_file, skip_bad=args.skip_bad_records)
     elif args.train_format == "sick":
         rows = [{"text": r["positive"]["text"], "query": r["anchor"]["text"], "negative": r["negative"][0]["text"]}
                 for r in read_sick_triplets(args.train_file)]
@@ -109,8 +111,9 @@ def _text_items(texts: list[str]):
 
 
 class GraceTrainer(GRPOTrainer):
-    """``GRPOTrainer`` for GRACE: it keeps the reward's handle on the trainer, and optionally adds a differentiable
-    InfoNCE term (rationale embedding of each rollout vs the query embeddings of the batch's groups)."""
+    """``GRPOTrainer`` for GRACE: it keeps the reward's handle on the trainer, logs each step's seconds split into
+    rollout generation, reward and update (``timing/*_s``; also in ``step_times``), and optionally adds a
+    differentiable InfoNCE term (each rollout's rationale embedding against the prompts of the batch)."""
 
     def __init__(self, *args, grace_reward: GraceReward, infonce_weight: float = 0.0,
                  infonce_temperature: float = 0.05, **kwargs) -> None:
@@ -119,6 +122,26 @@ class GraceTrainer(GRPOTrainer):
         grace_reward.trainer = self
         self.infonce_weight = infonce_weight
         self.infonce_temperature = infonce_temperature
+        self._generation_seconds = 0.0
+        self.step_times: list[dict[str, float]] = []
+
+    def _generate(self, prompts):
+        start = time.perf_counter()
+        try:
+            return super()._generate(prompts)
+        finally:
+            self._generation_seconds += time.perf_counter() - start
+
+    def training_step(self, *args, **kwargs):
+        start, generation, reward = time.perf_counter(), self._generation_seconds, self.grace_reward.seconds
+        loss = super().training_step(*args, **kwargs)
+        times = {"step": time.perf_counter() - start, "generation": self._generation_seconds - generation,
+                 "reward": self.grace_reward.seconds - reward}
+        times["update"] = times["step"] - times["generation"] - times["reward"]
+        self.step_times.append(times)
+        for name, value in times.items():
+            self._metrics["train"][f"timing/{name}_s"].append(value)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
