@@ -21,6 +21,7 @@ from trl import GRPOTrainer
 
 from ..data.formats import read_grace, read_sentences, read_sick_triplets
 from ..embedder import Embedder
+from ..inputs import to_items
 from ..rationale import GRACE_SYSTEM_PROMPT
 from ..rewards import GraceReward, GraceRewardConfig
 
@@ -105,8 +106,6 @@ def grace_dataset(embedder: Embedder, rows: list[dict], max_prompt_tokens: int) 
 
 
 def _text_items(texts: list[str]):
-    from ..inputs import to_items
-
     return to_items([{"text": t} for t in texts])[0]
 
 
