@@ -131,9 +131,9 @@ class GraceReward:
 
     def _lockstep(self) -> bool:
         """DeepSpeed ZeRO-3 shards the weights: every process must run the same number of forwards."""
-        trainer = self.trainer
-        return bool(trainer is not None and getattr(trainer, "is_deepspeed_enabled", False)
-                    and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
+        from ..train.distributed import is_zero3
+
+        return self.trainer is not None and is_zero3(self.trainer)
 
     def _max_over_processes(self, value: int) -> int:
         if not self._lockstep():

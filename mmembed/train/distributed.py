@@ -32,6 +32,28 @@ def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def is_zero3(trainer) -> bool:
+    """Whether ``trainer`` (a ``transformers.Trainer``) runs under DeepSpeed ZeRO-3 (weights sharded)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
+
+
+def export_embedder(trainer, embedder, folder) -> None:
+    """Save ``embedder`` (LoRA merged) from the main process, gathering ZeRO-3 shards first; all processes wait."""
+    import contextlib
+
+    context = contextlib.nullcontext()
+    if is_zero3(trainer):
+        import deepspeed
+
+        module = trainer.accelerator.unwrap_model(trainer.model)
+        context = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with context:
+        if trainer.is_world_process_zero():
+            embedder.save(folder)
+    trainer.accelerator.wait_for_everyone()
+
+
 def teardown() -> None:
     """Free memory and destroy the process group (the clean-exit fix for gloo); call after dropping the trainer."""
     import torch.distributed as dist

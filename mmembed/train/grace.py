@@ -8,7 +8,6 @@ rationale embeddings is added to the GRPO loss (``infonce_weight``; off by defau
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..embedder import Embedder
 from ..inputs import to_items
 from ..rationale import GRACE_SYSTEM_PROMPT
 from ..rewards import GraceReward, GraceRewardConfig
+from .distributed import export_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -176,16 +176,7 @@ class GraceTrainer(GRPOTrainer):
 
     def save_embedder(self, folder: str | Path) -> None:
         """Save the trained Embedder (LoRA merged, rationale mode kept), gathering ZeRO-3 shards first."""
-        module = self.accelerator.unwrap_model(self.model)
-        context = contextlib.nullcontext()
-        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            import deepspeed
-
-            context = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-        with context:
-            if self.is_world_process_zero():
-                self.grace_reward.embedder.save(folder)
-        self.accelerator.wait_for_everyone()
+        export_embedder(self, self.grace_reward.embedder, folder)
 
 
 def build_grace_trainer(embedder: Embedder, args: GraceArguments, training_args) -> GraceTrainer:

@@ -7,7 +7,6 @@ The training loop, distribution (DDP, DeepSpeed), mixed precision, optimizer, sc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import lora
+from .distributed import export_embedder
 from ..data.samplers import DatasetMixtureBatchSampler, NoDuplicatesBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -49,16 +49,7 @@ class EmbeddingTrainer(Trainer):
 
     def save_embedder(self, folder: str | Path) -> None:
         """Save the trained Embedder with its LoRA adapter merged (collecting ZeRO-3 shards first)."""
-        module = self.accelerator.unwrap_model(self.model)
-        context = contextlib.nullcontext()
-        if self.is_deepspeed_enabled and self.deepspeed.zero_optimization_stage() == 3:
-            import deepspeed
-
-            context = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-        with context:
-            if self.is_world_process_zero():
-                module.model.save(folder)
-        self.accelerator.wait_for_everyone()
+        export_embedder(self, self.embedder, folder)
 
     def train_and_export(self) -> tuple[dict, str]:
         """Train (resuming from ``args.resume_from_checkpoint`` when set), then save the Embedder merged to
