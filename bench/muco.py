@@ -14,12 +14,10 @@ optimizer:
 A training step is collation (image loading, processor, tokenizer) + forward + backward + AdamW step; the step time
 includes collation, and the model-only time (forward + backward + optimizer) is reported too. Pairs/s = 7·B / step.
 
-Data: ``mmembed.data.synthetic.generate`` (``muco/train.jsonl`` read by ``read_multiturn``). The generator writes at
-most ``k_turns=6`` pairs an image, so each row gets a 7th pair of its own image: the scene is recovered from the row's
-retrieval pair (its positive is the exact caption, ``parse_caption``) and the generator's own pair builder
-(``synthetic._muco_pairs``) gives a pair whose query and positive are not in the row yet (rows without one are
-skipped: about 5%). Rows are taken in file order, B per step, a fresh set of packs every step (the same on both
-sides). Images: ``--image-size`` px squares (tiny: 112 px, the tiny processor's maximum, 16 visual tokens; 2B:
+Data: synthetic scenes of 3-4 objects and a word (``mmembed.data.synthetic``: ``random_scene``, ``render``), each
+with 6 question pairs from the generator's own pair builder (``_muco_pairs``: counts, colours, the word) and the
+exact caption (the Caption-I2T pair) as the 7th. Rows are taken in order, B per step, a fresh set of packs every step
+(the same on both sides). Images: ``--image-size`` px squares (tiny: 112 px, the tiny processor's maximum, 16 visual tokens; 2B:
 640 px, MuCo's shortest side, with MuCo's processor limits 256·28² .. 1280·28² pixels: 529 visual tokens).
 
 Models (``--model``):
@@ -81,7 +79,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -111,44 +108,26 @@ MUCO_MIN_PIXELS, MUCO_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def seventh_pair(row: dict, seed: int) -> dict | None:
-    """A pair about the row's own image that is not in the row yet (query and positive both new), or None."""
+def prepare_rows(out: Path, n: int, image_size: int, seed: int) -> list[dict]:
+    """``n`` rows of one image + 7 (query, positive) pairs (see the module docstring)."""
     import numpy as np
 
     from mmembed.data import synthetic
 
-    captions = [p["positive"] for p in row["pairs"] if p.get("kind") == "retrieval"]
-    if not captions:
-        return None
-    scene = synthetic.parse_caption(captions[0])
-    queries = {q for p in row["pairs"] for q in p["query"]}
-    positives = {p["positive"] for p in row["pairs"]}
-    for attempt in range(8):
-        for pair in synthetic._muco_pairs(scene, np.random.default_rng([seed, attempt]), K) or []:
-            if pair["query"] not in queries and pair["positive"] not in positives:
-                return {"query": [pair["query"]], "positive": pair["positive"], "kind": pair["kind"]}
-    return None
-
-
-def prepare_rows(out: Path, n: int, image_size: int, seed: int) -> list[dict]:
-    """``n`` rows of one image + 7 (query, positive) pairs, from the synthetic MuCo set (see the module docstring)."""
-    from mmembed.data.formats import read_multiturn
-    from mmembed.data.synthetic import SyntheticConfig, generate
-
-    config = SyntheticConfig(seed=seed, image_size=image_size, k_turns=6, n_muco_images=math.ceil(n * 1.2) + 8,
-                             n_eval_queries=1, n_candidates=2, n_train_per_task=1, n_mbeir_queries=1)
-    generate(out, config)
-    rows = []
-    for i, row in enumerate(read_multiturn(out / "muco" / "train.jsonl", image_root=out)):
-        extra = seventh_pair(row, seed * 1_000_003 + i)
-        if extra is None:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    while len(rows) < n:
+        scene = synthetic.random_scene(rng, int(rng.integers(3, 5)), word_prob=1.0, unique=True)
+        pairs = synthetic._muco_pairs(scene, rng, K - 1)
+        if pairs is None:
             continue
-        # one paraphrase per query (the generator writes one), so both sides see the same texts
-        pairs = [{"query": p["query"][0], "positive": p["positive"]} for p in [*row["pairs"], extra]]
-        rows.append({"image": row["image"], "pairs": pairs})
-        if len(rows) == n:
-            return rows
-    raise SystemExit(f"only {len(rows)} synthetic rows with 7 pairs, {n} needed.")
+        caption = {"query": synthetic.TASKS_BY_NAME["Caption-I2T"].instruction, "positive": synthetic.caption(scene)}
+        path = out / f"{len(rows):06d}.png"
+        synthetic.render(scene, image_size, rng=rng).save(path)
+        rows.append({"image": str(path), "pairs": [*({"query": p["query"], "positive": p["positive"]} for p in pairs),
+                                                   caption]})
+    return rows
 
 
 def single_turn_rows(packs: list[dict]) -> tuple[list[dict], list[int]]:

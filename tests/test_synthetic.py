@@ -78,7 +78,7 @@ def test_render_is_deterministic_and_noise_is_mild():
 
 def test_same_seed_same_files_other_seed_differs(out, tmp_path):
     first = _manifest(out)
-    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.2"
+    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.3"
     again = _manifest(syn.generate(tmp_path / "again", CONFIG))
     assert again["files"] == first["files"] and again["images"] == first["images"]
     for rel, digest in first["files"].items():  # the manifest records the real file hashes
@@ -346,21 +346,31 @@ def test_muco_lines(out):
     assert len(lines) == CONFIG.n_muco_images
     assert len({line["image"] for line in lines}) == len(lines)
     named = set(syn.SHAPES) | set(syn.PLURALS.values())
-    sizes = Counter(len(line["pairs"]) for line in lines)
-    assert set(sizes) <= {1, CONFIG.k_turns} and sizes[CONFIG.k_turns] > sizes[1] > 0
+    kinds = Counter()
+    instructions = {t.name: t.instruction for t in syn.TASKS}
     for line in lines:
         assert set(line) == {"image", "pairs"} and (out / line["image"]).is_file()
         pairs = line["pairs"]
         assert len({p["query"] for p in pairs}) == len({p["positive"] for p in pairs}) == len(pairs)
+        queries = {p["query"] for p in pairs}
         if len(pairs) == 1:  # a caption pack: the Caption-I2T task on its own
             assert pairs[0]["kind"] == "retrieval"
-            assert pairs[0]["query"] == "Find an image caption describing the given image"
+            assert pairs[0]["query"] == instructions["Caption-I2T"]
+            kinds["caption"] += 1
             continue
         for pair in pairs:
             assert pair["kind"] in {"classification", "vqa"}
             assert IMAGE_TOKEN not in pair["query"] + pair["positive"]
-            # answers never name a shape: only the image links a query conversation to its target conversation
-            assert not set(pair["positive"].split()) & named, pair
+        # a shape is never named on both sides: only the image links a query conversation to its target conversation
+        assert not ({w for q in queries for w in q.rstrip("?").split()} & named
+                    and {w for p in pairs for w in p["positive"].split()} & named), pairs
+        if instructions["Shape-Cls"] in queries:  # one object: the classification instructions (+ the word)
+            assert instructions["Color-Cls"] in queries and len(pairs) in (2, 3)
+            kinds["single"] += 1
+        else:
+            assert len(pairs) == CONFIG.k_turns
+            kinds["multi"] += 1
+    assert kinds["multi"] > 0 and kinds["caption"] > 0 and kinds["single"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------- M-BEIR

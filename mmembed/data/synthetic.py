@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 GENERATOR = "mmembed.data.synthetic"
-VERSION = "1.2"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks
+VERSION = "1.3"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks;
+# 1.3: a quarter of the MuCo lines are one-object packs phrased as Shape-Cls / Color-Cls (+ Word-VQA)
 IMAGE_TOKEN = "<|image_1|>"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -671,8 +672,8 @@ def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str
 
     Queries may name shapes but answers never do (counts, colours, the word): in a multi-turn pack every turn sees
     the earlier turns, so a shape named on both sides would let the text alone pair a query conversation with its
-    target conversation. Only the image links them. Captions, which name everything, get packs of their own
-    (:func:`_write_muco`)."""
+    target conversation. Only the image links them. Captions, which name everything, get packs of their own, and
+    one-object scenes packs with the classification instructions (:func:`_write_muco`)."""
     shapes = list(dict.fromkeys(o.shape for o in scene.objects))
     shape_counts = Counter(o.shape for o in scene.objects)
     pools: dict[str, list[tuple[str, str]]] = {
@@ -699,15 +700,30 @@ def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str
     return pairs if len(pairs) == k else None
 
 
+def _single_object_pairs(scene: Scene, rng: np.random.Generator) -> list[dict[str, str]]:
+    """The pairs of a one-object scene, phrased as Shape-Cls / Color-Cls (and Word-VQA when it shows a word), in
+    random order. No query names the shape, so the answer may."""
+    (o,) = scene.objects
+    pairs = [{"kind": "classification", "query": TASKS_BY_NAME["Shape-Cls"].instruction, "positive": o.shape},
+             {"kind": "classification", "query": TASKS_BY_NAME["Color-Cls"].instruction, "positive": o.color}]
+    if scene.word:
+        pairs.append({"kind": "vqa", "query": f"{_VQA}: What word is written in the image?", "positive": scene.word})
+    return [pairs[int(i)] for i in rng.permutation(len(pairs))]
+
+
 def _write_muco(out: Path, images: _Images, cfg: SyntheticConfig) -> None:
     rng = _stream(cfg.seed, "train", "muco")
     lines = []
     for _ in range(cfg.n_muco_images):
         while True:
             scene = random_scene(rng, int(rng.integers(2, 5)), word_prob=0.5, unique=True)
-            if rng.random() < 0.25:  # a caption names everything: a pack of its own (the Caption-I2T task)
+            draw = rng.random()
+            if draw < 0.25:  # a caption names everything: a pack of its own (the Caption-I2T task)
                 pairs = [{"kind": "retrieval", "query": TASKS_BY_NAME["Caption-I2T"].instruction,
                           "positive": caption(scene)}]
+            elif draw < 0.5:  # one object: the classification tasks' instructions (they never name the shape)
+                scene = random_scene(rng, 1, word_prob=0.5)
+                pairs = _single_object_pairs(scene, rng)
             else:
                 pairs = _muco_pairs(scene, rng, cfg.k_turns)
             if pairs is not None:
