@@ -78,7 +78,7 @@ def test_render_is_deterministic_and_noise_is_mild():
 
 def test_same_seed_same_files_other_seed_differs(out, tmp_path):
     first = _manifest(out)
-    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.3"
+    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.4"
     again = _manifest(syn.generate(tmp_path / "again", CONFIG))
     assert again["files"] == first["files"] and again["images"] == first["images"]
     for rel, digest in first["files"].items():  # the manifest records the real file hashes
@@ -341,6 +341,10 @@ def test_mmeb_train_is_read_by_the_reader_and_disjoint_from_eval(out, eval_rows)
     assert not {_pixels(p) for p in train_images} & {_pixels(p) for p in eval_images}
 
 
+QUESTION_TYPES = (("count", "How many"), ("color_of", "What color is the"), ("colors", "Which colors"),
+                  ("word", "What word"), ("shape", "shape classification"), ("color", "color classification"))
+
+
 def test_muco_lines(out):
     lines = _jsonl(out / "muco" / "train.jsonl")
     assert len(lines) == CONFIG.n_muco_images
@@ -364,11 +368,13 @@ def test_muco_lines(out):
         # a shape is never named on both sides: only the image links a query conversation to its target conversation
         assert not ({w for q in queries for w in q.rstrip("?").split()} & named
                     and {w for p in pairs for w in p["positive"].split()} & named), pairs
-        if instructions["Shape-Cls"] in queries:  # one object: the classification instructions (+ the word)
-            assert instructions["Color-Cls"] in queries and len(pairs) in (2, 3)
+        # every pack of a kind asks the same question types in the same order (no per-pack text signature)
+        types = [next(t for t, marker in QUESTION_TYPES if marker in p["query"]) for p in pairs]
+        if instructions["Shape-Cls"] in queries:  # one object: the classification instructions and the word
+            assert types == ["shape", "color", "word"]
             kinds["single"] += 1
         else:
-            assert len(pairs) == CONFIG.k_turns
+            assert types == list(syn.MUCO_QUESTION_ORDER[:CONFIG.k_turns])
             kinds["multi"] += 1
     assert kinds["multi"] > 0 and kinds["caption"] > 0 and kinds["single"] > 0
 

@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 GENERATOR = "mmembed.data.synthetic"
-VERSION = "1.3"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks;
-# 1.3: a quarter of the MuCo lines are one-object packs phrased as Shape-Cls / Color-Cls (+ Word-VQA)
+VERSION = "1.4"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks;
+# 1.3: a quarter of the MuCo lines are one-object packs phrased as Shape-Cls / Color-Cls (+ Word-VQA);
+# 1.4: MuCo packs ask fixed question types in a fixed order (MUCO_QUESTION_ORDER), every training scene has a word
 IMAGE_TOKEN = "<|image_1|>"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -666,9 +667,17 @@ def _texts(task: TaskInfo, ex: _Example) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------------------------------ MuCo
 
 
+# The question types of a multi-object pack, in order (the first k_turns). Every pack of a kind asks the same types in
+# the same order: a per-pack order (or mix) of types would be a text signature that the causal turns of a query
+# conversation and its target conversation share (turn k sees the types of turns < k on both sides), so a model
+# could pair them without looking at the image.
+MUCO_QUESTION_ORDER: tuple[str, ...] = ("count", "color_of", "colors", "word", "count", "color_of")
+
+
 def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str, str]] | None:
     """``k`` query / positive pairs about one scene, phrased as the in-distribution MMEB tasks (the instruction, then
-    the question), with distinct queries and positives, of rotating kinds.
+    the question), of the types ``MUCO_QUESTION_ORDER[:k]`` in that order, with distinct queries and positives; None
+    when the scene cannot supply them.
 
     Queries may name shapes but answers never do (counts, colours, the word): in a multi-turn pack every turn sees
     the earlier turns, so a shape named on both sides would let the text alone pair a query conversation with its
@@ -676,39 +685,32 @@ def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str
     one-object scenes packs with the classification instructions (:func:`_write_muco`)."""
     shapes = list(dict.fromkeys(o.shape for o in scene.objects))
     shape_counts = Counter(o.shape for o in scene.objects)
-    pools: dict[str, list[tuple[str, str]]] = {
-        "classification": [("Which colors are in the image?", _join(list(dict.fromkeys(o.color for o in scene.objects))))],
-        "vqa": [(f"{_VQA}: How many {PLURALS[s]} are there?", COUNT_WORDS[shape_counts[s]]) for s in shapes]
-        + [(f"{_VQA}: What color is the {o.shape}?", o.color) for o in scene.objects if shape_counts[o.shape] == 1]
-        + ([(f"{_VQA}: What word is written in the image?", scene.word)] if scene.word else []),
+    pools: dict[str, list[tuple[str, str, str]]] = {
+        "count": [("vqa", f"{_VQA}: How many {PLURALS[s]} are there?", COUNT_WORDS[shape_counts[s]]) for s in shapes],
+        "color_of": [("vqa", f"{_VQA}: What color is the {o.shape}?", o.color) for o in scene.objects
+                     if shape_counts[o.shape] == 1],
+        "colors": [("classification", "Which colors are in the image?",
+                    _join(list(dict.fromkeys(o.color for o in scene.objects))))],
+        "word": [("vqa", f"{_VQA}: What word is written in the image?", scene.word)] if scene.word else [],
     }
-    kinds = [str(x) for x in rng.permutation(list(pools))]
-    for kind in kinds:
-        pools[kind] = [pools[kind][int(i)] for i in rng.permutation(len(pools[kind]))]
     pairs: list[dict[str, str]] = []
-    used: set[str] = set()
-    while len(pairs) < k and any(pools.values()):
-        for kind in kinds:
-            while pools[kind]:
-                query, positive = pools[kind].pop(0)
-                if positive not in used:
-                    used.add(positive)
-                    pairs.append({"kind": kind, "query": query, "positive": positive})
-                    break
-            if len(pairs) == k:
-                break
-    return pairs if len(pairs) == k else None
+    for kind in MUCO_QUESTION_ORDER[:k]:
+        options = [(t, q, a) for t, q, a in pools[kind]
+                   if q not in {p["query"] for p in pairs} and a not in {p["positive"] for p in pairs}]
+        if not options:
+            return None
+        task_kind, query, positive = options[int(rng.integers(len(options)))]
+        pairs.append({"kind": task_kind, "query": query, "positive": positive})
+    return pairs
 
 
-def _single_object_pairs(scene: Scene, rng: np.random.Generator) -> list[dict[str, str]]:
-    """The pairs of a one-object scene, phrased as Shape-Cls / Color-Cls (and Word-VQA when it shows a word), in
-    random order. No query names the shape, so the answer may."""
+def _single_object_pairs(scene: Scene) -> list[dict[str, str]]:
+    """The pairs of a one-object scene with a word: Shape-Cls, Color-Cls, Word-VQA, in that order (see
+    ``MUCO_QUESTION_ORDER``). No query names the shape, so the answer may."""
     (o,) = scene.objects
-    pairs = [{"kind": "classification", "query": TASKS_BY_NAME["Shape-Cls"].instruction, "positive": o.shape},
-             {"kind": "classification", "query": TASKS_BY_NAME["Color-Cls"].instruction, "positive": o.color}]
-    if scene.word:
-        pairs.append({"kind": "vqa", "query": f"{_VQA}: What word is written in the image?", "positive": scene.word})
-    return [pairs[int(i)] for i in rng.permutation(len(pairs))]
+    return [{"kind": "classification", "query": TASKS_BY_NAME["Shape-Cls"].instruction, "positive": o.shape},
+            {"kind": "classification", "query": TASKS_BY_NAME["Color-Cls"].instruction, "positive": o.color},
+            {"kind": "vqa", "query": f"{_VQA}: What word is written in the image?", "positive": scene.word}]
 
 
 def _write_muco(out: Path, images: _Images, cfg: SyntheticConfig) -> None:
@@ -716,14 +718,14 @@ def _write_muco(out: Path, images: _Images, cfg: SyntheticConfig) -> None:
     lines = []
     for _ in range(cfg.n_muco_images):
         while True:
-            scene = random_scene(rng, int(rng.integers(2, 5)), word_prob=0.5, unique=True)
+            scene = random_scene(rng, int(rng.integers(2, 5)), word_prob=1.0, unique=True)
             draw = rng.random()
             if draw < 0.25:  # a caption names everything: a pack of its own (the Caption-I2T task)
                 pairs = [{"kind": "retrieval", "query": TASKS_BY_NAME["Caption-I2T"].instruction,
                           "positive": caption(scene)}]
             elif draw < 0.5:  # one object: the classification tasks' instructions (they never name the shape)
-                scene = random_scene(rng, 1, word_prob=0.5)
-                pairs = _single_object_pairs(scene, rng)
+                scene = random_scene(rng, 1, word_prob=1.0)
+                pairs = _single_object_pairs(scene)
             else:
                 pairs = _muco_pairs(scene, rng, cfg.k_turns)
             if pairs is not None:
