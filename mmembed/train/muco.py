@@ -38,7 +38,9 @@ class MuCoArguments:
     stage: str = field(default="pretrain", metadata={"help": "pretrain (multi-turn packs) or finetune (auxiliary "
                                                              "embedding with masked rewrites)"})
     max_turns: int | None = field(default=7, metadata={"help": "pairs packed per conversation (MuCo: 7)"})
-    shuffle_turns: bool = field(default=True, metadata={"help": "shuffle the turn order of each pack"})
+    shuffle_turns: bool = field(default=True, metadata={
+        "help": "shuffle the turn order of each pack (MuCo). Off for templated data with few question types: a "
+                "per-pack order of types is a text signature both conversations share (data_cards/synthetic.md)"})
     train_token_rows: bool = field(default=True, metadata={"help": "train the embedding rows of <|emb|> and "
                                                                    "<|mask|> next to the adapter"})
     eval_mmeb_dir: str | None = field(default=None, metadata={"help": "MMEB-format folder scored before and after "
