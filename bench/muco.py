@@ -17,8 +17,8 @@ includes collation, and the model-only time (forward + backward + optimizer) is 
 Data: synthetic scenes of 3-4 objects and a word (``mmembed.data.synthetic``: ``random_scene``, ``render``), each
 with 6 question pairs from the generator's own pair builder (``_muco_pairs``: counts, colours, the word) and the
 exact caption (the Caption-I2T pair) as the 7th. Rows are taken in order, B per step, a fresh set of packs every step
-(the same on both sides). Images: ``--image-size`` px squares (tiny: 112 px, the tiny processor's maximum, 16 visual tokens; 2B:
-640 px, MuCo's shortest side, with MuCo's processor limits 256·28² .. 1280·28² pixels: 529 visual tokens).
+(the same on both sides). Images: ``--image-size`` px squares (tiny: 112 px, the tiny processor's maximum, 16 visual
+tokens; 2B: 640 px, MuCo's shortest side, with MuCo's processor limits 256·28² .. 1280·28² pixels: 529 visual tokens).
 
 Models (``--model``):
 

@@ -458,6 +458,7 @@ class TaskInfo:
 
 
 _VQA = "Represent the given image with the following question"
+WORD_QUESTION = "What word is written in the image?"
 TASKS: tuple[TaskInfo, ...] = (
     TaskInfo("Shape-Cls", "classification", "IND", "Represent the given image for shape classification",
              labels=SHAPES),
@@ -587,7 +588,7 @@ def _word_vqa(images: _Images, rng: np.random.Generator, gold: str, n: int, fold
     row = int(rng.integers(3))
     cells = _sample(rng, _free(row), int(rng.integers(1, 4)))
     scene = Scene(tuple(_random_objects(rng, cells, SHAPES)), gold, row)
-    return _Example("What word is written in the image?", images.save(scene, rng, folder),
+    return _Example(WORD_QUESTION, images.save(scene, rng, folder),
                     _label_cands(rng, WORDS, gold, n), scene, gold)
 
 
@@ -691,7 +692,7 @@ def _muco_pairs(scene: Scene, rng: np.random.Generator, k: int) -> list[dict[str
                      if shape_counts[o.shape] == 1],
         "colors": [("classification", "Which colors are in the image?",
                     _join(list(dict.fromkeys(o.color for o in scene.objects))))],
-        "word": [("vqa", f"{_VQA}: What word is written in the image?", scene.word)] if scene.word else [],
+        "word": [("vqa", f"{_VQA}: {WORD_QUESTION}", scene.word)] if scene.word else [],
     }
     pairs: list[dict[str, str]] = []
     for kind in MUCO_QUESTION_ORDER[:k]:
@@ -710,7 +711,7 @@ def _single_object_pairs(scene: Scene) -> list[dict[str, str]]:
     (o,) = scene.objects
     return [{"kind": "classification", "query": TASKS_BY_NAME["Shape-Cls"].instruction, "positive": o.shape},
             {"kind": "classification", "query": TASKS_BY_NAME["Color-Cls"].instruction, "positive": o.color},
-            {"kind": "vqa", "query": f"{_VQA}: What word is written in the image?", "positive": scene.word}]
+            {"kind": "vqa", "query": f"{_VQA}: {WORD_QUESTION}", "positive": scene.word}]
 
 
 def _write_muco(out: Path, images: _Images, cfg: SyntheticConfig) -> None:
