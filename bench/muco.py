@@ -73,6 +73,19 @@ single-turn processes every image 7 times. The 2B config at MuCo's 640 px (529 v
 layers) is in this image-dominated regime. It has not been measured on a GPU. A CPU smoke run with ``--layers 2
 --packs 1 --image-size 112`` (256 visual tokens after the processor's minimum) gave 4.6x and 5.5x in two one-step
 runs, which only shows the trend.
+
+GPU (2026-11-27, one NVIDIA H200, torch 2.11 + CUDA 13, transformers 5.24): the full ``qwen2-vl-2b-random`` config
+(28 LM layers, 32 vision layers), bf16, LoRA r16, 640 px (529 visual tokens an image), 16 CPU threads for collation.
+
+- ``--packs 8 --gradient-checkpointing --warmup 3 --steps 3 --rounds 3`` (MuCo trains with checkpointing; the run hit
+  the session's time limit before the last single-turn round): packed 26.3 / 29.3 / 27.0 pairs/s (1.9-2.1 s a step),
+  single-turn 6.8 / 6.2 pairs/s (8.2-9.0 s a step, 2.7-3.2 s of it collation: 56 images processed at 640 px):
+  **about 4.2x** (per round 3.87x, 4.73x). The same setting with 1 warm-up step and 2 rounds gave 3.43x (per round
+  2.04x, 4.83x: the packed side's first round, 3.7 s a step against 1.7 s in the second, was still warming up) and
+  **0.20x the peak GPU memory** (4,383 vs 22,124 MB over the loaded model); LM tokens 3.65x, visual tokens 7x.
+- ``--packs 4`` without checkpointing (1 warm-up step, 2 rounds): 2.69x (per round 2.54x, 2.83x; model-only 1.94x),
+  peak GPU memory 0.24x (25,191 vs 105,760 MB). At 4 packs the packed step (5.3k LM tokens) is too small to fill the
+  GPU, so its token savings show only in part; MuCo's real batches are far larger.
 """
 
 from __future__ import annotations
@@ -155,7 +168,7 @@ def qwen2_vl_2b_random(args: argparse.Namespace, template):
 
     from mmembed.backbone import Backbone
     from mmembed.embedder import Embedder
-    from mmembed.processing import register_image_only_processor
+    from mmembed.processing import processor_class_for
     from mmembed.testing import QWEN_SPECIALS, build_tokenizer
 
     markup = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -169,7 +182,7 @@ def qwen2_vl_2b_random(args: argparse.Namespace, template):
     config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
-    processor_cls = register_image_only_processor(type(config))
+    processor_cls = processor_class_for(type(config))
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                min_pixels=MUCO_MIN_PIXELS, max_pixels=MUCO_MAX_PIXELS)
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,

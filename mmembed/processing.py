@@ -42,14 +42,16 @@ def needs_image_only(processor_cls: type | None) -> bool:
             and "video_processor" in processor_cls.get_attributes() and not is_torchvision_available())
 
 
-def register_image_only_processor(config_class: type[PreTrainedConfig]) -> type | None:
-    """Register the image-only processor for ``config_class`` with ``AutoProcessor``; returns it (or None)."""
+def processor_class_for(config_class: type[PreTrainedConfig]) -> type[ProcessorMixin]:
+    """The processor class to build in code, from an image processor and a tokenizer, for a model config:
+    transformers' own, or its image-only variant where that class also takes a video processor (registered with
+    ``AutoProcessor``, so the saved folder loads back with or without torchvision)."""
     if config_class not in PROCESSOR_MAPPING:
-        return None
+        raise ValueError(f"transformers has no processor for {config_class.__name__}; build a tokenizer instead.")
     base = PROCESSOR_MAPPING[config_class]
     base = getattr(base, "__bases__", (base,))[0] if base in _IMAGE_ONLY.values() else base
-    if not needs_image_only(base):
-        return None
+    if "video_processor" not in base.get_attributes():
+        return base
     cls = image_only_processor_class(base)
     AutoProcessor.register(config_class, cls, exist_ok=True)
     return cls

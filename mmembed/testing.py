@@ -79,7 +79,7 @@ def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dic
                    initializer_range: float = 0.02) -> Path:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from .processing import register_image_only_processor
+    from .processing import processor_class_for
 
     markup = "<|vision_start|><|image_pad|><|vision_end|>"
     tokenizer = build_tokenizer(QWEN_SPECIALS, markup, emb_token=emb_token)
@@ -94,7 +94,7 @@ def _build_qwen_vl(folder: str | Path, config_cls, model_cls, vision_config: dic
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
     model = model_cls(config)
-    processor_cls = register_image_only_processor(type(config))
+    processor_cls = processor_class_for(type(config))
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                min_pixels=56 * 56, max_pixels=112 * 112)
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
