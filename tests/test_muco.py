@@ -182,11 +182,11 @@ def test_recipe_runs_two_steps_with_two_processes_under_zero2(tmp_path):
     root = Path(__file__).resolve().parents[1]
     model = testing.build_tiny_qwen2_vl(tmp_path / "vl")  # no <|emb|> yet: the recipe adds it
     data = generate(tmp_path / "syn", SyntheticConfig(image_size=56, n_eval_queries=4, n_train_per_task=2,
-                                                      n_muco_images=16, n_mbeir_queries=2))
+                                                      n_muco_images=64, n_mbeir_queries=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
            "ds_configs/accelerate/zero2.yaml", "recipes/muco.py", "--config", "recipes/configs/muco_tiny.yaml",
-           "--model_name_or_path", str(model), "--train_file", str(data / "muco" / "train.jsonl"),
+           "--model_name_or_path", str(model), "--train_file", str(data / "muco"),
            "--image_root", str(data), "--output_dir", str(tmp_path / "out")]
     run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]

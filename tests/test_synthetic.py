@@ -19,7 +19,7 @@ from mmembed.data import synthetic as syn
 from mmembed.data.formats import read_mmeb_train
 
 CONFIG = syn.SyntheticConfig(seed=3, image_size=56, n_eval_queries=12, n_candidates=8, n_train_per_task=10,
-                             n_muco_images=8, n_mbeir_queries=8)
+                             n_muco_images=40, n_mbeir_queries=8)
 IMAGE_TOKEN = "<|image_1|>"
 
 
@@ -78,7 +78,7 @@ def test_render_is_deterministic_and_noise_is_mild():
 
 def test_same_seed_same_files_other_seed_differs(out, tmp_path):
     first = _manifest(out)
-    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.4"
+    assert first["generator"] == syn.GENERATOR and first["version"] == syn.VERSION == "1.5"
     again = _manifest(syn.generate(tmp_path / "again", CONFIG))
     assert again["files"] == first["files"] and again["images"] == first["images"]
     for rel, digest in first["files"].items():  # the manifest records the real file hashes
@@ -296,7 +296,7 @@ def test_a_pixel_reader_is_far_above_chance(out, eval_rows):
 
 def test_the_pixel_reader_recovers_training_scenes(out):
     """MuCo's retrieval turn holds the full caption: the image shows exactly that scene."""
-    for line in _jsonl(out / "muco" / "train.jsonl"):
+    for line in _jsonl(out / "muco" / "caption.jsonl"):
         caption = next((p["positive"] for p in line["pairs"] if p["kind"] == "retrieval"), None)
         if caption is not None:
             assert syn.caption(read_scene(Image.open(out / line["image"]))) == caption
@@ -346,37 +346,42 @@ QUESTION_TYPES = (("count", "How many"), ("color_of", "What color is the"), ("co
 
 
 def test_muco_lines(out):
-    lines = _jsonl(out / "muco" / "train.jsonl")
+    files = {p.stem: _jsonl(p) for p in sorted((out / "muco").glob("*.jsonl"))}
+    lines = [line for file in files.values() for line in file]
     assert len(lines) == CONFIG.n_muco_images
     assert len({line["image"] for line in lines}) == len(lines)
     named = set(syn.SHAPES) | set(syn.PLURALS.values())
-    kinds = Counter()
     instructions = {t.name: t.instruction for t in syn.TASKS}
-    for line in lines:
-        assert set(line) == {"image", "pairs"} and (out / line["image"]).is_file()
-        pairs = line["pairs"]
-        assert len({p["query"] for p in pairs}) == len({p["positive"] for p in pairs}) == len(pairs)
-        queries = {p["query"] for p in pairs}
-        if len(pairs) == 1:  # a caption pack: the Caption-I2T task on its own
-            assert pairs[0]["kind"] == "retrieval"
-            assert pairs[0]["query"] == instructions["Caption-I2T"]
-            kinds["caption"] += 1
-            continue
-        for pair in pairs:
-            assert pair["kind"] in {"classification", "vqa"}
-            assert IMAGE_TOKEN not in pair["query"] + pair["positive"]
-        # a shape is never named on both sides: only the image links a query conversation to its target conversation
-        assert not ({w for q in queries for w in q.rstrip("?").split()} & named
-                    and {w for p in pairs for w in p["positive"].split()} & named), pairs
-        # every pack of a kind asks the same question types in the same order (no per-pack text signature)
-        types = [next(t for t, marker in QUESTION_TYPES if marker in p["query"]) for p in pairs]
-        if instructions["Shape-Cls"] in queries:  # one object: the classification instructions and the word
-            assert types == ["shape", "color", "word"]
-            kinds["single"] += 1
-        else:
-            assert types == list(syn.MUCO_QUESTION_ORDER[:CONFIG.k_turns])
-            kinds["multi"] += 1
-    assert kinds["multi"] > 0 and kinds["caption"] > 0 and kinds["single"] > 0
+    families = {"caption": [["caption"]], "one-object": [["shape", "color", "word"]],
+                "objects": [list(syn.MUCO_QUESTION_ORDER[:CONFIG.k_turns])]}
+    first_types = set()
+    for name, file in files.items():
+        family, _, rotation = name.partition("-r")
+        assert family in families, name
+        order = families[family][0]
+        expected = order[int(rotation):] + order[:int(rotation)] if rotation else order
+        for line in file:
+            assert set(line) == {"image", "pairs"} and (out / line["image"]).is_file()
+            pairs = line["pairs"]
+            assert len({p["query"] for p in pairs}) == len({p["positive"] for p in pairs}) == len(pairs)
+            queries = {p["query"] for p in pairs}
+            if family == "caption":  # a caption pack: the Caption-I2T task on its own
+                assert len(pairs) == 1 and pairs[0]["kind"] == "retrieval"
+                assert pairs[0]["query"] == instructions["Caption-I2T"]
+                continue
+            for pair in pairs:
+                assert pair["kind"] in {"classification", "vqa"}
+                assert IMAGE_TOKEN not in pair["query"] + pair["positive"]
+            # a shape is never named on both sides: only the image links a query conversation to its target
+            assert not ({w for q in queries for w in q.rstrip("?").split()} & named
+                        and {w for p in pairs for w in p["positive"].split()} & named), pairs
+            # every pack of a file asks the same question types in the same order (no per-pack text signature
+            # inside a batch), a rotation of its family's order
+            types = [next(t for t, marker in QUESTION_TYPES if marker in p["query"]) for p in pairs]
+            assert types == expected, (name, types)
+            first_types.add(types[0])
+    assert {"caption", "one-object-r0", "objects-r0"} <= set(files)
+    assert {"count", "color_of", "shape", "color", "word"} <= first_types  # every eval question type is also asked first
 
 
 # ---------------------------------------------------------------------------------------------------- M-BEIR

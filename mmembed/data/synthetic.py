@@ -8,7 +8,8 @@ task's answer is visible in the image and absent from the query text, and the go
 - ``mmeb_eval/<Task>.jsonl`` + ``tasks.yaml`` (VLM2Vec ``TIGER-Lab/MMEB-eval`` rows, gold candidate first);
 - ``mmeb_train/<Task>.jsonl`` for the in-distribution tasks (``TIGER-Lab/MMEB-train`` rows plus MuCo's generated
   captions ``qry_sentence`` / ``pos_sentence``, here the exact scene captions; ``read_mmeb_train``);
-- ``muco/train.jsonl`` (one image, ``k_turns`` query / positive pairs about it);
+- ``muco/*.jsonl`` (one image, up to ``k_turns`` query / positive pairs about it; one file per question-type order:
+  train on the folder, a mixture that takes each batch from one file);
 - ``mbeir/`` (UniIR ``TIGER-Lab/M-BEIR`` layout: queries, local and global candidate pools, qrels, instructions).
 
 All image paths are relative to the output root (also for M-BEIR: its image root is the output root, not ``mbeir/``).
@@ -38,9 +39,10 @@ __all__ = [
 ]
 
 GENERATOR = "mmembed.data.synthetic"
-VERSION = "1.4"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks;
+VERSION = "1.5"  # 1.1: mmeb_train rows carry qry_sentence / pos_sentence; 1.2: MuCo pairs as the IND tasks;
 # 1.3: a quarter of the MuCo lines are one-object packs phrased as Shape-Cls / Color-Cls (+ Word-VQA);
-# 1.4: MuCo packs ask fixed question types in a fixed order (MUCO_QUESTION_ORDER), every training scene has a word
+# 1.4: MuCo packs ask fixed question types in a fixed order (MUCO_QUESTION_ORDER), every training scene has a word;
+# 1.5: one MuCo file per question-type order, the orders rotated so that every type also comes first
 IMAGE_TOKEN = "<|image_1|>"
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -668,10 +670,11 @@ def _texts(task: TaskInfo, ex: _Example) -> tuple[str, list[str]]:
 # ------------------------------------------------------------------------------------------------------ MuCo
 
 
-# The question types of a multi-object pack, in order (the first k_turns). Every pack of a kind asks the same types in
-# the same order: a per-pack order (or mix) of types would be a text signature that the causal turns of a query
-# conversation and its target conversation share (turn k sees the types of turns < k on both sides), so a model
-# could pair them without looking at the image.
+# The question types of a multi-object pack, in order (the first k_turns). The packs of one batch must ask the same
+# types in the same order: different orders would be a text signature that the causal turns of a query conversation
+# and its target conversation share (turn k sees the types of turns < k on both sides), so a model could pair them
+# without looking at the image. Each order gets a file of its own (rotations of this one, so that every type is also
+# asked first, as MMEB-eval asks it), and training on the folder takes each batch from one file.
 MUCO_QUESTION_ORDER: tuple[str, ...] = ("count", "color_of", "colors", "word", "count", "color_of")
 
 
@@ -714,25 +717,37 @@ def _single_object_pairs(scene: Scene) -> list[dict[str, str]]:
             {"kind": "vqa", "query": f"{_VQA}: {WORD_QUESTION}", "positive": scene.word}]
 
 
+def _rotated(pairs: list[dict[str, str]], r: int) -> list[dict[str, str]]:
+    return pairs[r:] + pairs[:r]
+
+
 def _write_muco(out: Path, images: _Images, cfg: SyntheticConfig) -> None:
+    """One file per question-type order (``muco/<family>-r<k>.jsonl``: the family's order rotated left by k, so
+    every type also comes first, as in the single-turn MMEB-eval queries; ``muco/caption.jsonl``)."""
     rng = _stream(cfg.seed, "train", "muco")
-    lines = []
+    files: dict[str, list[dict[str, Any]]] = {}
     for _ in range(cfg.n_muco_images):
         while True:
             scene = random_scene(rng, int(rng.integers(2, 5)), word_prob=1.0, unique=True)
             draw = rng.random()
             if draw < 0.25:  # a caption names everything: a pack of its own (the Caption-I2T task)
-                pairs = [{"kind": "retrieval", "query": TASKS_BY_NAME["Caption-I2T"].instruction,
-                          "positive": caption(scene)}]
+                name, pairs = "caption", [{"kind": "retrieval", "query": TASKS_BY_NAME["Caption-I2T"].instruction,
+                                           "positive": caption(scene)}]
             elif draw < 0.5:  # one object: the classification tasks' instructions (they never name the shape)
                 scene = random_scene(rng, 1, word_prob=1.0)
                 pairs = _single_object_pairs(scene)
+                r = int(rng.integers(len(pairs)))
+                name, pairs = f"one-object-r{r}", _rotated(pairs, r)
             else:
                 pairs = _muco_pairs(scene, rng, cfg.k_turns)
+                if pairs is not None:
+                    r = int(rng.integers(len(pairs)))
+                    name, pairs = f"objects-r{r}", _rotated(pairs, r)
             if pairs is not None:
                 break
-        lines.append({"image": images.save(scene, rng, "train/muco"), "pairs": pairs})
-    _write_jsonl(out / "muco" / "train.jsonl", lines)
+        files.setdefault(name, []).append({"image": images.save(scene, rng, "train/muco"), "pairs": pairs})
+    for name, lines in sorted(files.items()):
+        _write_jsonl(out / "muco" / f"{name}.jsonl", lines)
 
 
 # ---------------------------------------------------------------------------------------------------- M-BEIR

@@ -38,11 +38,11 @@ class DataArguments:
     """The training data."""
 
     train_file: str | None = field(default=None, metadata={
-        "help": "JSON lines (or a SICK folder with --train_format sick); several comma-separated files make a "
-                "mixture sampled one dataset per batch"})
+        "help": "JSON lines (or a SICK folder with --train_format sick); several comma-separated files, or a "
+                "folder of *.jsonl files, make a mixture sampled one dataset per batch"})
     dataset_weights: list[float] | None = field(default=None, metadata={
         "help": "sampling weight of each train file of a mixture (default: proportional to size)"})
-    train_format: str = field(default="triplets", metadata={"help": "triplets, pairs, mmeb, sick, sentences"})
+    train_format: str = field(default="triplets", metadata={"help": "triplets, pairs, mmeb, multiturn, sick, sentences"})
     image_root: str | None = field(default=None, metadata={"help": "folder image paths are resolved in"})
     skip_bad_records: bool = field(default=False, metadata={"help": "count and report bad records, don't stop"})
     max_train_samples: int | None = None

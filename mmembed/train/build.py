@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from .. import lora
 from ..data.collator import ContrastiveCollator
@@ -70,10 +71,19 @@ def read_rows(path: str, args: DataArguments) -> list[dict]:
 
 
 def load_datasets(args: DataArguments) -> list[list[dict]]:
-    """The rows of each training file (``train_file`` may list several, comma-separated: a mixture)."""
+    """The rows of each training file (``train_file`` may list several, comma-separated, or name a folder, whose
+    ``*.jsonl`` files are taken in name order: a mixture; a SICK folder is one dataset)."""
     if args.train_file is None:
         raise ValueError("no training data: set train_file (and train_format).")
-    paths = [p.strip() for p in args.train_file.split(",") if p.strip()]
+    paths = []
+    for entry in (p.strip() for p in args.train_file.split(",") if p.strip()):
+        if Path(entry).is_dir() and args.train_format in READERS:
+            files = sorted(str(f) for f in Path(entry).glob("*.jsonl"))
+            if not files:
+                raise ValueError(f"train_file folder {entry} holds no *.jsonl files.")
+            paths += files
+        else:
+            paths.append(entry)
     if args.dataset_weights is not None and len(args.dataset_weights) != len(paths):
         raise ValueError(f"{len(args.dataset_weights)} dataset_weights for {len(paths)} train files.")
     return [read_rows(p, args) for p in paths]
