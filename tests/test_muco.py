@@ -188,7 +188,7 @@ def test_recipe_runs_two_steps_with_two_processes_under_zero2(tmp_path):
            "ds_configs/accelerate/zero2.yaml", "recipes/muco.py", "--config", "recipes/configs/muco_tiny.yaml",
            "--model_name_or_path", str(model), "--train_file", str(data / "muco"),
            "--image_root", str(data), "--output_dir", str(tmp_path / "out")]
-    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "'steps': 2" in run.stdout
     trained = mmembed.load(str(tmp_path / "out" / "final"))
