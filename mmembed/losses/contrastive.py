@@ -10,6 +10,13 @@ With several positives per query each positive is a target of its own with the q
 the loss averages over them. Masks remove false negatives: candidates whose key (e.g. a hash of the text) equals one
 of the query's positives' keys, and candidates of the same group as the query (``group_ids``: MuCo's turns of one
 conversation). ``symmetric`` adds the reverse direction (each positive against all queries).
+
+The sentence-embedding methods plug in here (``sentence_methods.md`` §0: which columns, masks and biases):
+``hard_negative_weight`` (SimCSE: a log-weight on each query's own hard negatives), ``extra_negatives`` (columns
+after ``[P_all; N_all]`` shared by all processes: ESimCSE's momentum queue, CCP's memory banks, with a per-query
+``extra_exclude`` mask), ``reference`` embeddings from a frozen model (MultiCSR: candidates it scores above
+``false_negative_threshold`` are masked with -inf), and a ``view_transform`` on the gathered embeddings
+(WhitenedCSE's shuffled group whitening; the query is view 0, positive ``j`` view ``j + 1``).
 """
 
 from __future__ import annotations
@@ -47,16 +54,25 @@ class InfoNCELoss(nn.Module):
         learnable_temperature: learn ``log(1/tau)`` (CLIP style, clamped to ``tau >= 0.01``).
         symmetric: add the reverse direction, positives -> queries.
         gather_across_devices: use the candidates of every process as negatives.
+        hard_negative_weight: added to the logits of each query's own hard negatives (SimCSE's log-weight; 0 = none).
+        false_negative_threshold: with ``reference`` embeddings, mask candidates whose reference cosine with the
+            query exceeds this (MultiCSR: 0.95).
+        view_transform: applied to the gathered embeddings before scoring, ``[queries, positives 1..m] -> same``
+            (e.g. :class:`~mmembed.losses.whitening.ShuffledGroupWhitening`); training-only.
     """
 
     def __init__(self, temperature: float = 0.05, learnable_temperature: bool = False, symmetric: bool = False,
-                 gather_across_devices: bool = True) -> None:
+                 gather_across_devices: bool = True, hard_negative_weight: float = 0.0,
+                 false_negative_threshold: float | None = None, view_transform: nn.Module | None = None) -> None:
         super().__init__()
         scale = torch.tensor(math.log(1.0 / temperature))
         self.log_scale = nn.Parameter(scale) if learnable_temperature else None
         self.register_buffer("fixed_log_scale", scale, persistent=False)
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
+        self.hard_negative_weight = hard_negative_weight
+        self.false_negative_threshold = false_negative_threshold
+        self.view_transform = view_transform
 
     @property
     def scale(self) -> Tensor:
@@ -81,35 +97,68 @@ class InfoNCELoss(nn.Module):
         query_groups: Tensor | None = None,
         positive_groups: Tensor | None = None,
         negative_groups: Tensor | None = None,
+        extra_negatives: Tensor | None = None,
+        extra_exclude: Tensor | None = None,
+        reference: dict[str, Tensor] | None = None,
+        return_logits: bool = False,
     ) -> dict[str, Tensor]:
         """Loss of local ``queries (B, d)`` against ``positives (B*m, d)`` and ``negatives (B*k, d)``.
 
         ``*_keys`` (int64, one per row) mark identical texts / ids; ``*_groups`` mark rows that must not be each
-        other's negatives. Returns ``{"loss", "loss_q2c"[, "loss_c2q"], "accuracy", "temperature"}``.
+        other's negatives. ``extra_negatives (M, d)`` are the same on every process (not gathered), ``extra_exclude
+        (B, M)`` masks some of them per query. ``reference`` holds a frozen model's embeddings of the same rows
+        (``"queries"``, ``"positives"``[, ``"negatives"``]) for ``false_negative_threshold``. Returns ``{"loss",
+        "loss_q2c"[, "loss_c2q"], "accuracy", "temperature"}`` (and ``"logits"``, the masked ``(B, C)`` scores
+        after the weights, with ``return_logits``).
         """
         b = queries.shape[0]
         m = positives.shape[0] // b
         if positives.shape[0] != b * m or m < 1:
             raise ValueError(f"{positives.shape[0]} positives for {b} queries: give the same number per query.")
-        q, p, n = (F.normalize(x, dim=-1) if x is not None else None for x in (queries, positives, negatives))
-        all_p, offset = self._gather(p)
-        all_n, _ = self._gather(n)
-        candidates = all_p if all_n is None else torch.cat([all_p, all_n])
-        col_keys = self._cat_gathered(positive_keys, negative_keys, n is not None)
-        col_groups = self._cat_gathered(positive_groups, negative_groups, n is not None)
+        k = negatives.shape[0] // b if negatives is not None else 0
+        if negatives is not None and (negatives.shape[0] != b * k or k < 1):
+            raise ValueError(f"{negatives.shape[0]} hard negatives for {b} queries: give the same number per query.")
+        all_q = None
+        if self.view_transform is not None:
+            q, all_q, all_p, offset = self._transformed_views(queries, positives, negatives)
+            all_n = None
+        else:
+            q, p, n = (F.normalize(x, dim=-1) if x is not None else None for x in (queries, positives, negatives))
+            all_p, offset = self._gather(p)
+            all_n, _ = self._gather(n)
+        columns_list = [all_p] + ([all_n] if all_n is not None else [])
+        if extra_negatives is not None:
+            columns_list.append(F.normalize(extra_negatives, dim=-1))
+        candidates = torch.cat(columns_list) if len(columns_list) > 1 else all_p
+        col_keys = self._cat_gathered(positive_keys, negative_keys, all_n is not None)
+        col_groups = self._cat_gathered(positive_groups, negative_groups, all_n is not None)
         query_index = torch.arange(b, device=q.device) + offset // m  # global indices of the local queries
         scores = q @ candidates.T * self.scale
         columns = torch.arange(candidates.shape[0], device=q.device)
         targets = (columns[None, :] // m == query_index[:, None]) & (columns[None, :] < all_p.shape[0])
+        if self.hard_negative_weight and all_n is not None:
+            own = columns[None, :] - all_p.shape[0]
+            own_negative = (own >= 0) & (own < all_n.shape[0]) & (own.div(k, rounding_mode="floor")
+                                                                   == query_index[:, None])
+            scores = scores + own_negative * self.hard_negative_weight
         row_keys = positive_keys.view(b, m) if positive_keys is not None else None
-        exclude = _exclusion_mask(row_keys, col_keys, query_groups, col_groups, targets)
+        n_gathered = all_p.shape[0] + (all_n.shape[0] if all_n is not None else 0)
+        exclude = _exclusion_mask(row_keys, col_keys, query_groups, col_groups, targets[:, :n_gathered])
+        exclude = self._extend(exclude, b, n_gathered, candidates.shape[0], extra_exclude, q.device)
+        if reference is not None and self.false_negative_threshold is not None:
+            false_negatives = self._reference_mask(reference, targets, n_gathered) & ~targets
+            exclude = false_negatives if exclude is None else exclude | false_negatives
         loss_q2c = self._multi_positive_ce(scores, targets, exclude)
         parts = {"loss_q2c": loss_q2c}
         loss = loss_q2c
         if self.symmetric:
-            all_q, q_offset = self._gather(q)
-            rev_scores = p @ all_q.T * self.scale  # local positives against all queries
-            owner = torch.arange(p.shape[0], device=q.device) // m + q_offset
+            p_local = all_p[offset: offset + b * m]
+            if all_q is None:
+                all_q, q_offset = self._gather(q)
+            else:
+                q_offset = offset // m
+            rev_scores = p_local @ all_q.T * self.scale  # local positives against all queries
+            owner = torch.arange(p_local.shape[0], device=q.device) // m + q_offset
             rev_targets = torch.arange(all_q.shape[0], device=q.device)[None, :] == owner[:, None]
             rev_exclude = None
             all_qk = self._gather(query_keys, grad=False)[0] if query_keys is not None else None
@@ -125,7 +174,55 @@ class InfoNCELoss(nn.Module):
             masked = scores.masked_fill(exclude, float("-inf")) if exclude is not None else scores
             best = masked.argmax(1)
             accuracy = targets[torch.arange(b, device=q.device), best].float().mean()
-        return {"loss": loss, **parts, "accuracy": accuracy, "temperature": (1.0 / self.scale).detach()}
+        out = {"loss": loss, **parts, "accuracy": accuracy, "temperature": (1.0 / self.scale).detach()}
+        if return_logits:
+            out["logits"] = masked.detach()
+        return out
+
+    def _transformed_views(self, queries: Tensor, positives: Tensor, negatives: Tensor | None
+                           ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Gather queries and positives, apply ``view_transform`` to the global views, normalise. Returns the local
+        queries, all queries, all positives (row-major, ``m`` per query) and the positives' offset."""
+        if negatives is not None:
+            raise ValueError("view_transform works on queries and positives only; drop the hard negatives.")
+        b, m = queries.shape[0], positives.shape[0] // queries.shape[0]
+        all_q, q_offset = self._gather(queries)
+        all_p, offset = self._gather(positives)
+        views = [all_q] + [all_p.view(all_q.shape[0], m, -1)[:, j] for j in range(m)]
+        views = [F.normalize(v, dim=-1) for v in self.view_transform(views)]
+        all_q = views[0]
+        all_p = torch.stack(views[1:], dim=1).reshape(all_q.shape[0] * m, -1)
+        return all_q[q_offset: q_offset + b], all_q, all_p, offset
+
+    @staticmethod
+    def _extend(exclude: Tensor | None, b: int, n_gathered: int, n_columns: int, extra_exclude: Tensor | None,
+                device: torch.device) -> Tensor | None:
+        """The exclusion mask widened to the extra (queue / bank) columns."""
+        if n_columns == n_gathered or (exclude is None and extra_exclude is None):
+            return exclude
+        left = exclude if exclude is not None else torch.zeros(b, n_gathered, dtype=torch.bool, device=device)
+        right = (extra_exclude.to(device=device, dtype=torch.bool) if extra_exclude is not None
+                 else torch.zeros(b, n_columns - n_gathered, dtype=torch.bool, device=device))
+        if right.shape != (b, n_columns - n_gathered):
+            raise ValueError(f"extra_exclude has shape {tuple(right.shape)}; expected {(b, n_columns - n_gathered)}.")
+        return torch.cat([left, right], dim=1)
+
+    def _reference_mask(self, reference: dict[str, Tensor], targets: Tensor, n_gathered: int) -> Tensor:
+        """True where the frozen reference model scores a gathered candidate above the threshold (extra columns,
+        which have no reference embedding, are never masked)."""
+        with torch.no_grad():
+            ref_q = F.normalize(reference["queries"].detach().float(), dim=-1)
+            ref_p = self._gather(F.normalize(reference["positives"].detach().float(), dim=-1), grad=False)[0]
+            blocks = [ref_p]
+            if "negatives" in reference and reference["negatives"] is not None:
+                blocks.append(self._gather(F.normalize(reference["negatives"].detach().float(), dim=-1),
+                                           grad=False)[0])
+            ref_c = torch.cat(blocks)
+            if ref_c.shape[0] != n_gathered:
+                raise ValueError(f"reference embeddings give {ref_c.shape[0]} candidates, the batch {n_gathered}.")
+            mask = torch.zeros_like(targets)
+            mask[:, :n_gathered] = ref_q @ ref_c.T > self.false_negative_threshold
+        return mask
 
     def _cat_gathered(self, a: Tensor | None, b: Tensor | None, has_negatives: bool) -> Tensor | None:
         """Gathered per-column values (keys or groups) in candidate order ``[positives; negatives]``."""

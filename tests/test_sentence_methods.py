@@ -1,0 +1,183 @@
+"""The pieces of the SimCSE family against hand-computed values: loss weights and masks of the InfoNCE engine,
+shuffled group whitening, queues and memory banks, and the view constructors."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmembed.data.views import context_pairs, dropout_pairs, repeat_words
+from mmembed.losses import InfoNCELoss
+from mmembed.losses.negatives import EmbeddingQueue, GroupedMemoryBank
+from mmembed.losses.whitening import ShuffledGroupWhitening, group_whiten
+
+TAU = 0.05
+
+
+def unit(rows):
+    x = torch.tensor(rows, dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def ce(logits_row: list[float], target: int) -> float:
+    """-log softmax, by hand (float64, -inf entries dropped)."""
+    finite = [v for v in logits_row if v != -math.inf]
+    return -(logits_row[target] - math.log(sum(math.exp(v) for v in finite)))
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    q = unit(torch.randn(3, 4).tolist())
+    p = unit(torch.randn(3, 4).tolist())
+    n = unit(torch.randn(3, 4).tolist())
+    return q, p, n
+
+
+def cos(a, b):
+    return float(a @ b)
+
+
+def test_hard_negative_weight_is_a_log_weight_on_the_own_negative_only(batch):
+    q, p, n = batch
+    w = math.log(3.0)
+    out = InfoNCELoss(temperature=TAU, hard_negative_weight=w)(q, p, n, return_logits=True)
+    expected = []
+    for i in range(3):
+        row = [cos(q[i], p[j]) / TAU for j in range(3)] + [cos(q[i], n[j]) / TAU + (w if j == i else 0.0)
+                                                           for j in range(3)]
+        np.testing.assert_allclose(out["logits"][i].numpy(), row, rtol=1e-6)
+        expected.append(ce(row, i))
+    assert float(out["loss"]) == pytest.approx(np.mean(expected), rel=1e-6)
+    plain = InfoNCELoss(temperature=TAU)(q, p, n)
+    assert float(plain["loss"]) != pytest.approx(float(out["loss"]))
+
+
+def test_extra_negatives_are_columns_after_the_batch_with_a_per_query_mask(batch):
+    q, p, _ = batch
+    bank = unit([[1, 0, 0, 0], [0, 1, 0, 0]])
+    exclude = torch.tensor([[False, True], [False, False], [True, True]])
+    out = InfoNCELoss(temperature=TAU)(q, p, extra_negatives=bank, extra_exclude=exclude, return_logits=True)
+    expected = []
+    for i in range(3):
+        row = [cos(q[i], p[j]) / TAU for j in range(3)]
+        row += [-math.inf if exclude[i, j] else cos(q[i], bank[j]) / TAU for j in range(2)]
+        np.testing.assert_allclose(out["logits"][i].numpy(), row, rtol=1e-6)
+        expected.append(ce(row, i))
+    assert float(out["loss"]) == pytest.approx(np.mean(expected), rel=1e-6)
+
+
+def test_reference_false_negatives_are_masked_with_minus_inf_not_zero(batch):
+    q, p, n = batch
+    # the frozen reference model finds query 0 a paraphrase of positive 1 and of hard negative 2 (cos 0.99)
+    ref_q = unit([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    ref_p = unit([[1, 0.1, 0, 0], [1, 0.1, 0, 0], [0, 0, 1, 0]])  # ref cos(q0, p0) is high too: a target, kept
+    ref_n = unit([[0, 0, 0, 1], [0, 0, 0, 1], [1, 0.14, 0, 0]])
+    loss = InfoNCELoss(temperature=TAU, false_negative_threshold=0.95)
+    out = loss(q, p, n, reference={"queries": ref_q, "positives": ref_p, "negatives": ref_n}, return_logits=True)
+    logits = out["logits"]
+    assert logits[0, 1] == -math.inf and logits[0, 5] == -math.inf
+    assert torch.isfinite(logits[0, 0]) and torch.isfinite(logits[1:]).all()
+    rows = [[cos(q[i], c) / TAU for c in [*p, *n]] for i in range(3)]
+    rows[0][1] = rows[0][5] = -math.inf
+    assert float(out["loss"]) == pytest.approx(np.mean([ce(r, i) for i, r in enumerate(rows)]), rel=1e-6)
+    zeroed = [list(r) for r in rows]
+    zeroed[0][1] = zeroed[0][5] = 0.0  # MultiCSR's code: logit 0 instead of -inf
+    assert float(out["loss"]) != pytest.approx(np.mean([ce(r, i) for i, r in enumerate(zeroed)]), rel=1e-6)
+
+
+def test_group_whitening_gives_identity_covariance_per_group():
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, dtype=torch.float64) @ torch.randn(16, 16, dtype=torch.float64) + 3.0
+    white = group_whiten(x, groups=4, eps=0.0)
+    for g in range(4):
+        block = white[:, 4 * g: 4 * g + 4]
+        np.testing.assert_allclose(block.mean(0).numpy(), 0.0, atol=1e-9)
+        np.testing.assert_allclose((block.T @ block / 64).numpy(), np.eye(4), atol=1e-6)
+    with pytest.raises(ValueError, match="more than 16 rows"):
+        group_whiten(x[:16], groups=1)
+
+
+def test_shuffled_group_whitening_permutes_groups_and_restores_channel_order():
+    torch.manual_seed(1)
+    x = torch.randn(80, 12, dtype=torch.float64) @ torch.randn(12, 12, dtype=torch.float64)
+    sgw = ShuffledGroupWhitening(num_groups=3, eps=0.0, seed=7)
+    a, b = sgw([x, x])
+    g = torch.Generator().manual_seed(7)  # the module's permutations: one per view, from its seeded generator
+    perm_a, perm_b = torch.randperm(12, generator=g), torch.randperm(12, generator=g)
+    assert not torch.equal(perm_a, perm_b)
+    for out, perm in ((a, perm_a), (b, perm_b)):
+        for group in perm.view(3, 4):  # the channels of one shuffled group are white together
+            block = out[:, group]
+            np.testing.assert_allclose((block.T @ block / 80).numpy(), np.eye(4), atol=1e-6)
+    assert not torch.allclose(a, b)  # two views of the same rows, distorted differently
+    full = ShuffledGroupWhitening(num_groups=1, eps=0.0)([x])[0]  # one group: plain ZCA, whatever the order
+    np.testing.assert_allclose(full.numpy(), group_whiten(x, 1, eps=0.0).numpy(), atol=1e-8)
+
+
+def test_whitening_view_transform_in_the_loss_matches_whitening_by_hand():
+    torch.manual_seed(2)
+    q, p = torch.randn(16, 8, dtype=torch.float64), torch.randn(32, 8, dtype=torch.float64)  # 2 positives each
+    loss = InfoNCELoss(temperature=TAU, view_transform=ShuffledGroupWhitening(num_groups=2, seed=3))
+    out = loss(q, p, return_logits=True)
+    views = ShuffledGroupWhitening(num_groups=2, seed=3)([q, p.view(16, 2, 8)[:, 0], p.view(16, 2, 8)[:, 1]])
+    wq, wp = F.normalize(views[0], dim=-1), F.normalize(torch.stack(views[1:], 1).reshape(32, 8), dim=-1)
+    scores = wq @ wp.T / TAU
+    expected = []
+    for i in range(16):  # each positive a target of its own, the query's other positive masked
+        for j in (2 * i, 2 * i + 1):
+            row = scores[i].tolist()
+            row[(2 * i + 1) if j == 2 * i else 2 * i] = -math.inf
+            expected.append(ce(row, j))
+    assert float(out["loss"]) == pytest.approx(np.mean(expected), rel=1e-6)
+
+
+def test_queue_is_fifo_of_the_last_size_rows():
+    queue = EmbeddingQueue(size=5, dim=1)
+    assert queue.negatives() is None
+    queue.push(torch.tensor([[0.0], [1.0], [2.0]]))
+    assert queue.negatives().flatten().tolist() == [0, 1, 2]
+    queue.push(torch.tensor([[3.0], [4.0], [5.0]]))
+    assert queue.negatives().flatten().tolist() == [1, 2, 3, 4, 5]  # oldest first, 0 fell out
+    queue.push(torch.arange(6.0, 13.0)[:, None])  # more than fit: only the newest 5 stay
+    assert queue.negatives().flatten().tolist() == [8, 9, 10, 11, 12]
+    state = queue.state_dict()  # saved with the loss: a resumed run keeps its queue
+    again = EmbeddingQueue(size=5, dim=1)
+    again.load_state_dict(state)
+    assert again.negatives().flatten().tolist() == [8, 9, 10, 11, 12]
+
+
+def test_memory_bank_gives_each_query_its_own_groups_negatives():
+    bank = GroupedMemoryBank(num_groups=2, size=2, dim=1)
+    bank.push(torch.tensor([[1.0], [2.0], [3.0], [10.0]]), torch.tensor([0, 0, 0, 1]))
+    rows, exclude = bank.negatives(torch.tensor([1, 0]))
+    assert rows.flatten().tolist() == [2, 3, 10]
+    assert exclude.tolist() == [[True, True, False], [False, False, True]]
+    with pytest.raises(ValueError, match="group ids"):
+        bank.push(torch.tensor([[1.0]]), torch.tensor([2]))
+
+
+def test_word_repetition_follows_esimcse_word_mode():
+    text = "a b c d e f g h i j k l m n o p q r s t"  # 20 words: up to min(10, 20, int(0.32 * 20) = 6) - 1 repeats
+    counts = set()
+    for seed in range(200):
+        out = repeat_words(text, random.Random(seed)).split()
+        deduped = [w for i, w in enumerate(out) if i == 0 or w != out[i - 1]]
+        assert deduped == text.split()
+        counts.add(len(out) - 20)
+    assert counts == {0, 1, 2, 3, 4, 5}
+    protected = repeat_words("x <|emb|> y", random.Random(0), dup_rate=1.0, protected={"<|emb|>"})
+    assert protected.split().count("<|emb|>") == 1
+    assert repeat_words("", random.Random(0)) == ""
+
+
+def test_context_and_dropout_pairs():
+    rows = context_pairs([["s1", "s2", "s3"], ["t1"]], window=1, groups=[0, 1])
+    assert [(r["anchor"]["text"], r["positive"]["text"], r["bank_group"]) for r in rows] == [
+        ("s1", "s2", 0), ("s2", "s1", 0), ("s2", "s3", 0), ("s3", "s2", 0)]
+    assert dropout_pairs(["x"]) == [{"anchor": {"text": "x", "image": None}, "positive": {"text": "x", "image": None}}]
