@@ -4,11 +4,14 @@ shuffled group whitening, queues and memory banks, and the view constructors."""
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mmembed.data.views import context_pairs, dropout_pairs, repeat_words
@@ -181,3 +184,95 @@ def test_context_and_dropout_pairs():
     assert [(r["anchor"]["text"], r["positive"]["text"], r["bank_group"]) for r in rows] == [
         ("s1", "s2", 0), ("s2", "s1", 0), ("s2", "s3", 0), ("s3", "s2", 0)]
     assert dropout_pairs(["x"]) == [{"anchor": {"text": "x", "image": None}, "positive": {"text": "x", "image": None}}]
+
+
+# ------------------------------------------------------------------------------------- two processes (gloo)
+
+
+def _configs():
+    """(InfoNCELoss kwargs, forward extras) per method piece that gathers across processes."""
+    return {
+        "sup": ({"hard_negative_weight": math.log(2.0)}, {"negatives": True}),
+        "multicsr": ({"false_negative_threshold": 0.5}, {"negatives": True, "reference": True}),
+        "queue": ({}, {"queue": True}),
+        "whitened": ({"view_transform": "sgw"}, {}),
+        "ccp": ({"symmetric": True}, {"bank": True}),
+    }
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    data = {name: torch.randn(8, 6, generator=g, dtype=torch.float64) for name in ("q", "p", "n", "rq", "rp", "rn")}
+    data["p2"] = torch.randn(16, 6, generator=g, dtype=torch.float64)  # two positives a query (whitened views)
+    data["queue"] = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    data["groups"] = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    return data
+
+
+def _piece_loss(name: str, data: dict, rows: slice) -> tuple[torch.Tensor, dict]:
+    """Loss of the queries ``rows`` (all of them in one process, a half in each of two); returns it and the
+    leaf tensors whose gradients are compared."""
+    kwargs, extras = _configs()[name]
+    if kwargs.get("view_transform") == "sgw":
+        kwargs = {**kwargs, "view_transform": ShuffledGroupWhitening(num_groups=2, seed=5)}
+    leaves = {k: data[k][rows].clone().requires_grad_(True) for k in ("q", "p", "n")}
+    leaves["p2"] = data["p2"].view(8, 2, 6)[rows].reshape(-1, 6).clone().requires_grad_(True)
+    loss = InfoNCELoss(temperature=TAU, **kwargs)
+    args = {}
+    if extras.get("reference"):
+        args["reference"] = {"queries": data["rq"][rows], "positives": data["rp"][rows], "negatives": data["rn"][rows]}
+    if extras.get("queue"):
+        args["extra_negatives"] = data["queue"]
+    if extras.get("bank"):
+        bank = GroupedMemoryBank(num_groups=2, size=3, dim=6).double()
+        bank.banks[0].append(data["queue"][:3])
+        bank.banks[1].append(data["queue"][3:])
+        args["extra_negatives"], args["extra_exclude"] = bank.negatives(data["groups"][rows])
+    positives = leaves["p2"] if name == "whitened" else leaves["p"]
+    negatives = leaves["n"] if extras.get("negatives") else None
+    return loss(leaves["q"], positives, negatives, **args)["loss"], leaves
+
+
+def _piece_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        data, results = _data(), {}
+        for name in _configs():
+            loss, leaves = _piece_loss(name, data, slice(4 * rank, 4 * rank + 4))
+            loss.backward()
+            grads = {}
+            for key, leaf in leaves.items():
+                if leaf.grad is None:
+                    continue
+                parts = [torch.zeros_like(leaf.grad) for _ in range(world)]
+                dist.all_gather(parts, leaf.grad)
+                grads[key] = torch.cat(parts) / world  # DDP averages over processes
+            losses = [torch.zeros((), dtype=torch.float64) for _ in range(world)]
+            dist.all_gather(losses, loss.detach())
+            results[name] = {"loss": torch.stack(losses).mean(), "grads": grads}
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one_process_for_every_gathering_piece(tmp_path):
+    """Hard-negative weights, reference masks, queue and bank columns, whitening of the gathered views and the
+    symmetric loss: 2 processes x 4 queries give the loss and gradients of 1 process x 8."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two.pt"
+    mp.spawn(_piece_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    two = torch.load(out)
+    data = _data()
+    for name in _configs():
+        loss, leaves = _piece_loss(name, data, slice(0, 8))
+        loss.backward()
+        assert float(two[name]["loss"]) == pytest.approx(float(loss), rel=1e-9), name
+        for key, grad in two[name]["grads"].items():
+            np.testing.assert_allclose(grad.numpy(), leaves[key].grad.numpy(), atol=1e-10, err_msg=f"{name} {key}")
