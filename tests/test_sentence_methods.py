@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -276,3 +277,96 @@ def test_two_processes_match_one_process_for_every_gathering_piece(tmp_path):
         assert float(two[name]["loss"]) == pytest.approx(float(loss), rel=1e-9), name
         for key, grad in two[name]["grads"].items():
             np.testing.assert_allclose(grad.numpy(), leaves[key].grad.numpy(), atol=1e-10, err_msg=f"{name} {key}")
+
+
+# ------------------------------------------------------------------------------------ on a tiny LLM with LoRA
+
+
+SENTENCES = ["a man is playing a guitar", "two dogs run in the park", "the sun sets over the sea",
+             "a woman slices an onion", "children are playing football", "a cat sleeps on the sofa"]
+
+
+def _embedder(path, dropout=0.0):
+    import mmembed
+    from mmembed import lora
+    from mmembed.inputs import PromptTemplate
+
+    torch.manual_seed(0)
+    embedder = mmembed.load(str(path), dtype="float32", device="cpu",
+                            template=PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True))
+    base = embedder.backbone.model
+    for p in base.parameters():
+        p.requires_grad_(False)
+    embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=dropout,
+                                                                 init_lora_weights=False))
+    embedder.train()
+    return embedder
+
+
+def _esimcse_rows(sentences, seed):
+    rng = random.Random(seed)
+    return [{"anchor": {"text": s, "image": None}, "positive": {"text": repeat_words(s, rng), "image": None}}
+            for s in sentences]
+
+
+def test_momentum_encoder_is_an_ema_of_the_adapter_and_fills_the_queue_in_order(qwen2_path):
+    from mmembed.data.collator import ContrastiveCollator
+    from mmembed.losses.momentum import MomentumContrastiveLoss
+
+    embedder = _embedder(qwen2_path)
+    loss = MomentumContrastiveLoss(embedder, InfoNCELoss(temperature=TAU), queue_size=5, momentum=0.9)
+    trainable = {n: p for n, p in embedder.named_parameters() if p.requires_grad}
+    assert len(loss.ema.names) == len(trainable) and all("lora_" in n for n in trainable)  # adapter only
+    collate = ContrastiveCollator(embedder.backbone)
+    first, second = collate(_esimcse_rows(SENTENCES[:3], 0)), collate(_esimcse_rows(SENTENCES[3:], 1))
+
+    def momentum_view(batch, params):  # the anchors embedded, dropout off, with the given adapter values
+        saved = {n: p.detach().clone() for n, p in trainable.items()}
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(params[n])
+            embedder.eval()
+            vectors = embedder(batch)[0]
+            embedder.train()
+            for n, p in trainable.items():
+                p.copy_(saved[n])
+        return vectors
+
+    theta0 = {n: p.detach().clone() for n, p in trainable.items()}
+    out = loss(**first)
+    assert float(out["queue_size"]) == 3  # the first step had no queue; its anchors are queued after the loss
+    np.testing.assert_allclose(loss.queue.negatives().numpy(), momentum_view(first["anchor"], theta0).numpy(),
+                               atol=1e-6)
+    with torch.no_grad():  # an optimizer step
+        for p in trainable.values():
+            p.add_(0.05 * torch.randn_like(p))
+    theta1 = {n: p.detach().clone() for n, p in trainable.items()}
+    queued = loss.queue.negatives().clone()
+    out = loss(**second)
+    with torch.no_grad():  # the second step's loss used the first step's queue as extra negatives
+        q, p = embedder(second["anchor"])[0], embedder(second["positive"])[0]
+    expected = InfoNCELoss(temperature=TAU)(q, p, extra_negatives=queued)["loss"]
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    ema = {n: 0.9 * theta0[n] + 0.1 * theta1[n] for n in trainable}
+    for i, name in enumerate(loss.ema.names):
+        np.testing.assert_allclose(getattr(loss.ema, f"ema_{i}").numpy(), ema[name].numpy(), atol=1e-7)
+    for n, p in trainable.items():  # the live adapter is restored after the momentum pass
+        assert torch.equal(p.detach(), theta1[n])
+    newest = momentum_view(second["anchor"], ema)
+    fifo = torch.cat([queued, newest])[-5:]  # oldest first; the first anchor of step 1 fell out
+    np.testing.assert_allclose(loss.queue.negatives().numpy(), fifo.numpy(), atol=1e-6)
+
+
+def test_identical_views_warn_and_lora_dropout_makes_them_differ(qwen2_path):
+    from mmembed.data.collator import ContrastiveCollator
+    from mmembed.losses import ContrastiveLoss
+
+    rows = dropout_pairs(SENTENCES[:4])
+    for dropout, warns in ((0.0, True), (0.1, False)):
+        embedder = _embedder(qwen2_path, dropout=dropout)
+        batch = ContrastiveCollator(embedder.backbone)(rows)
+        loss = ContrastiveLoss(embedder, InfoNCELoss(temperature=TAU))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss(**batch)
+        assert any("embed identically" in str(w.message) for w in caught) == warns

@@ -22,6 +22,7 @@ after ``[P_all; N_all]`` shared by all processes: ESimCSE's momentum queue, CCP'
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +270,7 @@ class ContrastiveLoss(nn.Module):
         self.mini_batch_size = mini_batch_size
         self.mini_batch_tokens = mini_batch_tokens
         self.mask_duplicates = mask_duplicates
+        self._views_checked = False
 
     @property
     def config(self):
@@ -282,12 +284,24 @@ class ContrastiveLoss(nn.Module):
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
                 negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
         q, p = self.embed(anchor), self.embed(positive)
+        self.check_views(anchor, positive, q, p)
         n = self.embed(negative) if negative is not None else None
         keys = {}
         if self.mask_duplicates:
             keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
                     "negative_keys": negative["keys"] if negative is not None else None}
         return self.info_nce(q, p, n, **keys, **groups)
+
+    def check_views(self, anchor: dict[str, Tensor], positive: dict[str, Tensor], q: Tensor, p: Tensor) -> None:
+        """Warn (once) when every positive is its anchor's own input and the two embeddings are identical:
+        unsupervised SimCSE then has nothing to learn from (decoder LLMs ship with dropout 0)."""
+        if self._views_checked or not self.training or not torch.equal(anchor["keys"], positive["keys"]):
+            return
+        self._views_checked = True
+        if torch.allclose(q.detach(), p.detach(), rtol=0.0, atol=1e-6):
+            warnings.warn("the two views of each sentence embed identically: the model has no active dropout, so "
+                          "SimCSE-style self-positives teach nothing. Set lora_dropout > 0 (or another stochastic "
+                          "view, e.g. method esimcse's word repetition).", stacklevel=2)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Activation checkpointing inside the backbone (Trainer calls this for ``gradient_checkpointing=True``)."""

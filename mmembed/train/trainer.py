@@ -100,7 +100,8 @@ class EmbeddingTrainer(Trainer):
         backbone_state = {k[len(EMBEDDER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(EMBEDDER_PREFIX)}
         adapter = lora.has_adapter(module.model.backbone.model)
         module.model.save(output_dir, adapter_only=adapter, state_dict=backbone_state or None)
-        loss_state = {k: v.detach().contiguous() for k, v in state_dict.items() if k.startswith("info_nce.")}
+        # the loss's own state (temperature, queues, momentum averages): everything outside the embedder
+        loss_state = {k: v.detach().contiguous() for k, v in state_dict.items() if not k.startswith("model.")}
         if loss_state:
             save_file(loss_state, str(output_dir / LOSS_WEIGHTS))
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

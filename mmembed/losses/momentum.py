@@ -1,0 +1,112 @@
+"""ESimCSE's momentum contrast: an EMA encoder fills a queue of negatives.
+
+The momentum encoder is an exponential moving average of the *trainable* parameters only
+(:class:`ParameterEMA`): under LoRA that is the adapter, so the EMA costs the adapter's size, not a second LLM. It
+encodes by swapping the averaged values into the live parameters for one no-grad, dropout-off forward pass and
+swapping them back. Each step (as ESimCSE's ``CLTrainer`` / ``cl_forward``): the loss of the anchors against their
+repeated-word positives, the in-batch candidates and the queue as it was; then the EMA update
+``theta_m <- m * theta_m + (1 - m) * theta``; then the anchors encoded by the momentum encoder enter the queue
+(gathered over processes), the oldest leaving it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from .contrastive import ContrastiveLoss, InfoNCELoss
+from .negatives import EmbeddingQueue
+
+MOMENTUM = 0.995  # ESimCSE
+QUEUE_FACTOR = 2.5  # ESimCSE: neg_size 160 for batch 64
+
+
+class ParameterEMA(nn.Module):
+    """EMA copies (buffers, saved with the loss) of a module's trainable parameters."""
+
+    def __init__(self, module: nn.Module, momentum: float = MOMENTUM) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum {momentum}: give a value in [0, 1).")
+        self.momentum = momentum
+        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        if not self.names:
+            raise ValueError("the module has no trainable parameters to average.")
+        params = dict(module.named_parameters())
+        for i, name in enumerate(self.names):
+            self.register_buffer(f"ema_{i}", params[name].detach().clone())
+
+    def _pairs(self, module: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
+        params = dict(module.named_parameters())
+        for i, name in enumerate(self.names):
+            yield params[name], getattr(self, f"ema_{i}")
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """``ema <- momentum * ema + (1 - momentum) * param``."""
+        for param, ema in self._pairs(module):
+            ema.mul_(self.momentum).add_(param.detach().to(ema.dtype), alpha=1.0 - self.momentum)
+
+    @contextmanager
+    def swapped_in(self, module: nn.Module) -> Iterator[None]:
+        """The module with its trainable parameters set to the averages (restored on exit)."""
+        saved = []
+        with torch.no_grad():
+            for param, ema in self._pairs(module):
+                saved.append(param.detach().clone())
+                param.copy_(ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (param, _), value in zip(self._pairs(module), saved):
+                    param.copy_(value)
+
+
+class MomentumContrastiveLoss(ContrastiveLoss):
+    """:class:`ContrastiveLoss` plus ESimCSE's queue of momentum-encoded anchors as extra negatives.
+
+    Args:
+        model: the Embedder (its trainable parameters are averaged).
+        info_nce: the engine.
+        queue_size: queued negatives (ESimCSE: 2.5 x the batch).
+        momentum: EMA decay (ESimCSE: 0.995).
+    """
+
+    def __init__(self, model: nn.Module, info_nce: InfoNCELoss | None = None, *, queue_size: int,
+                 momentum: float = MOMENTUM, **kwargs) -> None:
+        super().__init__(model, info_nce, **kwargs)
+        self.queue = EmbeddingQueue(queue_size, model.embedding_dim)
+        self.ema = ParameterEMA(model, momentum)
+
+    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
+                negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
+        q, p = self.embed(anchor), self.embed(positive)
+        n = self.embed(negative) if negative is not None else None
+        keys = {}
+        if self.mask_duplicates:
+            keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
+                    "negative_keys": negative["keys"] if negative is not None else None}
+        queued = self.queue.negatives()
+        out = self.info_nce(q, p, n, **keys, **groups,
+                            extra_negatives=queued.to(q) if queued is not None else None)
+        if self.training:
+            self.ema.update(self.model)
+            self.queue.push(self.momentum_embed(anchor))
+        out["queue_size"] = torch.tensor(float(len(self.queue)))
+        return out
+
+    @torch.no_grad()
+    def momentum_embed(self, batch: dict[str, Tensor]) -> Tensor:
+        """The momentum encoder's embeddings of ``batch`` (dropout off, as ESimCSE)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.ema.swapped_in(self.model):
+                vectors, _ = self.model(batch)
+        finally:
+            self.model.train(was_training)
+        return vectors
