@@ -370,3 +370,90 @@ def test_identical_views_warn_and_lora_dropout_makes_them_differ(qwen2_path):
             warnings.simplefilter("always")
             loss(**batch)
         assert any("embed identically" in str(w.message) for w in caught) == warns
+
+
+# ------------------------------------------------------------------------------------------------ DebCSE, CCP
+
+
+def test_ipw_weights_by_hand():
+    from mmembed.data.debcse import ipw_weights, surface_similarity
+
+    # bins of width 0.2: [0, 0, 2, 4, 4, 4]; shares 2/6, 1/6, 3/6 -> 1/share = 3, 3, 6, 2, 2, 2 (mean 3)
+    w = ipw_weights(np.array([0.1, 0.15, 0.5, 0.9, 0.95, 1.0]), bins=5)
+    np.testing.assert_allclose(w, [1, 1, 2, 2 / 3, 2 / 3, 2 / 3])
+    assert surface_similarity("A cat sleeps.", "the cat sleeps") == pytest.approx(2 / 4)
+
+
+def test_ipw_selection_draws_positives_by_inverse_surface_propensity():
+    from mmembed.data.debcse import IPWConfig, select_pairs
+
+    sentences = ["red apple on table", "red apple on a table", "fruit lies there", "blue sky", "blue sky today",
+                 "blue sky now", "dog", "cat"]
+    e = np.zeros((8, 4))
+    e[0] = [1, 0, 0, 0]
+    e[1] = e[2] = [0.9, np.sqrt(1 - 0.81), 0, 0]  # cos 0.9 with sentence 0
+    e[3] = [0, 0, 1, 0]
+    e[4] = [0, 0, 0.95, np.sqrt(1 - 0.95 ** 2)]
+    e[5] = [0, 0, 0.98, np.sqrt(1 - 0.98 ** 2)]
+    e[6] = [0, 1, 0, 0]
+    e[7] = [0, 0.3, 0, 0.95]
+    config = {"k": 3, "positive_min": 0.85, "negative_max": 0.4, "bins": 2}
+    # positive pairs (cos >= 0.85) and their word overlap, bin 1 = overlap >= 0.5:
+    #   0-1 / 1-0: 0.8 (bin 1); 0-2, 2-0, 1-2, 2-1: 0 (bin 0); all 6 ordered pairs of 3, 4, 5: >= 0.5 (bin 1)
+    # -> bin 1 holds 8 of 12 pairs, bin 0 holds 4: weights 1 / (8/12) = 1.5 and 1 / (4/12) = 3, so anchor 0 picks
+    #    sentence 2 (bin 0) with probability 3 / (3 + 1.5) = 2/3 and sentence 1 with 1/3
+    picks = []
+    for seed in range(600):
+        triplets, pairs = select_pairs(sentences, e, IPWConfig(**config, seed=seed))
+        row = next(r for r in triplets + pairs if r["anchor"]["text"] == sentences[0])
+        picks.append(row["positive"]["text"])
+    assert set(picks) == {sentences[1], sentences[2]}
+    assert picks.count(sentences[2]) / len(picks) == pytest.approx(2 / 3, abs=0.06)
+    triplets, pairs = select_pairs(sentences, e, IPWConfig(**config))
+    assert {r["anchor"]["text"] for r in triplets + pairs} == set(sentences)
+    for r in triplets:  # hard negatives are never above the negative threshold under the reference model
+        i, j = sentences.index(r["anchor"]["text"]), sentences.index(r["negative"]["text"])
+        assert e[i] @ e[j] / np.linalg.norm(e[i]) / np.linalg.norm(e[j]) <= 0.4 + 1e-9
+    lonely = next(r for r in triplets + pairs if r["anchor"]["text"] == "dog")
+    assert lonely["positive"]["text"] == "dog"  # no positive candidate: its own (dropout) view
+
+
+def test_one_sided_batch_norm_normalises_positives_only():
+    from mmembed.losses.ccp import OneSidedBatchNorm
+
+    torch.manual_seed(0)
+    q, p = torch.randn(32, 5, dtype=torch.float64) * 3 + 1, torch.randn(32, 5, dtype=torch.float64) * 2 - 4
+    out_q, out_p = OneSidedBatchNorm(eps=1e-12)([q, p])
+    assert torch.equal(out_q, q)
+    np.testing.assert_allclose(out_p.mean(0).numpy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(out_p.var(0, unbiased=False).numpy(), 1.0, atol=1e-9)
+
+
+def test_memory_bank_loss_uses_the_banks_as_they_were_then_fills_them(qwen2_path):
+    from mmembed.data.collator import ContrastiveCollator
+    from mmembed.data.views import context_pairs
+    from mmembed.losses.ccp import MemoryBankContrastiveLoss
+
+    embedder = _embedder(qwen2_path)
+    loss = MemoryBankContrastiveLoss(embedder, InfoNCELoss(temperature=TAU, symmetric=True), num_groups=2,
+                                     bank_size=4)
+    docs = [SENTENCES[:3], SENTENCES[3:]]
+    rows = context_pairs(docs, window=1, groups=[0, 1])
+    collate = ContrastiveCollator(embedder.backbone)
+    first, second = collate(rows[:4]), collate(rows[4:])
+    assert first["bank_groups"].tolist() == [0, 0, 0, 0] and second["bank_groups"].tolist() == [1, 1, 1, 1]
+    loss(**first)
+    with torch.no_grad():
+        p_first = F.normalize(embedder(first["positive"])[0], dim=-1)
+    rows_0, _ = loss.bank.negatives(torch.tensor([0]))
+    np.testing.assert_allclose(rows_0.numpy(), p_first.numpy(), atol=1e-6)
+    out = loss(**second)  # group-1 queries: the group-0 bank is masked for them, so the loss is the plain one
+    with torch.no_grad():
+        q, p = embedder(second["anchor"])[0], embedder(second["positive"])[0]
+    plain = InfoNCELoss(temperature=TAU, symmetric=True)(q, p, query_keys=second["anchor"]["keys"],
+                                                        positive_keys=second["positive"]["keys"])
+    assert float(out["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
+    mixed = InfoNCELoss(temperature=TAU, symmetric=True)(q, p, query_keys=second["anchor"]["keys"],
+                                                        positive_keys=second["positive"]["keys"],
+                                                        extra_negatives=p_first)
+    assert float(out["loss"]) != pytest.approx(float(mixed["loss"]), rel=1e-5)  # the other group's bank is unused

@@ -70,4 +70,6 @@ class ContrastiveCollator:
                                      f"the same number.")
                 values = [n for v in values for n in v]
             out[column] = self._column(values, column)
+        if "bank_group" in rows[0]:  # CCP: the memory bank (language / source) of each row
+            out["bank_groups"] = torch.tensor([int(row["bank_group"]) for row in rows])
         return out

@@ -1,0 +1,63 @@
+"""CCP (contrastive context prediction): symmetric InfoNCE between a sentence and a neighbour in its document, with
+negatives from a memory bank of the query's own group (language or source) and batch normalisation on one side.
+
+What follows the paper (Wu et al., IJCAI 2022; no pre-training code is public): context sentences as positives, a
+symmetric loss, a language-specific memory bank against the language-identity shortcut, asymmetric batch
+normalisation against information leakage through batch statistics. This project's choices (``[unverified]`` in
+``sentence_methods.md`` §10): the normalisation is applied to the positive (context) side only, without learned
+scale or shift, with the statistics of the gathered batch, and only in training; the bank holds the positives'
+embeddings of earlier steps (detached), one FIFO per group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .contrastive import ContrastiveLoss, InfoNCELoss
+from .negatives import GroupedMemoryBank
+
+
+class OneSidedBatchNorm(nn.Module):
+    """A ``view_transform`` that batch-normalises every positive view (per channel, over the batch) and leaves the
+    queries as they are."""
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, views: list[Tensor]) -> list[Tensor]:
+        return [views[0]] + [F.batch_norm(v, None, None, training=True, eps=self.eps) for v in views[1:]]
+
+
+class MemoryBankContrastiveLoss(ContrastiveLoss):
+    """:class:`ContrastiveLoss` with CCP's per-group memory banks as extra negatives.
+
+    Rows carry ``bank_group`` (0 .. ``num_groups`` - 1), collated into ``bank_groups``. Each step the loss is computed
+    against the banks as they were, then the step's positives enter their groups' banks.
+    """
+
+    def __init__(self, model: nn.Module, info_nce: InfoNCELoss | None = None, *, num_groups: int, bank_size: int,
+                 **kwargs) -> None:
+        super().__init__(model, info_nce, **kwargs)
+        self.bank = GroupedMemoryBank(num_groups, bank_size, model.embedding_dim)
+
+    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
+                negative: dict[str, Tensor] | None = None, bank_groups: Tensor | None = None,
+                **groups: Tensor) -> dict[str, Tensor]:
+        if bank_groups is None:
+            raise ValueError("memory-bank training needs a bank_group on every row (e.g. its language id).")
+        q, p = self.embed(anchor), self.embed(positive)
+        n = self.embed(negative) if negative is not None else None
+        keys = {}
+        if self.mask_duplicates:
+            keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
+                    "negative_keys": negative["keys"] if negative is not None else None}
+        bank_rows, bank_exclude = self.bank.negatives(bank_groups)
+        out = self.info_nce(q, p, n, **keys, **groups,
+                            extra_negatives=bank_rows.to(q) if bank_rows is not None else None,
+                            extra_exclude=bank_exclude)
+        if self.training:
+            self.bank.push(F.normalize(p.detach(), dim=-1), bank_groups)
+        return out
