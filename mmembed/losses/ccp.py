@@ -11,7 +11,6 @@ embeddings of earlier steps (detached), one FIFO per group.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
