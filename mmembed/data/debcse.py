@@ -67,10 +67,11 @@ class IPWConfig:
     seed: int = 0
 
 
-def select_pairs(sentences: Sequence[str], embeddings: np.ndarray, config: IPWConfig = IPWConfig()
+def select_pairs(sentences: Sequence[str], embeddings: np.ndarray, config: IPWConfig | None = None
                  ) -> tuple[list[dict], list[dict]]:
     """``(triplets, pairs)``: a positive and a hard negative per anchor, drawn by IPW weight; anchors without a
     negative candidate come back as pairs. ``embeddings`` are the reference encoder's, one row per sentence."""
+    config = config or IPWConfig()
     n = len(sentences)
     if embeddings.shape[0] != n:
         raise ValueError(f"{embeddings.shape[0]} embeddings for {n} sentences.")

@@ -118,10 +118,11 @@ def _generate(model: nn.Module, tokenizer, conversations: Sequence[list[dict]], 
     return [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
 
-def generate_triplets(model: nn.Module, tokenizer, sentences: Sequence[str], config: MultiCSRConfig = MultiCSRConfig(),
+def generate_triplets(model: nn.Module, tokenizer, sentences: Sequence[str], config: MultiCSRConfig | None = None,
                       show_progress_bar: bool = False) -> tuple[list[dict], dict]:
     """``(rows, report)``: triplet rows ``{"anchor", "positive", "negative", "scores"}`` that pass both stages, and
     the counts of kept and dropped inputs by reason."""
+    config = config or MultiCSRConfig()
     positives = [first_sentence(t) for t in _generate(
         model, tokenizer, [generation_messages(s, "entailment") for s in sentences], config, show_progress_bar)]
     negatives = [first_sentence(t) for t in _generate(
