@@ -496,3 +496,31 @@ def test_multicsr_generates_with_smollm2_and_accounts_for_every_input():
         assert row["anchor"] in sentences and row["positive"] and row["negative"]
         assert row["positive"] != row["negative"]
         assert curate(row["scores"]["positive"], row["scores"]["negative"], 15)
+
+
+def test_reference_masked_loss_uses_the_model_without_its_adapter(qwen2_path):
+    from mmembed.data.collator import ContrastiveCollator
+    from mmembed.losses.reference import ReferenceMaskedLoss
+
+    embedder = _embedder(qwen2_path)  # a non-zero adapter: the reference (adapter off) differs from the model
+    rows = [{"anchor": {"text": a, "image": None}, "positive": {"text": b, "image": None},
+             "negative": [{"text": c, "image": None}]}
+            for a, b, c in zip(SENTENCES[:3], SENTENCES[3:], reversed(SENTENCES))]
+    batch = ContrastiveCollator(embedder.backbone)(rows)
+    embedder.eval()
+    with torch.no_grad():
+        with embedder.backbone.model.disable_adapter():
+            ref = {k: embedder(batch[c])[0] for k, c in (("queries", "anchor"), ("positives", "positive"),
+                                                          ("negatives", "negative"))}
+        q, p, n = (embedder(batch[c])[0] for c in ("anchor", "positive", "negative"))
+    assert not torch.allclose(ref["queries"], q, atol=1e-3)
+    scores = F.normalize(ref["queries"], dim=-1) @ F.normalize(torch.cat([ref["positives"], ref["negatives"]]), dim=-1).T
+    phi = float(scores.flatten().sort().values[10])  # some candidates above it, some below
+    engine = InfoNCELoss(temperature=TAU, false_negative_threshold=phi)
+    loss = ReferenceMaskedLoss(embedder, engine, mask_duplicates=False)
+    out = loss(**batch)
+    expected = engine(q, p, n, reference=ref, return_logits=True)
+    assert float(out["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-5)
+    masked = torch.isinf(expected["logits"])
+    targets = torch.eye(3, 6, dtype=torch.bool)
+    assert torch.equal(masked, (scores > phi) & ~targets) and masked.any()

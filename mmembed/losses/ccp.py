@@ -47,12 +47,7 @@ class MemoryBankContrastiveLoss(ContrastiveLoss):
                 **groups: Tensor) -> dict[str, Tensor]:
         if bank_groups is None:
             raise ValueError("memory-bank training needs a bank_group on every row (e.g. its language id).")
-        q, p = self.embed(anchor), self.embed(positive)
-        n = self.embed(negative) if negative is not None else None
-        keys = {}
-        if self.mask_duplicates:
-            keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
-                    "negative_keys": negative["keys"] if negative is not None else None}
+        q, p, n, keys = self.embed_columns(anchor, positive, negative)
         bank_rows, bank_exclude = self.bank.negatives(bank_groups)
         out = self.info_nce(q, p, n, **keys, **groups,
                             extra_negatives=bank_rows.to(q) if bank_rows is not None else None,

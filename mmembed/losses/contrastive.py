@@ -281,8 +281,10 @@ class ContrastiveLoss(nn.Module):
         vectors, _ = cached_embed(self.model, batch, self.mini_batch_size, self.mini_batch_tokens)
         return vectors
 
-    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
-                negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
+    def embed_columns(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
+                      negative: dict[str, Tensor] | None = None
+                      ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor | None]]:
+        """Embeddings of the columns and, with ``mask_duplicates``, their content keys for the engine."""
         q, p = self.embed(anchor), self.embed(positive)
         self.check_views(anchor, positive, q, p)
         n = self.embed(negative) if negative is not None else None
@@ -290,6 +292,11 @@ class ContrastiveLoss(nn.Module):
         if self.mask_duplicates:
             keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
                     "negative_keys": negative["keys"] if negative is not None else None}
+        return q, p, n, keys
+
+    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
+                negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
+        q, p, n, keys = self.embed_columns(anchor, positive, negative)
         return self.info_nce(q, p, n, **keys, **groups)
 
     def check_views(self, anchor: dict[str, Tensor], positive: dict[str, Tensor], q: Tensor, p: Tensor) -> None:

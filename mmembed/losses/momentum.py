@@ -84,12 +84,7 @@ class MomentumContrastiveLoss(ContrastiveLoss):
 
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
                 negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
-        q, p = self.embed(anchor), self.embed(positive)
-        n = self.embed(negative) if negative is not None else None
-        keys = {}
-        if self.mask_duplicates:
-            keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
-                    "negative_keys": negative["keys"] if negative is not None else None}
+        q, p, n, keys = self.embed_columns(anchor, positive, negative)
         queued = self.queue.negatives()
         out = self.info_nce(q, p, n, **keys, **groups,
                             extra_negatives=queued.to(q) if queued is not None else None)
