@@ -8,12 +8,12 @@ corrects them by sampling positive and negative pairs with inverse-propensity we
 **What is this project's choice** (a reconstruction, ``sentence_methods.md`` §3.2; change it when the paper's
 equations are known):
 
-- candidates of an anchor: its ``k`` nearest sentences under a frozen reference encoder (semantic similarity
-  ``sigma_m`` = their cosine);
 - surface similarity ``sigma_s``: Jaccard overlap of the lower-cased word sets, in ``bins`` equal-width bins on
-  [0, 1];
-- positives: candidates with ``sigma_m >= positive_min``; hard negatives: ``sigma_m <= negative_max``; candidates
-  above ``false_negative_min`` are never negatives;
+  [0, 1]; semantic similarity ``sigma_m``: cosine under a frozen reference encoder;
+- positive candidates of an anchor: its ``k`` nearest sentences by ``sigma_m``, kept when
+  ``sigma_m >= positive_min``; hard-negative candidates: its ``k`` nearest sentences by ``sigma_s`` (lexically
+  close), kept when ``sigma_m <= negative_max`` (so a lexical near-copy that means something else is the hard
+  negative, and no paraphrase above ``negative_max`` is ever a negative);
 - propensity of a pair = the share of its surface bin among the candidate pairs of its kind (all positives, or all
   negatives, of the corpus); weight = 1 / propensity, normalised to mean 1 over those pairs. Sampling by weight
   makes the chosen pairs' surface similarity uniform over bins: lexical overlap no longer tells a positive from a
@@ -26,6 +26,7 @@ equations are known):
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,9 +63,27 @@ class IPWConfig:
     k: int = 16
     positive_min: float = 0.75
     negative_max: float = 0.45
-    false_negative_min: float = 0.9
     bins: int = 5
     seed: int = 0
+
+
+def _word_sets(sentences: Sequence[str]) -> list[set[str]]:
+    return [set(_WORD.findall(s.lower())) for s in sentences]
+
+
+def surface_neighbours(sentences: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+    """For each sentence, the ``k`` others with the highest word overlap (Jaccard > 0), through an inverted index."""
+    words = _word_sets(sentences)
+    index: dict[str, list[int]] = {}
+    for i, ws in enumerate(words):
+        for w in ws:
+            index.setdefault(w, []).append(i)
+    out = []
+    for i, ws in enumerate(words):
+        shared = Counter(j for w in ws for j in index[w] if j != i)
+        scored = [(j, c / len(ws | words[j])) for j, c in shared.items()]
+        out.append(sorted(scored, key=lambda x: (-x[1], x[0]))[:k])
+    return out
 
 
 def select_pairs(sentences: Sequence[str], embeddings: np.ndarray, config: IPWConfig | None = None
@@ -80,14 +99,15 @@ def select_pairs(sentences: Sequence[str], embeddings: np.ndarray, config: IPWCo
     np.fill_diagonal(sims, -np.inf)
     k = min(config.k, n - 1)
     neighbours = np.argsort(-sims, axis=1)[:, :k]
-    candidates = {"positive": [], "negative": []}  # (anchor, candidate, surface similarity)
-    for i in range(n):
+    candidates: dict[str, list[tuple[int, int, float]]] = {"positive": [], "negative": []}
+    for i in range(n):  # (anchor, candidate, surface similarity)
         for j in neighbours[i]:
-            semantic = sims[i, j]
-            kind = ("positive" if semantic >= config.positive_min else
-                    "negative" if semantic <= config.negative_max and semantic < config.false_negative_min else None)
-            if kind:
-                candidates[kind].append((i, int(j), surface_similarity(sentences[i], sentences[j])))
+            if sims[i, j] >= config.positive_min:
+                candidates["positive"].append((i, int(j), surface_similarity(sentences[i], sentences[j])))
+    for i, close in enumerate(surface_neighbours(sentences, k)):
+        for j, overlap in close:
+            if sims[i, j] <= config.negative_max:
+                candidates["negative"].append((i, j, overlap))
     chosen: dict[str, dict[int, int]] = {}
     rng = np.random.default_rng(config.seed)
     for kind, pairs in candidates.items():

@@ -3,9 +3,10 @@
 The momentum encoder is an exponential moving average of the *trainable* parameters only
 (:class:`ParameterEMA`): under LoRA that is the adapter, so the EMA costs the adapter's size, not a second LLM. It
 encodes by swapping the averaged values into the live parameters for one no-grad, dropout-off forward pass and
-swapping them back. Each step (as ESimCSE's ``CLTrainer`` / ``cl_forward``): the loss of the anchors against their
-repeated-word positives, the in-batch candidates and the queue as it was; then the EMA update
-``theta_m <- m * theta_m + (1 - m) * theta``; then the anchors encoded by the momentum encoder enter the queue
+swapping them back. Each step (as ESimCSE's ``CLTrainer`` / ``cl_forward``): the EMA update
+``theta_m <- m * theta_m + (1 - m) * theta`` and the anchors encoded by the momentum encoder (computed first, so the
+swap never touches parameters the step's graph holds); the loss of the anchors against their repeated-word
+positives, the in-batch candidates and the queue as it was; then the momentum-encoded anchors enter the queue
 (gathered over processes), the oldest leaving it.
 """
 
@@ -84,13 +85,18 @@ class MomentumContrastiveLoss(ContrastiveLoss):
 
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
                 negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
+        # the momentum pass first: it swaps values into the live parameters, which must not change once the
+        # step's graph holds them (the loss is still against the queue as it was)
+        incoming = None
+        if self.training:
+            self.ema.update(self.model)
+            incoming = self.momentum_embed(anchor)
         q, p, n, keys = self.embed_columns(anchor, positive, negative)
         queued = self.queue.negatives()
         out = self.info_nce(q, p, n, **keys, **groups,
                             extra_negatives=queued.to(q) if queued is not None else None)
-        if self.training:
-            self.ema.update(self.model)
-            self.queue.push(self.momentum_embed(anchor))
+        if incoming is not None:
+            self.queue.push(incoming)
         out["queue_size"] = torch.tensor(float(len(self.queue)))
         return out
 

@@ -42,7 +42,8 @@ class DataArguments:
                 "folder of *.jsonl files, make a mixture sampled one dataset per batch"})
     dataset_weights: list[float] | None = field(default=None, metadata={
         "help": "sampling weight of each train file of a mixture (default: proportional to size)"})
-    train_format: str = field(default="triplets", metadata={"help": "triplets, pairs, mmeb, multiturn, sick, sentences"})
+    train_format: str = field(default="triplets", metadata={
+        "help": "triplets, pairs, mmeb, multiturn, sick, sentences, documents (ccp)"})
     image_root: str | None = field(default=None, metadata={"help": "folder image paths are resolved in"})
     skip_bad_records: bool = field(default=False, metadata={"help": "count and report bad records, don't stop"})
     max_train_samples: int | None = None
