@@ -116,9 +116,10 @@ def main() -> None:
                   flush=True)
     untrained = results[names[0]]["sts_spearman_before"]
     model = args.model or "SmolLM2-135M-Instruct (embedded default)"
-    lines = [f"STS-B dev Spearman x 100, {model}, LoRA r16, {args.steps} steps of batch {args.batch_size}, "
+    title = (f"STS-B dev Spearman x 100, {model}, LoRA r16, {args.steps} steps of batch {args.batch_size}, "
              f"lr {args.lr}, seed {args.seed}, recipe arguments `{args.recipe_args}` (`python bench/methods.py "
-             f"--steps {args.steps} --batch-size {args.batch_size}`)", "", "| method | data | STS-B dev | vs untrained | train s |",
+             f"--steps {args.steps} --batch-size {args.batch_size}`)")
+    lines = [title, "", "| method | data | STS-B dev | vs untrained | train s |",
              "|---|---|---|---|---|", f"| untrained | - | {untrained:.2f} | - | - |"]
     for name in names:
         r = results[name]
