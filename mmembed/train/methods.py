@@ -158,6 +158,9 @@ def method_loss(method: MethodArguments, embedder: Embedder, args: ContrastiveTr
         engine["view_transform"] = ShuffledGroupWhitening(method.whitening_groups, seed=args.seed)
     if method.method == "ccp":
         engine["view_transform"] = OneSidedBatchNorm()
+    if method.false_negative_threshold is not None and method.method in ("esimcse", "ccp"):
+        raise ValueError(f"false_negative_threshold (MultiCSR's masking) works with methods unsup, sup, debcse and "
+                         f"whitened, not {method.method}; drop it or change the method.")
     info_nce = InfoNCELoss(**engine)
     caching = {"mini_batch_size": args.mini_batch_size, "mini_batch_tokens": args.mini_batch_tokens}
     if method.method == "esimcse":
