@@ -604,11 +604,11 @@ def test_every_method_learns_on_a_fixed_batch(method, qwen2_path, tmp_path):
     assert after < before, (method, before, after)
 
 
-@pytest.mark.parametrize("method", ["sup", "esimcse", "whitened", "ccp"])
+@pytest.mark.parametrize("method", ["unsup", "sup", "esimcse", "debcse", "whitened", "ccp"])
 def test_recipe_runs_with_two_processes(method, qwen2_path, tmp_path):
-    """`accelerate launch` (DDP, 2 processes, gloo) of recipes/simcse.py for the methods whose loss gathers more
-    than in-batch candidates (reference masks, the momentum queue, whitening statistics, memory banks); the export
-    loads and embeds."""
+    """`accelerate launch` (DDP, 2 processes, gloo) of recipes/simcse.py for every method: all gather candidates,
+    and some more (reference masks, the momentum queue, whitening statistics, memory banks); the export loads and
+    embeds."""
     import subprocess
     import sys
 
@@ -616,6 +616,7 @@ def test_recipe_runs_with_two_processes(method, qwen2_path, tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     extra = {"sup": ["--false_negative_threshold", "0.95", "--hard_negative_weight", "0.5"],
+             "unsup": [], "debcse": ["--ipw_positive_min", "0.5", "--ipw_negative_max", "0.5"],
              "esimcse": [], "whitened": ["--per_device_train_batch_size", "8"],
              "ccp": ["--train_format", "documents", "--train_file", str(_documents(tmp_path))]}[method]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -627,3 +628,28 @@ def test_recipe_runs_with_two_processes(method, qwen2_path, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert f"'method': '{method}'" in run.stdout and "'steps': 2" in run.stdout
     assert mmembed.load(str(tmp_path / "out" / "final")).encode(["a cat", "a dog"]).shape == (2, 64)
+
+
+def test_whitening_composes_with_gradient_caching(qwen2_path):
+    """WhitenedCSE's statistics are those of the full batch also when the embeddings come from gradient-cached
+    mini-batches: the loss and the adapter gradients equal the uncached ones."""
+    from mmembed.data.collator import ContrastiveCollator
+    from mmembed.losses import ContrastiveLoss
+
+    rows = [{"anchor": {"text": s, "image": None}, "positive": [{"text": s, "image": None}] * 2}
+            for s in SENTENCES]
+    results = []
+    for mini_batch_size in (None, 2):
+        embedder = _embedder(qwen2_path)
+        embedder.eval()  # no dropout: the two runs see the same views
+        loss = ContrastiveLoss(embedder, InfoNCELoss(temperature=TAU, view_transform=ShuffledGroupWhitening(
+            num_groups=32, seed=1)), mini_batch_size=mini_batch_size)
+        batch = ContrastiveCollator(embedder.backbone)(rows)
+        out = loss(**batch)
+        out["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.grad is not None}
+        results.append((float(out["loss"]), grads))
+    (uncached, g0), (cached, g1) = results
+    assert cached == pytest.approx(uncached, rel=1e-5) and g0.keys() == g1.keys() and g0
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6)
