@@ -6,7 +6,7 @@ symmetric loss, a language-specific memory bank against the language-identity sh
 normalisation against information leakage through batch statistics. This project's choices (``[unverified]`` in
 ``sentence_methods.md`` §10): the normalisation is applied to the positive (context) side only, without learned
 scale or shift, with the statistics of the gathered batch, and only in training; the bank holds the positives'
-embeddings of earlier steps (detached), one FIFO per group.
+embeddings of earlier steps (detached, normalised with their own process's batch statistics), one FIFO per group.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class MemoryBankContrastiveLoss(ContrastiveLoss):
         out = self.info_nce(q, p, n, **keys, **groups,
                             extra_negatives=bank_rows.to(q) if bank_rows is not None else None,
                             extra_exclude=bank_exclude)
-        if self.training:
-            self.bank.push(F.normalize(p.detach(), dim=-1), bank_groups)
+        if self.training:  # bank rows as the loss saw this step's positives (after the one-sided normalisation)
+            rows = p.detach()
+            if self.info_nce.view_transform is not None:
+                rows = self.info_nce.view_transform([q.detach(), rows])[1]
+            self.bank.push(F.normalize(rows, dim=-1), bank_groups)
         return out
