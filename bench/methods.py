@@ -40,7 +40,7 @@ METHODS = {  # name -> extra recipe arguments
     "sup+mask": ["--method", "sup", "--false_negative_threshold", "0.95"],
     "esimcse": ["--method", "esimcse"],
     "debcse": ["--method", "debcse"],
-    "whitened": ["--method", "whitened"],
+    "whitened": ["--method", "whitened", "--whitening_groups", "144"],  # groups of 4 channels: < batch 16 / 4
     "ccp": ["--method", "ccp", "--train_format", "documents"],
 }
 DATA_NOTE = {"sup": "SICK triplets", "sup+mask": "SICK triplets", "ccp": "WordNet entries"}

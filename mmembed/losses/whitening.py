@@ -13,6 +13,8 @@ alike on every process. It is never part of an exported model.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,10 @@ def group_whiten(x: Tensor, groups: int, eps: float = 1e-5) -> Tensor:
     if size >= n:
         raise ValueError(f"whitening groups of {size} channels need more than {size} rows; the batch has {n}. "
                          f"Use more groups (num_groups) or a larger batch.")
+    if 4 * size > n:
+        warnings.warn(f"whitening groups of {size} channels over {n} rows: the covariance estimate is poor (keep the "
+                      f"group width below a quarter of the batch, e.g. num_groups={d // max(1, n // 4)}).",
+                      stacklevel=2)
     z = x.to(torch.promote_types(x.dtype, torch.float32)).view(n, groups, size)
     z = z - z.mean(0, keepdim=True)
     with torch.no_grad():
