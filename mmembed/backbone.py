@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -315,21 +317,90 @@ class Backbone(nn.Module):
             inputs["use_cache"] = False
         return inputs
 
-    def forward(self, batch: dict[str, Tensor], prefix: SharedPrefix | None = None) -> Tensor:
-        """Token states ``(batch, seq, hidden)`` at ``self.layer`` (intermediate layers pass the final norm).
+    @property
+    def num_layers(self) -> int:
+        """The language model's number of transformer layers."""
+        return self.config.get_text_config().num_hidden_layers
 
-        With ``prefix``, ``batch`` holds only the tokens after that shared prefix, whose keys and values are reused.
+    def layer_index(self, layer: int) -> int:
+        """``layer`` as a count of layers run (``-1`` = all, ``-2`` = all but the last, ...; ``0`` = embeddings)."""
+        n = self.num_layers
+        if not -n - 1 <= layer <= n:
+            raise ValueError(f"layer={layer} is out of range for a model with {n} layers (use 0..{n} or negative "
+                             f"indices; -1 is the last layer).")
+        return layer if layer >= 0 else n + 1 + layer
+
+    def forward(self, batch: dict[str, Tensor], prefix: SharedPrefix | None = None) -> Tensor:
+        """Token states ``(batch, seq, hidden)`` at ``self.layer``.
+
+        An intermediate layer ``L`` is an early exit: only the first ``L`` layers run, and their output passes the
+        model's final norm, so the states equal the full pass's ``hidden_states[L]`` after that norm. With
+        ``prefix``, ``batch`` holds only the tokens after that shared prefix, whose keys and values are reused.
         """
-        intermediate = self.layer not in (-1, self.config.get_text_config().num_hidden_layers)
+        return self.states_at(batch, [self.layer], prefix)[0]
+
+    def states_at(self, batch: dict[str, Tensor], layers: Sequence[int], prefix: SharedPrefix | None = None
+                  ) -> list[Tensor]:
+        """Token states at each of ``layers`` from one forward pass that runs only up to the deepest of them
+        (intermediate layers pass the final norm; used by elastic training, :mod:`mmembed.losses.elastic`)."""
+        wanted = [self.layer_index(layer) for layer in layers]
+        deepest = max(wanted)
         inputs = self.model_inputs(batch)
         if prefix is not None:
             inputs.update(prefix.model_inputs(inputs["attention_mask"], self.cache_argument))
-        out = self.body(self.model)(**inputs, output_hidden_states=intermediate, return_dict=True)
-        if not intermediate:
-            return out.last_hidden_state
-        hidden = out.hidden_states[self.layer]
-        norm = self.final_norm()
-        return norm(hidden) if norm is not None else hidden
+        with self.running_layers(deepest) as exits:
+            top = deepest if exits else self.num_layers  # layers the model's last_hidden_state comes from
+            need_all = any(layer != top for layer in wanted)
+            out = self.body(self.model)(**inputs, output_hidden_states=need_all, return_dict=True)
+        norm = self.final_norm() if need_all else None
+        states = []
+        for layer in wanted:
+            if layer == top:
+                states.append(out.last_hidden_state)
+            else:
+                hidden = out.hidden_states[layer]
+                states.append(norm(hidden) if norm is not None else hidden)
+        return states
+
+    def layer_stack(self) -> tuple[nn.Module, str] | None:
+        """``(parent, attribute)`` of the language model's list of transformer layers (the ``nn.ModuleList`` of
+        ``num_hidden_layers`` modules nearest the decoder's root), or None when the architecture hides it."""
+        if getattr(self, "_layer_stack", None) is None:
+            base = lora.base_model(self.model)
+            try:
+                root = base.get_decoder()
+            except (AttributeError, ValueError, NotImplementedError):
+                root = base
+            found = None
+            queue = [root]
+            while queue and found is None:  # breadth first: the stack nearest the root
+                module = queue.pop(0)
+                for name, child in module.named_children():
+                    if isinstance(child, nn.ModuleList) and len(child) == self.num_layers:
+                        found = (module, name)
+                        break
+                    queue.append(child)
+            if found is None:
+                logger.warning("%s: no list of %d layers found; intermediate layers run the full model.",
+                               type(base).__name__, self.num_layers)
+            self._layer_stack = found or ()
+        return self._layer_stack or None
+
+    @contextmanager
+    def running_layers(self, count: int) -> Iterator[bool]:
+        """Within the block the model runs only its first ``count`` layers (early exit; the final norm still
+        applies). Yields whether it does (False when the layer list was not found: the full model runs)."""
+        stack = self.layer_stack() if count < self.num_layers else None
+        if stack is None:
+            yield count >= self.num_layers
+            return
+        parent, name = stack
+        full = parent._modules[name]
+        parent._modules[name] = full[:count]
+        try:
+            yield True
+        finally:
+            parent._modules[name] = full
 
     def final_norm(self) -> nn.Module | None:
         """The decoder's final normalisation, when the architecture has one."""

@@ -144,6 +144,13 @@ class Embedder(nn.Module):
         vectors, counts = self.pooler(hidden, batch)
         return self.postprocess(vectors), counts
 
+    def pooled_layers(self, batch: dict[str, Tensor], layers: Sequence[int]) -> list[Tensor]:
+        """Pooled vectors (neither truncated nor normalised) at each of ``layers``, from one forward pass that runs
+        only up to the deepest (elastic training: :class:`~mmembed.losses.elastic.ElasticLoss`)."""
+        states = self.backbone.states_at(batch, layers)
+        batch = {k: v.to(states[0].device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return [self.pooler(hidden, batch)[0] for hidden in states]
+
     # ------------------------------------------------------------------------------------------------ encode
     def resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
         if prompt is not None:
@@ -402,11 +409,17 @@ class Embedder(nn.Module):
         """Load a saved mmembed folder, a sentence-transformers folder, a plain HF model or a GGUF file.
 
         ``options`` override the saved settings: ``adapter``, ``template``, ``pooling``, ``normalize``,
-        ``truncate_dim``, ``prompts``, ``default_prompt_name``, ``layer``, ``max_length``, ``padding_side``,
-        ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``, ``processor_kwargs``.
+        ``truncate_dim`` (or its short name ``dim``), ``prompts``, ``default_prompt_name``, ``layer``, ``max_length``,
+        ``padding_side``, ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``,
+        ``processor_kwargs``. ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
+        layers run (early exit) and the vectors keep their first ``D`` dimensions.
         For the chain options (pooling ... default_prompt_name) an explicit ``None`` clears the saved value; for the
         others ``None`` means "not given".
         """
+        if "dim" in options:
+            if options.get("truncate_dim") is not None:
+                raise ValueError("give dim or truncate_dim, not both (dim is the short name of truncate_dim).")
+            options["truncate_dim"] = options.pop("dim")
         folder = Path(name_or_path).expanduser()
         saved: dict[str, Any] = {}
         if (folder / CONFIG_NAME).is_file():

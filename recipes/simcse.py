@@ -7,6 +7,9 @@ small encoders), gradient caching, DDP / DeepSpeed. At the end the model is save
 ``eval_sts_file``, scored on STS-B (Spearman x 100; ``eval_before_training`` scores the untrained model too).
 
     accelerate launch recipes/simcse.py --config recipes/configs/simcse_smollm2.yaml [--method esimcse ...]
+
+``elastic: starbucks`` (or ``2dmse``) trains the loss at (layers, dimensions) pairs too, so that the saved model
+can be loaded cut: ``mmembed.load(final, layer=15, dim=288)`` (``recipes/configs/starbucks_smollm2.yaml``).
 """
 
 from __future__ import annotations
@@ -20,21 +23,23 @@ from mmembed.eval.sts import sts_benchmark_spearman
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder
+from mmembed.train.elastic import ElasticArguments
 from mmembed.train.methods import MethodArguments, build_method_trainer
 
 logger = logging.getLogger("simcse")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = TrlParser((ModelArguments, DataArguments, MethodArguments, ContrastiveTrainingArguments))
+    parser = TrlParser((ModelArguments, DataArguments, MethodArguments, ElasticArguments,
+                        ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
-    model_args, data_args, method_args, training_args = parser.parse_args_and_config(argv)
+    model_args, data_args, method_args, elastic_args, training_args = parser.parse_args_and_config(argv)
     embedder = build_embedder(model_args)
     result: dict = {"method": method_args.method}
     if data_args.eval_sts_file and data_args.eval_before_training and training_args.process_index == 0:
         result["sts_spearman_before"] = round(sts_benchmark_spearman(embedder.eval(), data_args.eval_sts_file), 2)
         embedder.train()
-    trainer = build_method_trainer(method_args, data_args, training_args, embedder)
+    trainer = build_method_trainer(method_args, data_args, training_args, embedder, elastic_args)
     summary, final = trainer.train_and_export()
     result.update(summary)
     if data_args.eval_sts_file and trainer.is_world_process_zero():

@@ -36,6 +36,7 @@ from ..losses.reference import ReferenceMaskedLoss
 from ..losses.whitening import ShuffledGroupWhitening
 from .arguments import ContrastiveTrainingArguments, DataArguments
 from .build import load_datasets
+from .elastic import ElasticArguments, make_elastic
 from .trainer import EmbeddingTrainer
 
 logger = logging.getLogger(__name__)
@@ -175,11 +176,14 @@ def method_loss(method: MethodArguments, embedder: Embedder, args: ContrastiveTr
 
 
 def build_method_trainer(method: MethodArguments, data: DataArguments, args: ContrastiveTrainingArguments,
-                         embedder: Embedder) -> EmbeddingTrainer:
-    """Rows, loss and trainer of the method for ``embedder`` (already carrying its LoRA adapter)."""
+                         embedder: Embedder, elastic: ElasticArguments | None = None) -> EmbeddingTrainer:
+    """Rows, loss and trainer of the method for ``embedder`` (already carrying its LoRA adapter); with ``elastic``,
+    the loss is also trained at the elastic (layers, dimensions) pairs."""
     parts = method_rows(method, data, embedder, seed=args.seed)
     groups = 1 + max(r["bank_group"] for r in parts[0]) if method.method == "ccp" else 1
     loss = method_loss(method, embedder, args, num_bank_groups=groups)
+    if elastic is not None:
+        loss = make_elastic(loss, elastic, seed=args.seed)
     collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data.query_prompt},
                                    with_prefix_lengths=embedder.needs_prefix_lengths)
     rows = [r for p in parts for r in p]

@@ -1,0 +1,125 @@
+"""Elastic early exit: STS-B dev Spearman and encode throughput of a Starbucks-trained SmolLM2-135M at several
+(layers, dimensions) cuts, against the full model, in one run.
+
+It trains ``recipes/configs/starbucks_smollm2.yaml`` (supervised SimCSE on SICK triplets plus the Starbucks pairs,
+60 steps of batch 16, LoRA r16, no chat template: the budget of ``bench/methods.py``) unless ``--trained`` names a
+finished model, then for every cut ``layer x dim``:
+
+- STS-B dev Spearman x 100 (cosine, SentEval protocol) of the trained model, and of the untrained one;
+- encode throughput (sentences/s) over ``--sentences`` STS-B dev sentences, batch 32, best of ``--repeats`` timed
+  passes after a warm-up, as a ratio against the full model measured in the same process (early exit runs only the
+  first ``layer`` layers: :meth:`mmembed.backbone.Backbone.running_layers`).
+
+Goal (issue #8): at half the layers, >= 1.8x throughput and <= 5 points below the full model's Spearman.
+
+    python bench/elastic.py [--steps 60] [--trained out/starbucks-smollm2/final] [--out bench/elastic.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CONFIG = "recipes/configs/starbucks_smollm2.yaml"
+
+
+def train(args: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
+    cmd = [sys.executable, "recipes/simcse.py", "--config", CONFIG, "--max_steps", str(args.steps),
+           "--save_strategy", "no", "--output_dir", str(folder), "--eval_sts_file", "", "--disable_tqdm", "true",
+           "--train_file", str(DATA / "sick")]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"training failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
+    line = next(ln for ln in reversed(run.stdout.splitlines()) if ln.startswith("{'method'"))
+    return folder / "final", ast.literal_eval(line)
+
+
+def throughput(model, sentences: list[str], layer: int, repeats: int) -> float:
+    model.backbone.layer = layer
+    model.encode(sentences[:32], batch_size=32)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.encode(sentences, batch_size=32)
+        best = min(best, time.perf_counter() - start)
+    return len(sentences) / best
+
+
+def measure(path: str | None, cuts: list[tuple[int, int]], args: argparse.Namespace, speed: bool) -> dict:
+    import mmembed
+    from mmembed.eval.sts import read_sts_benchmark, spearman_of_pairs
+
+    first, second, gold = read_sts_benchmark(args.stsb_dev)
+    model = mmembed.load(path, template=mmembed.PromptTemplate(text="{text}\nSummarize the above text in one "
+                                                                      "word:")) if path is None else mmembed.load(path)
+    results = {}
+    for layer, dim in cuts:
+        model.backbone.layer = layer
+        model.truncate_dim = dim
+        spearman = spearman_of_pairs(model, first, second, gold)
+        results[(layer, dim)] = {"spearman": spearman}
+        print(f"  {'trained' if path else 'untrained'} {layer} x {dim}: STS-B dev {spearman:.2f}", flush=True)
+    if speed:
+        sentences = list(dict.fromkeys(first + second))[: args.sentences]
+        model.truncate_dim = None
+        for layer in sorted({layer for layer, _ in cuts}, reverse=True):
+            rate = throughput(model, sentences, layer, args.repeats)
+            for cut in cuts:
+                if cut[0] == layer:
+                    results[cut]["per_second"] = rate
+            print(f"  {layer} layers: {rate:.1f} sentences/s", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--trained", default=None, help="a Starbucks-trained model folder (skip training)")
+    parser.add_argument("--cuts", default="30x576,25x384,20x384,15x576,15x288,10x128,5x64",
+                        help="layer x dim settings; the first is the full model")
+    parser.add_argument("--sentences", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--stsb-dev", type=Path, default=DATA / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    args = parser.parse_args()
+    cuts = [tuple(int(x) for x in cut.split("x")) for cut in args.cuts.split(",")]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = {}
+        if args.trained is None:
+            print(f"training {CONFIG} for {args.steps} steps ...", flush=True)
+            trained, summary = train(args, Path(tmp) / "starbucks")
+        else:
+            trained = Path(args.trained)
+        after = measure(str(trained), cuts, args, speed=True)
+    before = measure(None, cuts, args, speed=False)
+    full = cuts[0]
+    import torch
+
+    trained_for = f", {summary['train_seconds']:.0f} s" if summary else ""
+    title = (f"Elastic early exit, SmolLM2-135M-Instruct, Starbucks training ({CONFIG}, {args.steps} steps"
+             f"{trained_for}); STS-B dev Spearman x 100; encode throughput over {args.sentences} STS-B dev "
+             f"sentences, batch 32, {torch.get_num_threads()} torch threads (`python bench/elastic.py`)")
+    lines = [title, "", "| layers x dim | STS-B dev | vs full | untrained | sentences/s | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for cut in cuts:
+        a, b = after[cut], before[cut]
+        lines.append(f"| {cut[0]} x {cut[1]} | {a['spearman']:.2f} | {a['spearman'] - after[full]['spearman']:+.2f} | "
+                     f"{b['spearman']:.2f} | {a['per_second']:.1f} | "
+                     f"{a['per_second'] / after[full]['per_second']:.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
