@@ -1,10 +1,11 @@
 """Rationale mode (GRACE): the model writes a rationale for its input, and the embedding pools input + rationale.
 
 :class:`RationaleConfig` is saved with the model (``mmembed_config.json``), so a GRACE model encodes the way it was
-trained. Decoding is deterministic: greedy (the default), never sampled, so the same input always gives the same
-embedding (the public GRACE evaluation samples at temperature 1.0, so its embeddings are random). Generation is
-batched with left padding; :func:`generate_rationales` works on token ids, so the rationale's exact tokens (ending
-in the model's end-of-turn token when it finished) are what the pooler sees, as in training.
+trained. Decoding is deterministic: greedy (the default) or contrastive search
+(:func:`~mmembed.generation.contrastive_search`), never sampled, so the same input always gives the same embedding
+(the public GRACE evaluation samples at temperature 1.0, so its embeddings are random). Generation is batched with
+left padding; :func:`generate_rationales` works on token ids, so the rationale's exact tokens (ending in the model's
+end-of-turn token when it finished) are what the pooler sees, as in training.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .generation import contrastive_search
+
 #: GRACE's system prompt (training, reward and evaluation), verbatim from its ``process_data.py``.
 GRACE_SYSTEM_PROMPT = ("Read and analyze the following text, then you need to provide your reasoning within "
                        "<think></think> tags. Finally, generate a comprehensive understanding of this text.")
 
-DECODINGS = ("greedy",)
+DECODINGS = ("greedy", "contrastive")
 
 
 @dataclass
@@ -31,13 +34,17 @@ class RationaleConfig:
 
     Args:
         max_new_tokens: the rationale's length limit (GRACE trains with up to 2048; short limits keep CPU runs fast).
-        decoding: ``"greedy"`` (deterministic).
+        decoding: ``"greedy"`` or ``"contrastive"`` (contrastive search; both deterministic).
         batch_size: prompts generated together.
+        penalty_alpha: contrastive search's degeneration-penalty weight alpha (``decoding="contrastive"`` only).
+        top_k: contrastive search's number of candidates per step (``decoding="contrastive"`` only).
     """
 
     max_new_tokens: int = 128
     decoding: str = "greedy"
     batch_size: int = 16
+    penalty_alpha: float = 0.6
+    top_k: int = 4
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -46,6 +53,11 @@ class RationaleConfig:
             raise ValueError(f"RationaleConfig.decoding={self.decoding!r}; choose one of {DECODINGS}.")
         if self.batch_size < 1:
             raise ValueError(f"RationaleConfig.batch_size={self.batch_size}; it must be at least 1.")
+        if not 0.0 <= self.penalty_alpha <= 1.0:
+            raise ValueError(f"RationaleConfig.penalty_alpha={self.penalty_alpha}; it must lie in [0, 1] (0.6 is "
+                             f"the usual value).")
+        if self.top_k < 1:
+            raise ValueError(f"RationaleConfig.top_k={self.top_k}; it must be at least 1 (4 to 8 are usual).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,11 +107,17 @@ def generate_rationales(model: nn.Module, tokenizer, prompts: Sequence[Sequence[
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens,
-                                       do_sample=False, num_beams=1, eos_token_id=stops, pad_token_id=pad,
-                                       synced_gpus=synced_gpus, temperature=None, top_p=None, top_k=None)
+            if config.decoding == "contrastive":
+                generated = contrastive_search(model, ids, mask, alpha=config.penalty_alpha, top_k=config.top_k,
+                                               max_new_tokens=config.max_new_tokens, eos_token_id=stops,
+                                               pad_token_id=pad, synced_gpus=synced_gpus)
+            else:
+                generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=config.max_new_tokens,
+                                           do_sample=False, num_beams=1, eos_token_id=stops, pad_token_id=pad,
+                                           synced_gpus=synced_gpus, temperature=None, top_p=None,
+                                           top_k=None)[:, width:]
             if start is not None:
-                out += [_until_stop(row, stops) for row in generated[:, width:].tolist()]
+                out += [_until_stop(row, stops) for row in generated.tolist()]
     finally:
         model.train(training)
     return out
@@ -115,5 +133,8 @@ def _until_stop(row: list[int], stops: list[int]) -> list[int]:
 
 def cache_key(prompt: Sequence[int], config: RationaleConfig) -> str:
     """Key of a prompt's rationale in the encode cache: its token ids and the decoding settings."""
-    text = repr((tuple(prompt), config.max_new_tokens, config.decoding))
+    settings: tuple = (config.max_new_tokens, config.decoding)
+    if config.decoding == "contrastive":
+        settings += (config.penalty_alpha, config.top_k)
+    text = repr((tuple(prompt), *settings))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -1,7 +1,14 @@
-"""Losses: contrastive InfoNCE (with cross-process gathering), gradient caching, MuCo's multi-turn losses."""
+"""Losses: contrastive InfoNCE (with cross-process gathering), gradient caching, MuCo's multi-turn losses, and the
+sentence-embedding methods' objectives (elastic, distillation, DefSent+ entry classification, SimCTG)."""
 
 from .contrastive import ContrastiveLoss, InfoNCELoss
+from .defsent import EntryClassificationLoss
+from .distill import DistillationLoss
+from .elastic import ElasticLoss
 from .gradcache import cached_embed
 from .multiturn import AuxiliaryContrastiveLoss, MultiTurnContrastiveLoss
+from .simctg import SimCTGLoss, isotropy, token_contrastive_loss
 
-__all__ = ["AuxiliaryContrastiveLoss", "ContrastiveLoss", "InfoNCELoss", "MultiTurnContrastiveLoss", "cached_embed"]
+__all__ = ["AuxiliaryContrastiveLoss", "ContrastiveLoss", "DistillationLoss", "ElasticLoss", "EntryClassificationLoss",
+           "InfoNCELoss", "MultiTurnContrastiveLoss", "SimCTGLoss", "cached_embed", "isotropy",
+           "token_contrastive_loss"]
