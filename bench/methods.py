@@ -8,7 +8,9 @@ batch, learning rate and seed, in a process of its own:
 - data: SICK train (``../shared/data/sick``): its NLI triplets for ``sup`` (and ``sup+mask``, MultiCSR's
   reference masking at 0.95), its distinct sentences for ``unsup``, ``esimcse``, ``debcse`` and ``whitened``;
   ``ccp`` needs documents, so it trains on WordNet entries (definition + usage examples as one document, the part
-  of speech as the memory-bank group; ``../shared/data/wordnet/definitions.jsonl``);
+  of speech as the memory-bank group; ``../shared/data/wordnet/definitions.jsonl``); ``defsent`` (DefSent+, issue
+  #8) runs ``recipes/defsent.py`` with ``recipes/configs/defsent_smollm2.yaml`` on 2,000 WordNet entries, two
+  stages of the same steps each (its table row says so);
 - score: STS-B dev Spearman x 100 of the exported model (cosine, SentEval protocol); checkpoints are never chosen on
   test data.
 
@@ -47,7 +49,11 @@ METHODS = {  # name -> extra recipe arguments
     "whitened": ["--method", "whitened", "--whitening_groups", "144"],  # groups of 4 channels: < batch 16 / 4
     "ccp": ["--method", "ccp", "--train_format", "documents"],
 }
-DATA_NOTE = {"sup": "SICK triplets", "sup+mask": "SICK triplets", "ccp": "WordNet entries"}
+#: methods trained by another recipe: name -> (recipe, config); they read their own data (no --train_file)
+RECIPES = {"defsent": ("recipes/defsent.py", "recipes/configs/defsent_smollm2.yaml")}
+METHODS["defsent"] = []
+DATA_NOTE = {"sup": "SICK triplets", "sup+mask": "SICK triplets", "ccp": "WordNet entries",
+             "defsent": "WordNet definitions (2 stages of the step budget)"}
 
 
 def wordnet_documents(path: Path, out: Path, limit: int) -> Path:
@@ -64,11 +70,14 @@ def wordnet_documents(path: Path, out: Path, limit: int) -> Path:
 
 
 def run_method(name: str, extra: list[str], args: argparse.Namespace, folder: Path, before: bool) -> dict:
-    cmd = [sys.executable, "recipes/simcse.py", "--config", CONFIG, *extra,
+    recipe, config = RECIPES.get(name, ("recipes/simcse.py", CONFIG))
+    cmd = [sys.executable, recipe, "--config", config, *extra,
            "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
            "--learning_rate", str(args.lr), "--seed", str(args.seed), "--save_strategy", "no",
            "--output_dir", str(folder / name), "--eval_sts_file", str(args.stsb_dev), "--disable_tqdm", "true"]
-    if "--train_format" not in extra:
+    if name in RECIPES:
+        pass
+    elif "--train_format" not in extra:
         cmd += ["--train_file", str(args.sick)]
     else:
         cmd += ["--train_file", str(args.documents)]

@@ -197,9 +197,10 @@ class Embedder(nn.Module):
         (:mod:`mmembed.prefix_cache`). Encoding runs in eval mode (no dropout: the same input always gives the same
         embedding, also during training), and the model's mode is restored afterwards.
 
-        In rationale mode (``self.rationale``) each text input's rationale is generated first (greedy) and pooled
-        with it; rationales are cached by input (``cache_rationales``; :meth:`clear_rationale_cache` after changing
-        the weights), and ``return_rationales=True`` returns ``(embeddings, rationale strings)``.
+        In rationale mode (``self.rationale``) each text input's rationale is generated first (greedy or contrastive
+        search, deterministic either way) and pooled with it; rationales are cached by input (``cache_rationales``;
+        :meth:`clear_rationale_cache` after changing the weights), and ``return_rationales=True`` returns
+        ``(embeddings, rationale strings)``.
         """
         items, single = to_items(inputs)
         backbone = self.backbone
