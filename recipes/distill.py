@@ -11,7 +11,8 @@ Teacher scores are computed once, before training, and cached in ``teacher_score
 Data (``--train_format``): ``stsb`` (an STS-B csv; gold score / 5 as the ``cosine`` task's target),
 ``sick_relatedness`` (SICK folder or ``SICK_train.txt``; (relatedness - 1) / 4), ``teacher_scores`` (a teacher-score
 file: its pairs and scores), or the trainer's formats (``pairs``, ``triplets``, ``sick``: positive pairs for
-``--task infonce``). At the end the model is saved and, with ``eval_sts_file``, scored on STS-B (Spearman x 100);
+``--task infonce``). Graded files mix: ``--train_file a.csv,sick --train_format stsb,sick_relatedness``.
+``--task cosent`` ranks a batch's pairs by their gold scores (CoSENT) instead of regressing on them. At the end the model is saved and, with ``eval_sts_file``, scored on STS-B (Spearman x 100);
 ``distill_eval_pairs`` training pairs measure the student's MSE to the teacher before and after training.
 
     accelerate launch recipes/distill.py --config recipes/configs/distill_smollm2.yaml
@@ -92,8 +93,14 @@ def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
     """The rows to train on (``teacher_scores`` format: already carrying their ``teacher_score``)."""
     if data.train_file is None:
         raise ValueError("no training data: set train_file (and train_format).")
-    if data.train_format in GRADED_FORMATS:
-        rows = graded_rows(data.train_file, data.train_format)
+    formats = data.train_format.split(",")
+    if set(formats) <= set(GRADED_FORMATS):  # graded files may be mixed: one format per comma-separated file
+        files = data.train_file.split(",")
+        formats = formats * len(files) if len(formats) == 1 else formats
+        if len(formats) != len(files):
+            raise ValueError(f"{len(files)} train files but {len(formats)} train formats: give one format, or one "
+                             f"per file.")
+        rows = [row for file, fmt in zip(files, formats) for row in graded_rows(file, fmt)]
     elif data.train_format == "teacher_scores":
         scores = ts.read_teacher_scores(data.train_file, args.teacher_name)
         rows = [{"anchor": _side(a), "positive": _side(b), "teacher_score": s} for (a, b), s in scores.items()]
@@ -102,8 +109,8 @@ def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
     rows = rows[: data.max_train_samples] if data.max_train_samples else rows
     if not rows:
         raise ValueError(f"{data.train_file}: no training rows.")
-    if args.task == "cosine" and args.alpha < 1 and any("score" not in r for r in rows):
-        raise ValueError(f"task cosine needs a gold score per row: train_format {data.train_format!r} has none; use "
+    if args.task in ("cosine", "cosent") and args.alpha < 1 and any("score" not in r for r in rows):
+        raise ValueError(f"task {args.task} needs a gold score per row: train_format {data.train_format!r} has none; use "
                          f"stsb or sick_relatedness, task infonce (positive pairs), or alpha 1.")
     return rows
 

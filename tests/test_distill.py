@@ -34,6 +34,13 @@ def hand_loss(q: np.ndarray, p: np.ndarray, teacher: list[float], gold: list[flo
     distill = float(np.mean((cos - np.array(teacher)) ** 2))
     if task == "cosine":
         task_value = float(np.mean((cos - np.array(gold)) ** 2))
+    elif task == "cosent":  # log(1 + sum over gold_i > gold_j of exp(20 (cos_j - cos_i))), as a plain loop
+        total = 1.0
+        for i in range(len(cos)):
+            for j in range(len(cos)):
+                if gold[i] > gold[j]:
+                    total += math.exp(20.0 * (cos[j] - cos[i]))
+        task_value = math.log(total)
     else:  # InfoNCE: query i against [all positives; all negatives] / tau, target column i
         candidates = pn if nn is None else np.concatenate([pn, nn])
         losses = []
@@ -45,7 +52,7 @@ def hand_loss(q: np.ndarray, p: np.ndarray, teacher: list[float], gold: list[flo
     return {"loss": loss, "task": task_value, "distill": distill}
 
 
-@pytest.mark.parametrize("task", ["infonce", "cosine"])
+@pytest.mark.parametrize("task", ["infonce", "cosine", "cosent"])
 @pytest.mark.parametrize("alpha", [0.5, 0.0, 1.0])
 def test_loss_equals_hand_computation(task, alpha):
     torch.manual_seed(0)
@@ -76,7 +83,7 @@ def _rows(with_negative: bool = False) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("task", ["infonce", "cosine"])
+@pytest.mark.parametrize("task", ["infonce", "cosine", "cosent"])
 def test_forward_on_a_real_model_matches_the_hand_computation(task, qwen2_path):
     """The collator's columns through a tiny model: the loss is the hand formula on the model's own embeddings
     (InfoNCE with the rows' hard negatives), and gradients reach the model."""
@@ -103,8 +110,9 @@ def test_loss_errors_name_the_bad_input():
         DistillationLoss(model, alpha=1.0).from_embeddings(q, p, teacher_scores=torch.tensor([3.0, 0.2]))
     with pytest.raises(ValueError, match="one score per"):
         DistillationLoss(model, alpha=1.0).from_embeddings(q, p, teacher_scores=torch.tensor([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match="gold 'score'"):
-        DistillationLoss(model, task="cosine").forward({}, {}, teacher_scores=torch.zeros(2))
+    for task in ("cosine", "cosent"):
+        with pytest.raises(ValueError, match="gold 'score'"):
+            DistillationLoss(model, task=task).forward({}, {}, teacher_scores=torch.zeros(2))
     with pytest.raises(ValueError, match="one positive per row"):
         DistillationLoss(model, alpha=1.0).from_embeddings(q, torch.randn(4, 4), teacher_scores=torch.zeros(2))
     with pytest.raises(ValueError, match="alpha=1"):
@@ -273,3 +281,28 @@ def test_graded_pairs_map_gold_scores_to_the_unit_interval():
     rows = recipe.graded_rows(str(sick), "sick_relatedness")
     assert rows[0]["score"] == pytest.approx((float(fields[3]) - 1) / 4)
     assert all(0.0 <= r["score"] <= 1.0 for r in rows)
+
+
+def test_cosent_ignores_ties_and_is_zero_free_when_all_gold_scores_are_equal():
+    """Pairs with equal gold scores add no term: with one gold value the loss is log(1) = 0; a correctly ordered,
+    well separated batch has a loss near 0, the reversed order a large one."""
+    from mmembed.losses.distill import cosent
+
+    cos = torch.tensor([0.9, 0.5, 0.1])
+    assert float(cosent(cos, torch.tensor([0.3, 0.3, 0.3]))) == 0.0
+    assert float(cosent(cos, torch.tensor([1.0, 0.5, 0.0]))) < 1e-3
+    reversed_order = float(cosent(cos, torch.tensor([0.0, 0.5, 1.0])))
+    assert reversed_order == pytest.approx(math.log(1 + 2 * math.exp(8.0) + math.exp(16.0)), rel=1e-6)
+
+
+def test_graded_files_mix_with_one_format_each(tmp_path):
+    recipe = _recipe()
+    data = ROOT.parent / "shared" / "data"
+    stsb = data / "senteval" / "STS" / "STSBenchmark" / "sts-train.csv"
+    args = recipe.DistillArguments(task="cosent")
+    mixed = recipe.training_rows(recipe.DataArguments(train_file=f"{stsb},{data / 'sick'}",
+                                                      train_format="stsb,sick_relatedness"), args)
+    assert len(mixed) == len(recipe.graded_rows(str(stsb), "stsb")) + len(recipe.graded_rows(str(data / "sick"),
+                                                                                              "sick_relatedness"))
+    with pytest.raises(ValueError, match="2 train files but 3 train formats"):
+        recipe.training_rows(recipe.DataArguments(train_file=f"{stsb},{stsb}", train_format="stsb,stsb,stsb"), args)

@@ -161,3 +161,39 @@ def test_long_inputs_keep_special_tokens_like_sentence_transformers():
     reference = SentenceTransformer(str(gt.get_model_path()), device="cpu")
     assert ours.backbone.max_length == reference.max_seq_length == 256
     assert _cos(ours.encode([long_text]), reference.encode([long_text]))[0] > 0.9999
+
+
+def test_adapter_folder_moves_to_another_base_path_and_training_goes_on_from_it(qwen2_path, tmp_path):
+    """``base_model=`` puts an adapter-only folder on a copy of its base (the recorded path is gone, or was never
+    recorded, as for the packaged default adapter); ``init_adapter`` makes a recipe go on training that adapter."""
+    import shutil
+
+    from mmembed.errors import ModelNotFoundError
+    from mmembed.train.arguments import ModelArguments
+    from mmembed.train.build import build_embedder
+
+    model = _with_random_lora(mmembed.load(str(qwen2_path), dtype="float32", pooling="mean"))
+    model.save(tmp_path / "adapter", adapter_only=True)
+    expected = model.encode(TEXTS)
+    moved = tmp_path / "moved-base"
+    shutil.copytree(qwen2_path, moved)
+    config_file = tmp_path / "adapter" / "mmembed_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model"] = None  # no recorded base: it must be given
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ModelNotFoundError, match="base_model="):
+        mmembed.load(str(tmp_path / "adapter"))
+    reloaded = mmembed.load(str(tmp_path / "adapter"), base_model=str(moved))
+    assert reloaded.backbone.name_or_path == str(moved) and reloaded.pooler.mode == "mean"
+    assert np.abs(reloaded.encode(TEXTS) - expected).max() < 1e-5
+    with pytest.raises(ValueError, match="adapter-only folder"):
+        mmembed.load(str(qwen2_path), base_model=str(moved))
+
+    args = ModelArguments(model_name_or_path=str(qwen2_path), pooling="mean", init_adapter=str(tmp_path / "adapter"))
+    trained = build_embedder(args)
+    trainable = {n for n, p in trained.backbone.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    saved = {n for n, _ in model.backbone.model.named_parameters() if "lora_" in n}
+    assert trainable == saved  # the same adapter (rank, modules), now trainable
+    trained.eval()
+    assert np.abs(trained.encode(TEXTS) - expected).max() < 1e-5

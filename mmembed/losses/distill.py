@@ -16,6 +16,9 @@ Task losses (``task``):
   negatives (and hard negatives when the rows have them): each row must be a positive pair.
 - ``"cosine"``: ``mean((s_i - y_i)^2)`` against a gold score ``y_i`` (the row's ``score``, collated as ``scores``;
   same range as the teacher's), for graded pairs such as STS-B or SICK-R, where many rows are not positives.
+- ``"cosent"``: CoSENT (Su 2022, the ranking loss AnglE and sentence-transformers' ``CoSENTLoss`` use):
+  ``log(1 + sum over pairs with y_i > y_j of exp(scale * (s_j - s_i)))``, scale 20: only the order of the gold
+  scores matters, which is what STS's Spearman measures.
 - ``"none"``: distillation only (needs ``alpha = 1``; with ``alpha = 1`` any task is skipped).
 """
 
@@ -28,7 +31,8 @@ from torch import Tensor, nn
 from .contrastive import ContrastiveLoss, InfoNCELoss
 
 ALPHA = 0.5  # DSE's distillation_coeff
-TASKS = ("infonce", "cosine", "none")
+TASKS = ("infonce", "cosine", "cosent", "none")
+COSENT_SCALE = 20.0
 SCORE_RANGE = (-1.0, 1.0)
 _TOLERANCE = 1e-3  # float32 cosines may pass 1 by a rounding error
 
@@ -45,6 +49,15 @@ def check_scores(values: Tensor, rows: int, name: str) -> Tensor:
         raise ValueError(f"{name} must be cosine-like scores in [{low:g}, {high:g}] (a cross-encoder's sigmoid gives "
                          f"[0, 1]), got {value:g}: rescale them first (e.g. an STS 0-5 score / 5).")
     return values
+
+
+def cosent(cosine: Tensor, gold: Tensor, scale: float = COSENT_SCALE) -> Tensor:
+    """CoSENT: ``log(1 + sum_{y_i > y_j} exp(scale * (s_j - s_i)))`` over the rows' cosines ``s`` and gold ``y``
+    (0 when all gold scores are equal)."""
+    differences = scale * (cosine[None, :] - cosine[:, None])  # [i, j] = scale * (s_j - s_i)
+    ordered = gold[:, None] > gold[None, :]
+    terms = torch.cat([differences.new_zeros(1), differences[ordered]])
+    return torch.logsumexp(terms, dim=0)
 
 
 class DistillationLoss(ContrastiveLoss):
@@ -86,8 +99,8 @@ class DistillationLoss(ContrastiveLoss):
         if self.alpha > 0.0 and teacher_scores is None:
             raise ValueError("the distillation loss needs teacher scores: give every row a 'teacher_score' (see "
                              "mmembed.data.teacher_scores), or set alpha=0 for the task loss alone.")
-        if self.uses_task and self.task == "cosine" and scores is None:
-            raise ValueError("task='cosine' needs a gold 'score' on every row (in [-1, 1]); use task='infonce' for "
+        if self.uses_task and self.task in ("cosine", "cosent") and scores is None:
+            raise ValueError(f"task={self.task!r} needs a gold 'score' on every row (in [-1, 1]); use task='infonce' for "
                              "positive pairs, or alpha=1 for distillation alone.")
         if self.uses_task and self.task == "infonce":
             q, p, n, keys = self.embed_columns(anchor, positive, negative)
@@ -114,7 +127,7 @@ class DistillationLoss(ContrastiveLoss):
                 out.update(engine)
             else:
                 gold = check_scores(scores.to(cosine.device), b, "scores")
-                task = (cosine - gold).pow(2).mean()
+                task = cosent(cosine, gold) if self.task == "cosent" else (cosine - gold).pow(2).mean()
             loss = loss + (1.0 - self.alpha) * task
             out["task"] = task.detach()
         if teacher_scores is not None:

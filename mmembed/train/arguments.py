@@ -25,6 +25,9 @@ class ModelArguments:
     dtype: str = field(default="float32", metadata={"help": "weights dtype (bf16 training: also set --bf16)"})
     max_length: int | None = field(default=None, metadata={"help": "max tokens per input"})
     lora: bool = field(default=True, metadata={"help": "train a LoRA adapter on the language model"})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "go on training this LoRA adapter folder (an earlier stage's adapter-only save) instead of a new "
+                "one; its rank and target modules replace lora_r / lora_target_modules"})
     lora_r: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.05

@@ -9,6 +9,7 @@ from .. import lora
 from ..data.collator import ContrastiveCollator
 from ..data.dataset import to_dataset
 from ..data.formats import READERS, read_sentences, read_sick_triplets
+from ..defaults import base_model
 from ..embedder import Embedder
 from ..inputs import PromptTemplate
 from ..losses import ContrastiveLoss, InfoNCELoss
@@ -43,15 +44,19 @@ def attach_lora(embedder: Embedder, args: ModelArguments, trainable_token_indice
 
 def build_embedder(args: ModelArguments, **load_options) -> Embedder:
     """Load the backbone with the template and pooler of ``args`` (and ``load_options`` for ``mmembed.load``, e.g.
-    ``rationale=``); attach a trainable LoRA adapter."""
+    ``rationale=``); attach a trainable LoRA adapter (a new one, or ``init_adapter`` to go on training)."""
     import mmembed
 
     template = PromptTemplate(text=args.template_text, image=args.template_image, text_image=args.template_text_image,
                               chat=args.chat, system=args.system_prompt, response=args.template_response)
     pooling = pooling_config(args.pooling)
-    embedder = mmembed.load(args.model_name_or_path, template=template, pooling=pooling, dtype=args.dtype,
-                            max_length=args.max_length, device="cpu", **load_options)
-    if args.lora:
+    embedder = mmembed.load(args.model_name_or_path or base_model(), template=template, pooling=pooling,
+                            dtype=args.dtype, max_length=args.max_length, device="cpu", **load_options)
+    if args.init_adapter is not None:
+        for p in embedder.backbone.model.parameters():
+            p.requires_grad_(False)
+        embedder.backbone.model = lora.load_adapter(embedder.backbone.model, args.init_adapter, is_trainable=True)
+    elif args.lora:
         attach_lora(embedder, args)
     embedder.backbone.model.train()
     return embedder

@@ -20,6 +20,7 @@ import numpy as np
 from ..data.collator import content_key
 from ..data.dataset import to_dataset
 from ..data.multiturn import EMB_TOKEN, MASK_TOKEN, SYSTEM, AuxiliaryCollator, MultiTurnCollator
+from ..defaults import base_model
 from ..embedder import Embedder
 from ..inputs import PromptTemplate
 from ..losses import AuxiliaryContrastiveLoss, InfoNCELoss, MultiTurnContrastiveLoss
@@ -80,7 +81,7 @@ def build_muco_trainer(model_args: ModelArguments, data_args: DataArguments,
     template = PromptTemplate(text=model_args.template_text, image=model_args.template_image,
                               text_image=model_args.template_text_image, chat=True, system=system, response=EMB_TOKEN)
     # pooled at the last token until <|emb|> exists (prepare_embedder adds it and switches the pooler)
-    embedder = mmembed.load(model_args.model_name_or_path, template=template, pooling="last", dtype=model_args.dtype,
+    embedder = mmembed.load(model_args.model_name_or_path or base_model(), template=template, pooling="last", dtype=model_args.dtype,
                             max_length=model_args.max_length, device="cpu")
     prepare_embedder(embedder, model_args, args)
     info_nce = InfoNCELoss(temperature=training_args.temperature, learnable_temperature=training_args.learnable_temperature,

