@@ -63,12 +63,13 @@ def throughputs(model, sentences: list[str], layers: list[int], repeats: int) ->
 
 def measure(path: str | None, cuts: list[tuple[int, int]], args: argparse.Namespace, speed: bool) -> dict:
     import mmembed
+    from mmembed.defaults import base_model
     from mmembed.eval.sts import read_sts_benchmark, spearman_of_pairs
 
     first, second, gold = read_sts_benchmark(args.stsb_dev)
     if path is None:  # the untrained model, embedding the way the config trains it
         config = yaml.safe_load((ROOT / CONFIG).read_text())
-        model = mmembed.load(None, template=mmembed.PromptTemplate(text=config["template_text"]),
+        model = mmembed.load(base_model(), template=mmembed.PromptTemplate(text=config["template_text"]),
                              pooling=config["pooling"])
     else:
         model = mmembed.load(path)

@@ -68,7 +68,7 @@ def smollm2_folder() -> Path:
     if not (folder / "modules.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        model = mmembed.load(None, template=mmembed.PromptTemplate(), pooling="last", normalize=True,
+        model = mmembed.load(gguf_path(), template=mmembed.PromptTemplate(), pooling="last", normalize=True,
                              dtype="float32", device="cpu")
         model.save(tmp)
         if not (tmp / "modules.json").is_file():

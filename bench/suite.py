@@ -20,7 +20,7 @@ Benchmarks (``--only`` takes a comma-separated subset, in this order):
 - ``grace``: ``bench/grace.py``, the GRACE GRPO step split into generation / reward / update;
 - ``elastic``: the throughput half of ``bench/elastic.py`` only. That script always trains a model (60 steps) unless
   ``--trained`` is given, and always scores STS-B, so the suite calls its ``throughputs`` on the untrained default
-  model (``mmembed.load(None)`` with the Starbucks config's template and pooling) at 30 (full) / 20 / 15 / 10 layers
+  model (``mmembed.load(base_model())``, the Starbucks template and pooling) at 30 (full) / 20 / 15 / 10 layers
   in a subprocess (this script with ``--elastic-worker``); the quality numbers are in ``bench/elastic.md``;
 - ``retrieval``: ``bench/retrieval.py``, exact top-k from disk (mmembed) vs a full in-RAM matmul vs faiss.
 
@@ -242,11 +242,12 @@ def elastic_worker(sentences: int, repeats: int) -> None:
     import yaml
 
     import mmembed
+    from mmembed.defaults import base_model
     from mmembed.eval.sts import read_sts_benchmark
 
     first, second, _ = read_sts_benchmark(STSB_DEV)
     config = yaml.safe_load((ROOT / elastic.CONFIG).read_text())
-    model = mmembed.load(None, template=mmembed.PromptTemplate(text=config["template_text"]),
+    model = mmembed.load(base_model(), template=mmembed.PromptTemplate(text=config["template_text"]),
                          pooling=config["pooling"])
     texts = list(dict.fromkeys(first + second))[:sentences]
     rates = elastic.throughputs(model, texts, list(ELASTIC_LAYERS), repeats)
