@@ -95,6 +95,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--encode-batch", type=int, default=256)
     parser.add_argument("--encode-rows", type=int, default=4096)
+    parser.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast around forward and backward, as Trainer(bf16=True) runs (default: on CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each decoder layer (nn.Module.compile; compilation happens in the warm-up)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (default: by name)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args()
@@ -104,9 +108,16 @@ def main() -> int:
     from mmembed.losses import ContrastiveLoss, InfoNCELoss
 
     cuda = args.device.startswith("cuda")
+    if args.autocast is None:
+        args.autocast = cuda
+    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.autocast)
     card = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in card), None)
     embedder = build(args)
+    if args.compile:
+        parent, attribute = embedder.backbone.layer_stack()
+        for layer in getattr(parent, attribute):
+            layer.compile()
     text = embedder.backbone.config.get_text_config()
     n_params = language_matrix_params(embedder)
     loss_fn = ContrastiveLoss(embedder, InfoNCELoss(temperature=0.02),
@@ -123,7 +134,8 @@ def main() -> int:
                  "positive": rows(args.batch, args.seq_len, text.vocab_size, args.device, 2 * i + 1)}
         sync()
         start = time.perf_counter()
-        out = loss_fn(**batch)
+        with autocast:  # as Trainer(bf16=True): the forward under autocast, backward outside
+            out = loss_fn(**batch)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -141,7 +153,8 @@ def main() -> int:
     tokens = 2 * args.batch * args.seq_len
     attention = 4 * text.num_hidden_layers * args.seq_len * text.hidden_size  # QK^T + AV, not halved for causality
     flops = tokens * (4 * n_params + 3 * attention)
-    result = {"card": card, "layers": text.num_hidden_layers, "batch": args.batch, "mini_batch": args.mini_batch,
+    result = {"card": card, "compiled": args.compile, "autocast": args.autocast, "layers": text.num_hidden_layers,
+              "batch": args.batch, "mini_batch": args.mini_batch,
               "seq_len": args.seq_len, "step_seconds": round(seconds, 3),
               "samples_per_second": round(args.batch / seconds, 1),
               "tokens_per_second": round(tokens / seconds), "peak_train_memory_mb": round(peak_memory) if cuda else None,
@@ -150,7 +163,7 @@ def main() -> int:
 
     embedder.eval()
     encode_rows = rows(args.encode_rows, args.seq_len, text.vocab_size, args.device, 999)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         def encode_all() -> float:
             sync()
             start = time.perf_counter()

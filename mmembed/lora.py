@@ -110,7 +110,12 @@ def attach(model: nn.Module, config) -> nn.Module:
 
 
 def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = False) -> nn.Module:
-    """Put the PEFT adapter saved in folder ``adapter`` on ``model``; raise if it belongs to another base model."""
+    """Put the PEFT adapter saved in folder ``adapter`` on ``model``; raise if it belongs to another base model.
+
+    For inference the adapter's weights take the base layers' dtype (bfloat16 on a bfloat16 base); PEFT's default
+    upcasts them to float32, which on a GPU runs every LoRA product as a float32 GEMM and made bfloat16 encoding
+    2.3x slower (Qwen2-VL-2B on an H200, ``bench/RESULTS.md``). A trainable adapter keeps float32 master weights.
+    """
     from peft import PeftModel
 
     adapter = Path(adapter)
@@ -126,7 +131,8 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
+            wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable,
+                                                 autocast_adapter_dtype=is_trainable)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {exc}\n{hint}") from exc
     missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]

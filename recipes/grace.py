@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     parser = TrlParser((ModelArguments, GraceArguments, GRPOConfig))
-    parser.set_defaults(**GRPO_DEFAULTS, **distributed.training_defaults(), bf16=distributed.bf16_available(), chat=True,
+    parser.set_defaults(**GRPO_DEFAULTS, **distributed.training_defaults(), chat=True,
                         system_prompt=GRACE_SYSTEM_PROMPT, pooling="mean_excluding_prefix")
     model_args, grace_args, training_args = parser.parse_args_and_config(argv)
     rationale = RationaleConfig(max_new_tokens=grace_args.rationale_max_tokens or training_args.max_completion_length)

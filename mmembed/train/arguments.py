@@ -22,7 +22,8 @@ class ModelArguments:
         "help": "fixed assistant reply after each input (with chat), e.g. <|emb|> for special-token pooling"})
     pooling: str = field(default="last", metadata={"help": "last, mean, mean_excluding_prefix, cls, or "
                                                            "special_token:<token> (e.g. special_token:<|emb|>)"})
-    dtype: str = field(default="float32", metadata={"help": "weights dtype (bf16 training: also set --bf16)"})
+    dtype: str = field(default="float32", metadata={"help": "weights dtype; bf16 autocast (--bf16) is on by default "
+                                                               "where a CUDA device supports it"})
     max_length: int | None = field(default=None, metadata={"help": "max tokens per input"})
     lora: bool = field(default=True, metadata={"help": "train a LoRA adapter on the language model"})
     init_adapter: str | None = field(default=None, metadata={
