@@ -115,9 +115,7 @@ def main() -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in card), None)
     embedder = build(args)
     if args.compile:
-        parent, attribute = embedder.backbone.layer_stack()
-        for layer in getattr(parent, attribute):
-            layer.compile()
+        embedder.backbone.compile_layers()
     text = embedder.backbone.config.get_text_config()
     n_params = language_matrix_params(embedder)
     loss_fn = ContrastiveLoss(embedder, InfoNCELoss(temperature=0.02),

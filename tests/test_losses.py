@@ -196,3 +196,22 @@ def test_collator_keeps_the_template_end_of_long_inputs(qwen2_path):
     decoded = embedder.backbone.tokenizer.decode(ids)
     assert decoded.startswith("<|im_start|>user\nthe quick")
     assert decoded.endswith("Summarize the above text in one word:<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_compiled_layers_give_the_gradients_of_eager_layers(qwen2_path):
+    """``Backbone.compile_layers`` (the recipes' ``--compile_layers``) changes speed, not results: gradient-cached
+    training through compiled layers gives the uncached eager loss and LoRA gradients."""
+    template = PromptTemplate(chat=True)
+    eager = _loss_with_lora(qwen2_path, template)
+    batch = ContrastiveCollator(eager.model.backbone)(_rows())
+    reference = _grads(eager, batch)
+    compiled = _loss_with_lora(qwen2_path, template, mini_batch_size=3)
+    backbone = compiled.model.backbone
+    assert backbone.compile_layers() == backbone.num_layers
+    parent, name = backbone.layer_stack()
+    assert all(layer._compiled_call_impl is not None for layer in getattr(parent, name))
+    (loss, grads), (loss_ref, grads_ref) = _grads(compiled, batch), reference
+    assert grads.keys() == grads_ref.keys() and grads
+    assert torch.allclose(loss, loss_ref, rtol=1e-5, atol=0)
+    for key in grads:
+        assert (grads[key] - grads_ref[key]).norm() / grads_ref[key].norm() < 1e-4, key

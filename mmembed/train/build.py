@@ -58,6 +58,8 @@ def build_embedder(args: ModelArguments, **load_options) -> Embedder:
         embedder.backbone.model = lora.load_adapter(embedder.backbone.model, args.init_adapter, is_trainable=True)
     elif args.lora:
         attach_lora(embedder, args)
+    if args.compile_layers:
+        logger.info("compiled %d layers", embedder.backbone.compile_layers())
     embedder.backbone.model.train()
     return embedder
 
