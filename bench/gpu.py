@@ -9,7 +9,10 @@ LoRA r16 / alpha 32 on every linear layer of the language model, last-token pool
 
 One training step = ``--batch`` (query, positive) pairs through :class:`mmembed.losses.ContrastiveLoss` with
 gradient caching in mini-batches of ``--mini-batch`` (a no-grad pass over all rows, the InfoNCE loss over the whole
-batch, then a re-run of each mini-batch with gradients), then an AdamW step. Encode: ``Embedder.encode`` path without
+batch, then a re-run of each mini-batch with gradients), then an AdamW step; the forward runs under bf16 autocast
+as ``Trainer(bf16=True)`` does (the recipes' default on such a GPU; ``--no-autocast``: PEFT's float32 adapter weights
+then run every LoRA product in float32), ``--compile`` compiles each decoder layer (``Backbone.compile_layers``, the
+recipes' ``--compile_layers``). Encode: ``Embedder.encode`` path without
 tokenization (``Embedder.forward`` under ``inference_mode`` on padded batches of ``--encode-batch`` rows).
 
 MFU = model FLOPs / (step time x the card's dense bf16 peak). Model FLOPs of a LoRA step, per token: forward
@@ -19,6 +22,7 @@ token forward and twice that backward. Gradient caching's extra no-grad forward 
 (it lowers MFU; ``--mini-batch 0`` trains without caching, if the batch fits).
 
     python bench/gpu.py                       # on the GPU machine (defaults: batch 1024, mini-batch 128, 128 tokens)
+    python bench/gpu.py --compile --mini-batch 256   # the best row of bench/RESULTS.md (H200: MFU 28.2%)
     python bench/gpu.py --device cpu --layers 2 --batch 8 --mini-batch 4 --seq-len 16 --steps 1   # CPU smoke run
 """
 
