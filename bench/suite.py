@@ -22,7 +22,10 @@ Benchmarks (``--only`` takes a comma-separated subset, in this order):
   ``--trained`` is given, and always scores STS-B, so the suite calls its ``throughputs`` on the untrained default
   model (``mmembed.load(base_model())``, the Starbucks template and pooling) at 30 (full) / 20 / 15 / 10 layers
   in a subprocess (this script with ``--elastic-worker``); the quality numbers are in ``bench/elastic.md``;
-- ``retrieval``: ``bench/retrieval.py``, exact top-k from disk (mmembed) vs a full in-RAM matmul vs faiss.
+- ``retrieval``: ``bench/retrieval.py``, exact top-k from disk (mmembed) vs a full in-RAM matmul vs faiss;
+- ``gpu``: ``bench/gpu.py --compile --mini-batch 256``, the Qwen2-VL-2B LoRA training step at batch 1,024 (MFU) and
+  encode throughput; only where CUDA is available. Elsewhere its section says so and points to the recorded GPU
+  run, ``bench/RESULTS.md`` (``--resume`` never keeps such a skipped section).
 
 Settings: ``--quick`` uses small sizes for a smoke run (a few minutes per benchmark; its numbers only show that
 everything runs): encode ``--n 200 --repeats 1``; gradcache ``--steps 1`` and grace ``--steps 1 --prompts 1
@@ -83,6 +86,7 @@ class Benchmark:
     note: str | None = None  # why the full run does not use the script's defaults
     short_goal: str | None = None  # the goal in the summary table (default: ``goal`` up to its first " (")
     tiny_in_quick: bool = False  # --quick passes ``--model`` a tiny random Qwen2 (SmolLM2 is too slow for a smoke run)
+    needs_cuda: bool = False  # skipped (with a pointer to bench/RESULTS.md) where CUDA is unavailable
     progress: re.Pattern[str] = field(default_factory=lambda: re.compile(r"^(running .*\.\.\.|\s*$)"))
 
     def argv(self, quick: bool, tiny: Path | None) -> list[str]:
@@ -99,6 +103,7 @@ class Result:
     met: bool | None
     section: str
     quick: bool
+    skipped: bool = False  # a GPU benchmark not run for want of CUDA
 
 
 # ------------------------------------------------------------------------------------------------ headlines
@@ -171,6 +176,15 @@ def retrieval_headline(out: str) -> tuple[str, bool | None]:
     return text, None
 
 
+def gpu_headline(out: str) -> tuple[str, bool | None]:
+    lines = out.splitlines()
+    start = max(i for i, ln in enumerate(lines) if ln == "{")  # gpu.py prints its result as indented JSON, last
+    r = json.loads("\n".join(lines[start:]))
+    return (f"{r['card']}: MFU {100 * r['mfu']:.1f}%, {r['samples_per_second']} pairs/s, {r['tokens_per_second']} "
+            f"tokens/s, peak {r['peak_train_memory_mb']} MiB; encode {r['encode_tokens_per_second']} tokens/s"), \
+        r["mfu"] >= 0.35
+
+
 def safe_headline(bench: Benchmark, out: str) -> tuple[str, bool | None]:
     try:
         return bench.headline(out)
@@ -226,6 +240,14 @@ BENCHMARKS = [
         "exact top-10 of 1,000 queries against N random 768-d candidates: mmembed `topk_search` reading the pool "
         "from disk block by block vs a full in-RAM `queries @ pool.T` + `topk` vs faiss `IndexFlatIP`",
         None, [], ["--candidates", "100000"], retrieval_headline),
+    Benchmark(
+        "gpu", "bench/gpu.py",
+        "LoRA contrastive training of a real-size Qwen2-VL-2B config (random weights, bf16 autocast, compiled "
+        "layers) with gradient caching at global batch 1,024 x 128 tokens: pairs/s, tokens/s, peak GPU memory, MFU "
+        "against the card's dense bf16 peak; encode throughput",
+        "MFU >= 35% (issue #9)", ["--compile", "--mini-batch", "256"],
+        ["--layers", "2", "--batch", "64", "--mini-batch", "16", "--steps", "1", "--encode-rows", "512"],
+        gpu_headline, needs_cuda=True, progress=re.compile(r"^\s*$")),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -292,6 +314,24 @@ def tail(text: str, lines: int = 40, chars: int = 4000) -> str:
 
 def fence(text: str) -> str:
     return f"```text\n{text.rstrip()}\n```"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def skipped(bench: Benchmark, quick: bool) -> Result:
+    """The section of a GPU benchmark on a machine without CUDA: what it would run, and where the last run is."""
+    recorded = BENCH / "RESULTS.md"
+    where = ("the recorded GPU run is in `bench/RESULTS.md`" if recorded.is_file()
+             else "no GPU run is recorded yet (`bench/RESULTS.md`)")
+    section = "\n".join([f"## {bench.name}", "", f"Compares: {bench.compares}.", "", f"Goal: {bench.goal}.", "",
+                          f"Command: `{sh(bench.argv(quick, None))}`", "",
+                          f"Not run: CUDA is unavailable on this machine; {where}."])
+    return Result(bench.name, True, 0.0, "not run here (no CUDA); see bench/RESULTS.md", None, section, quick,
+                  skipped=True)
 
 
 def run_benchmark(bench: Benchmark, quick: bool, timeout: float | None, tiny: Path | None) -> Result:
@@ -399,7 +439,7 @@ def render(header: list[str], results: dict[str, Result], order: list[str], pend
     for name in order:
         if (r := results.get(name)) is not None:
             meta = {"name": r.name, "ok": r.ok, "seconds": r.seconds, "headline": r.headline, "met": r.met,
-                    "quick": r.quick}
+                    "quick": r.quick, "skipped": r.skipped}
             lines += ["", f"{RESULT_TAG}{json.dumps(meta)} -->", r.section]
     return "\n".join(lines) + "\n"
 
@@ -423,10 +463,20 @@ def previous_results(path: Path, quick: bool) -> dict[str, Result]:
             meta = json.loads(meta_text)
         except json.JSONDecodeError:
             continue
-        if meta.get("ok") and meta.get("quick") == quick and meta.get("name") in BY_NAME:
+        if meta.get("ok") and not meta.get("skipped") and meta.get("quick") == quick and meta.get("name") in BY_NAME:
             found[meta["name"]] = Result(meta["name"], True, meta["seconds"], meta["headline"], meta["met"],
                                          section.rstrip("\n"), quick)
     return found
+
+
+def measured_when(path: Path) -> str:
+    """`` (measured <date>, commit <commit>)`` from an earlier report's header: when its kept sections ran."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if m := re.search(r"^- Resumed: .*?( \(measured .*\))$", text, re.MULTILINE):
+        return m.group(1)  # a resumed report passes on when its sections were measured
+    date = re.search(r"^- Date: (.*)$", text, re.MULTILINE)
+    commit = re.search(r"^- Commit: (.*)$", text, re.MULTILINE)
+    return f" (measured {date.group(1)}, commit {commit.group(1)})" if date and commit else ""
 
 
 def main() -> int:
@@ -460,7 +510,7 @@ def main() -> int:
               (f"- Mode: {'--quick (smoke-run sizes, not for quoting)' if args.quick else 'full'}; benchmarks run "
                "one at a time, each in its own process, each measuring mmembed against its baseline in the same run")]
     if kept := [n for n in order if n in results]:
-        header.append(f"- Resumed: kept the earlier sections of {', '.join(kept)}")
+        header.append(f"- Resumed: kept the earlier sections of {', '.join(kept)}{measured_when(out)}")
     if not args.quick and "encode" in todo:
         header.append("- Not the scripts' defaults: encode (see its section)")
     suite_start = time.perf_counter()
@@ -472,7 +522,9 @@ def main() -> int:
 
             tiny = build_tiny_qwen2(Path(tmp) / "tiny_qwen2")
         for name in todo:
-            results[name] = run_benchmark(BY_NAME[name], args.quick, args.timeout, tiny)
+            bench = BY_NAME[name]
+            results[name] = skipped(bench, args.quick) if bench.needs_cuda and not cuda_available() else \
+                run_benchmark(bench, args.quick, args.timeout, tiny)
             write(out, render(header, results, order, [n for n in todo if n not in results]))
     total = time.perf_counter() - suite_start
     failed = [n for n in order if not results[n].ok]
