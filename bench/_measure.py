@@ -10,7 +10,7 @@ from pathlib import Path
 def proc_kb(key: str) -> int:
     """A ``/proc/self/status`` value in kB (0 where unavailable)."""
     try:
-        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
     except OSError:
         return 0
     return int(match.group(1)) if match else 0

@@ -87,13 +87,13 @@ def worker(args: argparse.Namespace) -> None:
         import mmembed
 
         model = mmembed.load(args.path, dtype=dtype, device=args.device)
-        encode = lambda texts: model.encode(texts, prompt=args.prompt, batch_size=args.batch_size,  # noqa: E731
+        encode = lambda texts: model.encode(texts, prompt=args.prompt, batch_size=args.batch_size,
                                             max_batch_tokens=None, show_progress_bar=False)
     else:
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(args.path, device=args.device, model_kwargs={"dtype": dtype})
-        encode = lambda texts: st.encode(texts, prompt=args.prompt, batch_size=args.batch_size,  # noqa: E731
+        encode = lambda texts: st.encode(texts, prompt=args.prompt, batch_size=args.batch_size,
                                          show_progress_bar=False, convert_to_numpy=True)
     cuda = torch.device(args.device).type == "cuda"
     encode(sentences[:32])  # warm-up
@@ -124,7 +124,7 @@ def run_worker(args: argparse.Namespace, library: str, path: Path, prompt: str |
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", library, "--path", str(path),
            "--sentences", str(sentences), "--out", str(out), "--device", args.device, "--dtype", args.dtype,
            "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd + (["--prompt", prompt] if prompt is not None else []), capture_output=True, text=True)
+    proc = subprocess.run(cmd + (["--prompt", prompt] if prompt is not None else []), capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         print(f"worker {library} on {path} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)

@@ -23,11 +23,11 @@ from trl import GRPOConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig  # noqa: E402
-from mmembed.train.arguments import ModelArguments  # noqa: E402
-from mmembed.train.build import build_embedder  # noqa: E402
-from mmembed.train.distributed import bf16_available  # noqa: E402
-from mmembed.train.grace import GRPO_DEFAULTS, GraceArguments, build_grace_trainer  # noqa: E402
+from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
+from mmembed.train.arguments import ModelArguments
+from mmembed.train.build import build_embedder
+from mmembed.train.distributed import bf16_available
+from mmembed.train.grace import GRPO_DEFAULTS, GraceArguments, build_grace_trainer
 
 SICK = ROOT.parent / "shared" / "data" / "sick"
 

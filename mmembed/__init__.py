@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .inputs import PromptTemplate
 
 
-def __getattr__(name: str) -> Any:  # lazy: `import mmembed` stays cheap
+def __getattr__(name: str) -> Any:  # lazy: `import mmembed` stays cheap, submodules load on first use
     if name == "Embedder":
         from .embedder import Embedder
 
@@ -24,7 +24,9 @@ def __getattr__(name: str) -> Any:  # lazy: `import mmembed` stays cheap
         from .inputs import PromptTemplate
 
         return PromptTemplate
-    raise AttributeError(f"module 'mmembed' has no attribute {name!r}")
+    from ._lazy import submodule
+
+    return submodule(__name__, name)  # mmembed.eval, mmembed.defaults, mmembed.rationale ... on first use
 
 
 def load(name_or_path: str | None = None, adapter: str | None = None, **options: Any) -> Embedder:
@@ -46,4 +48,4 @@ def encode(inputs: Any, **kwargs: Any) -> Any:
     return default_embedder().encode(inputs, **kwargs)
 
 
-__all__ = ["Embedder", "PromptTemplate", "encode", "load", "__version__"]
+__all__ = ["Embedder", "PromptTemplate", "__version__", "encode", "load"]

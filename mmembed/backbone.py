@@ -22,7 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from . import lora, tokens
-from .errors import InputError, ModelNotFoundError
+from .errors import ConfigError, InputError, ModelNotFoundError
 from .gguf import convert_gguf
 from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
 from .prefix_cache import SharedPrefix, common_prefix_length
@@ -44,7 +44,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
     except AttributeError:
         value = None
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'auto'.")
+        raise ConfigError(f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'auto'.")
     return value
 
 

@@ -1,4 +1,9 @@
-"""Exceptions raised by mmembed. Each message names the bad input and says how to fix it."""
+"""Exceptions raised by mmembed. Each message names the bad input and says how to fix it.
+
+Every user mistake (a bad input, file, config value or output path) raises a subclass of :class:`MMEmbedError`;
+the command line prints such an error as one line on stderr and exits with code 2 (``--debug`` shows the
+traceback), and recipes print it once.
+"""
 
 from __future__ import annotations
 
@@ -15,5 +20,27 @@ class ModelNotFoundError(MMEmbedError, FileNotFoundError):
     """A model or adapter path / hub id could not be found."""
 
 
+class ModelFolderError(MMEmbedError, ValueError):
+    """A model folder is incomplete or corrupt (a config file that does not parse, a missing key, unreadable
+    weights, missing tokenizer files); the message names the file and the key."""
+
+
 class AdapterMismatchError(MMEmbedError, ValueError):
     """A LoRA adapter does not fit the base model it was loaded onto."""
+
+
+class DataError(MMEmbedError, ValueError):
+    """A training or evaluation record that cannot be used; the message names its file and line."""
+
+
+class ConfigError(MMEmbedError, ValueError):
+    """A configuration value of the wrong type or out of range (checked when the config is parsed)."""
+
+
+class OutputPathError(MMEmbedError, ValueError):
+    """An output path that cannot be written (wrong suffix, missing or unwritable folder, a folder where a file is
+    expected); checked before any work starts."""
+
+
+class RunStateError(MMEmbedError, RuntimeError):
+    """A training run would overwrite or lose earlier work (e.g. an output folder that holds checkpoints)."""

@@ -54,7 +54,7 @@ class Pooler(nn.Module):
         """Whether the pooled result depends on the hidden states of the prompt prefix."""
         return True
 
-    def bind(self, tokenizer) -> None:  # noqa: B027 - optional hook
+    def bind(self, tokenizer) -> None:
         """Resolve token strings to ids once the tokenizer is known."""
 
     @staticmethod

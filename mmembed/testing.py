@@ -51,9 +51,9 @@ def build_tokenizer(specials: list[str], image_markup: str = "", vocab_size: int
 
 
 def _text_config(tokenizer, **overrides) -> dict:
-    config = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    config = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+              "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None}
     config.update(overrides)
     return config
 
@@ -115,7 +115,7 @@ def build_tiny_qwen2_vl(folder: str | Path, *, emb_token: bool = False, seed: in
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     return _build_qwen_vl(folder, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                          dict(embed_dim=32, hidden_size=64, mlp_ratio=2), emb_token, seed, initializer_range)
+                          {"embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2}, emb_token, seed, initializer_range)
 
 
 def build_tiny_qwen2_5_vl(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:
@@ -123,8 +123,8 @@ def build_tiny_qwen2_5_vl(folder: str | Path, *, emb_token: bool = False, seed: 
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     return _build_qwen_vl(folder, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                          dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, fullatt_block_indexes=[1],
-                               window_size=56), emb_token, seed)
+                          {"hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64,
+                           "fullatt_block_indexes": [1], "window_size": 56}, emb_token, seed)
 
 
 def build_tiny_llava(folder: str | Path, *, emb_token: bool = False, seed: int = 0) -> Path:

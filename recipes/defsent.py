@@ -46,6 +46,7 @@ from mmembed.losses.defsent import SIMILARITIES, EntryClassificationLoss, entry_
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder
+from mmembed.train.run import parse_recipe_args, run_recipe
 from mmembed.train.trainer import EmbeddingTrainer
 
 logger = logging.getLogger("defsent")
@@ -81,7 +82,7 @@ def _score(embedder, data_args: DataArguments) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = TrlParser((ModelArguments, DataArguments, DefSentArguments, ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
-    model_args, data_args, defsent_args, training_args = parser.parse_args_and_config(argv)
+    model_args, data_args, defsent_args, training_args = parse_recipe_args(parser, argv)
     if data_args.train_file is None:
         raise ValueError("no definitions: set train_file (e.g. ../shared/data/wordnet/definitions.jsonl).")
     if training_args.resume_from_checkpoint:
@@ -162,4 +163,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

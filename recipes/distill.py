@@ -39,6 +39,7 @@ from mmembed.losses.distill import ALPHA, TASKS, DistillationLoss
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder, read_rows
+from mmembed.train.run import parse_recipe_args, run_recipe
 from mmembed.train.trainer import EmbeddingTrainer
 
 logger = logging.getLogger("distill")
@@ -156,7 +157,7 @@ def teacher_mse(embedder, rows: list[dict]) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = TrlParser((ModelArguments, DataArguments, DistillArguments, ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
-    model_args, data_args, args, training_args = parser.parse_args_and_config(argv)
+    model_args, data_args, args, training_args = parse_recipe_args(parser, argv)
     rows = training_rows(data_args, args)
     with training_args.main_process_first(desc="teacher scores"):  # one process scores, the others read the cache
         rows, result = score_rows(rows, args, training_args)
@@ -196,4 +197,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

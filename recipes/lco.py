@@ -19,6 +19,7 @@ from mmembed.eval.sts import sts_benchmark_spearman
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_trainer
+from mmembed.train.run import parse_recipe_args, run_recipe
 
 logger = logging.getLogger("lco")
 
@@ -26,7 +27,7 @@ logger = logging.getLogger("lco")
 def main(argv: list[str] | None = None) -> dict:
     parser = TrlParser((ModelArguments, DataArguments, ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
-    model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    model_args, data_args, training_args = parse_recipe_args(parser, argv)
     trainer = build_trainer(model_args, data_args, training_args)
     result: dict = {}
     if data_args.eval_sts_file and data_args.eval_before_training and trainer.is_world_process_zero():
@@ -46,4 +47,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -22,6 +22,7 @@ from mmembed.eval.mmeb import evaluate_mmeb
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.muco import MuCoArguments, build_muco_trainer
+from mmembed.train.run import parse_recipe_args, run_recipe
 
 logger = logging.getLogger("muco")
 
@@ -36,7 +37,7 @@ def score(embedder, args: MuCoArguments) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = TrlParser((ModelArguments, DataArguments, ContrastiveTrainingArguments, MuCoArguments))
     parser.set_defaults(**distributed.training_defaults(), temperature=0.02, no_duplicates=False)
-    model_args, data_args, training_args, muco_args = parser.parse_args_and_config(argv)
+    model_args, data_args, training_args, muco_args = parse_recipe_args(parser, argv)
     trainer = build_muco_trainer(model_args, data_args, training_args, muco_args)
     result: dict = {}
     if muco_args.eval_mmeb_dir and trainer.is_world_process_zero():
@@ -54,4 +55,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

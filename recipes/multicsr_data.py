@@ -24,6 +24,7 @@ from mmembed.backbone import load_base_model, resolve_model_path
 from mmembed.data.formats import read_sick_triplets
 from mmembed.data.multicsr import MultiCSRConfig, generate_triplets
 from mmembed.train.methods import sentences_of
+from mmembed.train.run import run_recipe
 
 
 @dataclass
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

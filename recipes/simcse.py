@@ -25,6 +25,7 @@ from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments,
 from mmembed.train.build import build_embedder
 from mmembed.train.elastic import ElasticArguments
 from mmembed.train.methods import MethodArguments, build_method_trainer
+from mmembed.train.run import parse_recipe_args, run_recipe
 
 logger = logging.getLogger("simcse")
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = TrlParser((ModelArguments, DataArguments, MethodArguments, ElasticArguments,
                         ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
-    model_args, data_args, method_args, elastic_args, training_args = parser.parse_args_and_config(argv)
+    model_args, data_args, method_args, elastic_args, training_args = parse_recipe_args(parser, argv)
     embedder = build_embedder(model_args)
     result: dict = {"method": method_args.method}
     if data_args.eval_sts_file and data_args.eval_before_training and training_args.process_index == 0:
@@ -54,4 +55,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

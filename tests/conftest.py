@@ -8,9 +8,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # avoid OpenMP spin-wait stalls o
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 
-from mmembed import testing  # noqa: E402
+from mmembed import testing
 
 
 @pytest.fixture(scope="session")

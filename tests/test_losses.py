@@ -133,7 +133,7 @@ def test_gradient_caching_composes_with_gradient_checkpointing(qwen2_path):
 def test_gradient_caching_replays_dropout(qwen2_path, monkeypatch):
     """With dropout on, the recomputed mini-batches see the masks of the first pass: the cached gradient equals that
     of the same mini-batch forwards kept in memory (checkpointing replaced by a plain call)."""
-    import mmembed.losses.gradcache as gradcache
+    from mmembed.losses import gradcache
 
     template = PromptTemplate(chat=True)
     cached = _loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)

@@ -192,9 +192,7 @@ def test_long_text_is_shortened_so_the_template_suffix_survives(qwen2_path):
     ids = plan[0].ids[0]
     assert len(ids) <= 40
     decoded = model.backbone.tokenizer.decode(ids)
-    assert decoded.endswith("fox jumps over the lazy dog\nSummarize the above text in one word:<|im_end|>\n"
-                            "<|im_start|>assistant\n") or decoded.endswith(
-        "\nSummarize the above text in one word:<|im_end|>\n<|im_start|>assistant\n")
+    assert decoded.endswith("\nSummarize the above text in one word:<|im_end|>\n<|im_start|>assistant\n")
     assert rendered[0].text.startswith("<|im_start|>user\nthe quick brown fox")
     # a plain template keeps the head, exactly like sentence-transformers' tail truncation
     plain = mmembed.load(str(qwen2_path), max_length=12, dtype="float32")

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.skipif(not SICK.is_dir(), reason="needs ../shared/data/
 
 
 def _args(output_dir, **overrides) -> ContrastiveTrainingArguments:
-    values = dict(output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
-                  logging_steps=1, save_strategy="steps", save_steps=2, seed=0, disable_tqdm=True, temperature=0.05,
-                  mini_batch_size=2)
+    values = {"output_dir": str(output_dir), "per_device_train_batch_size": 4, "max_steps": 4, "learning_rate": 1e-3,
+              "logging_steps": 1, "save_strategy": "steps", "save_steps": 2, "seed": 0, "disable_tqdm": True,
+              "temperature": 0.05, "mini_batch_size": 2}
     values.update(overrides)
     return ContrastiveTrainingArguments(**values)
 
@@ -71,7 +71,7 @@ def test_lco_recipe_runs_under_each_accelerate_config(qwen2_path, tmp_path, conf
     cmd = [str(accelerate), "launch", "--config_file", f"ds_configs/accelerate/{config}.yaml", "recipes/lco.py",
            "--config", "recipes/configs/lco_tiny.yaml", "--model_name_or_path", str(qwen2_path),
            "--output_dir", str(tmp_path / "out"), "--train_file", str(SICK)]
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "'steps': 2" in run.stdout
     model = mmembed.load(str(tmp_path / "out" / "final"))

@@ -5,3 +5,9 @@ retrieval on local data (BEIR layout, TREC-QA) and probes of the embedding space
 >>> from mmembed.eval.sts import evaluate_sts
 >>> evaluate_sts(mmembed.load("./my-model"), "../shared/data/senteval").save("eval-results")
 """
+
+
+def __getattr__(name: str):  # submodules load on first use: ``mmembed.eval.<module>`` after ``import mmembed``
+    from .._lazy import submodule
+
+    return submodule(__name__, name)

@@ -12,3 +12,9 @@ from .simctg import SimCTGLoss, isotropy, token_contrastive_loss
 __all__ = ["AuxiliaryContrastiveLoss", "ContrastiveLoss", "DistillationLoss", "ElasticLoss", "EntryClassificationLoss",
            "InfoNCELoss", "MultiTurnContrastiveLoss", "SimCTGLoss", "cached_embed", "isotropy",
            "token_contrastive_loss"]
+
+
+def __getattr__(name: str):  # submodules load on first use: ``mmembed.losses.<module>`` after ``import mmembed``
+    from .._lazy import submodule
+
+    return submodule(__name__, name)

@@ -16,6 +16,7 @@ samples whose images they are (``images_per_sample``, recorded by the collator).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -87,7 +88,7 @@ def cached_embed(embed: Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]], ba
         return embed(batch)
     points = split_points(batch["attention_mask"], mini_batch_size, mini_batch_tokens)
     vectors, counts = [], []
-    for start, stop in zip(points[:-1], points[1:]):
+    for start, stop in itertools.pairwise(points):
         part = slice_batch(batch, start, stop)
         v, c = checkpoint(embed, part, use_reentrant=False, preserve_rng_state=True)
         vectors.append(v)
