@@ -21,10 +21,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from . import lora, tokens
-from .errors import ConfigError, InputError, ModelNotFoundError
+from . import hub, lora, tokens
+from .errors import ConfigError, InputError, ModelFolderError, ModelNotFoundError, one_line
 from .gguf import convert_gguf
 from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
+from .model_folder import quiet_transformers, read_json
 from .prefix_cache import SharedPrefix, common_prefix_length
 from .processing import load_processor, tokenizer_of
 
@@ -53,9 +54,12 @@ def default_device() -> str:
 
 
 def resolve_model_path(name_or_path: str | Path, gguf_file: str | None = None, **hub_kwargs: Any) -> tuple[str, Any]:
-    """Return ``(folder_or_hub_id, config)``; GGUF files are converted first. Raises ModelNotFoundError."""
+    """Return ``(folder_or_hub_id, config)``; GGUF files are converted first. Raises ModelNotFoundError (no model
+    there; a hub id fails at once where the hub cannot be reached, :mod:`mmembed.hub`) or ModelFolderError (a
+    local folder whose config.json cannot be read)."""
     name = str(name_or_path)
     path = Path(name).expanduser()
+    local = True
     if gguf_file is not None or (path.suffix == ".gguf"):
         gguf_path = (path / gguf_file) if gguf_file is not None else path
         name = str(convert_gguf(gguf_path))
@@ -63,31 +67,94 @@ def resolve_model_path(name_or_path: str | Path, gguf_file: str | None = None, *
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"'{path}' exists but has no config.json: it is not a Hugging Face model folder. "
                                      f"Point to the folder that holds config.json (or to a .gguf file).")
+        read_json(path / "config.json")  # a truncated or corrupt file: named
         name = str(path)
+    elif not hub.looks_like_hub_id(name):
+        raise ModelNotFoundError(f"no model at '{name_or_path}': there is no such file or folder (and it is not a "
+                                 f"hub id such as 'org/name'). Check the path.")
+    else:
+        local = False
+        hub_kwargs = {**hub.hub_kwargs(name), **hub_kwargs}
     try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs)
-    except OSError as exc:
-        raise ModelNotFoundError(
-            f"no model at '{name_or_path}': it is not a local folder and could not be fetched from the hub ({exc}). "
-            f"Check the path, or download the model first; mmembed never needs the network for a local folder."
-        ) from exc
+    except (OSError, ValueError) as exc:
+        detail = one_line(exc, 400)
+        if local:
+            raise ModelFolderError(f"{Path(name) / 'config.json'}: not a usable model config ({detail}).") from exc
+        if hub.offline():
+            reason = "HF_HUB_OFFLINE=1 is set and it is not in the hub cache"
+        elif hub_kwargs.get("local_files_only"):
+            reason = f"the hub ({hub.endpoint()}) cannot be reached and it is not in the hub cache"
+        else:
+            reason = f"the hub did not give it ({detail})"
+        raise ModelNotFoundError(f"no model at '{name_or_path}': it is not a local folder, and {reason}. Check the "
+                                 f"path or id, or download the model first; a local folder never needs the "
+                                 f"network.") from exc
     return name, config
+
+
+#: files holding a tokenizer's vocabulary (a saved tokenizer has one of them, or at least tokenizer_config.json)
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                    "sentencepiece.bpe.model")
 
 
 def has_tokenizer_files(folder: str | Path) -> bool:
     """Whether ``folder`` holds a saved tokenizer (or a processor with its tokenizer)."""
-    return (Path(folder) / "tokenizer_config.json").is_file()
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in ("tokenizer_config.json", *VOCABULARY_FILES))
+
+
+def check_tokenizer(folder: str | Path, tokenizer: Any | None = None) -> None:
+    """Raise ModelFolderError when the local ``folder`` has no tokenizer files, or when ``tokenizer`` (loaded from
+    it) is empty: a folder copied without them would load and then turn every text into zero tokens."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    empty = tokenizer is not None and not tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
+    if has_tokenizer_files(folder) and not empty:
+        return
+    missing = [n for n in ("tokenizer.json", "tokenizer_config.json") if not (folder / n).is_file()] or [
+        "its vocabulary"]
+    raise ModelFolderError(f"'{folder}' has no usable tokenizer: {' and '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} missing. Copy the tokenizer files from the model "
+                           f"this folder came from (Embedder.save and save_pretrained write them).")
+
+
+def _weights_error(folder: Path, exc: Exception) -> ModelFolderError:
+    """The one-line error for weights in ``folder`` that transformers could not read: the corrupt file named."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as bad:
+            return ModelFolderError(f"{file}: cannot be read ({bad}); the file is corrupt or truncated. Save or "
+                                    f"download the model again.")
+    detail = one_line(exc, 400)
+    return ModelFolderError(f"'{folder}': the model weights cannot be read ({detail}). Check that the folder holds "
+                            f"the full model (model.safetensors).")
 
 
 def load_base_model(path: str, causal_lm: bool = False, **kwargs: Any) -> nn.Module:
     """``AutoModel.from_pretrained`` (the base model, no LM head), or ``AutoModelForCausalLM`` with ``causal_lm``
     (models that generate, e.g. rationale mode); weights missing from the checkpoint are an error (they would be
-    random), while unused ones (an LM head) are expected and not reported."""
+    random), while unused ones (an LM head) are expected and not reported. Unreadable weights of a local folder
+    raise ModelFolderError naming the file; loading shows no progress bar."""
+    from safetensors import SafetensorError
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     auto = AutoModelForCausalLM if causal_lm else AutoModel
+    if kwargs.get("local_files_only"):  # transformers does not pass it on to its look-up of a PEFT adapter
+        kwargs["adapter_kwargs"] = {"local_files_only": True, **kwargs.get("adapter_kwargs", {})}
     try:
-        model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
+        with quiet_transformers():
+            model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
+    except (SafetensorError, OSError) as exc:
+        if not Path(path).is_dir():
+            raise
+        raise _weights_error(Path(path), exc) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
@@ -185,12 +252,14 @@ class Backbone(nn.Module):
         before the adapter is attached. ``causal_lm`` loads the model with its language-modelling head, so that it
         can generate (rationale mode); token states are the same.
         """
-        hub = {"trust_remote_code": trust_remote_code}
-        path, config = resolve_model_path(name_or_path, gguf_file, **hub)
+        hub_options = {"trust_remote_code": trust_remote_code, **hub.hub_kwargs(name_or_path)}
+        path, config = resolve_model_path(name_or_path, gguf_file, **hub_options)
         # an adapter folder saved by mmembed holds the tokenizer it was trained with (with any added tokens)
         processor_path = str(adapter) if adapter is not None and has_tokenizer_files(adapter) else path
-        processor = load_processor(processor_path, config, **hub, **(processor_kwargs or {}))
-        model = load_base_model(path, causal_lm, dtype=resolve_dtype(dtype), **hub, **(model_kwargs or {}))
+        check_tokenizer(processor_path)
+        processor = load_processor(processor_path, config, **hub_options, **(processor_kwargs or {}))
+        check_tokenizer(processor_path, tokenizer_of(processor))
+        model = load_base_model(path, causal_lm, dtype=resolve_dtype(dtype), **hub_options, **(model_kwargs or {}))
         # a tokenizer with added tokens (<|emb|>) needs their rows; never shrinks (padded vocabularies stay as is)
         tokens.grow_input_embeddings(model, len(tokenizer_of(processor)))
         if adapter is not None:
@@ -428,7 +497,8 @@ class Backbone(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- saving
     def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> None:
-        """Save model weights (safetensors) and processor; LoRA adapters are merged unless ``adapter_only``.
+        """Save model weights (safetensors) and processor into ``folder`` as they are written (Embedder.save writes
+        into a staging folder and moves the files in when complete); LoRA adapters are merged unless ``adapter_only``.
 
         A merged export folds trained token rows (``lora_config(..., trainable_token_indices=...)``) into the saved
         embedding matrix; an adapter-only save stores just those rows with the LoRA weights.
@@ -448,5 +518,10 @@ class Backbone(nn.Module):
             # the trained rows are in the adapter; the rest of the grown embedding matrix is rebuilt on loading
             # (Backbone.load), so PEFT need not store the whole matrix because the vocabulary grew
             extra["save_embedding_layers"] = False
-        model.save_pretrained(folder, state_dict=state_dict, **extra)
-        self.processor.save_pretrained(folder)
+        card = folder / "README.md"
+        had_card = card.exists()
+        with quiet_transformers():  # no progress bar, no DeepSpeed import (and its line on stdout)
+            model.save_pretrained(folder, state_dict=state_dict, **extra)
+            self.processor.save_pretrained(folder)
+        if not had_card:
+            card.unlink(missing_ok=True)  # PEFT's blank template card: a model card is the recipe's to write

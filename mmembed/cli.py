@@ -1,13 +1,49 @@
 """The ``mmembed`` command line: ``mmembed encode``, ``mmembed eval <suite>``, ``mmembed synthetic`` and
-``mmembed demo``."""
+``mmembed demo``.
+
+A user error (a bad option, input file, output path, model folder or input) is printed as one line on stderr,
+``mmembed: error: ...``, and exits with code 2; ``--debug`` prints the traceback as well. Options, output paths and
+the device are checked before any model is loaded, and every output file is written to a temporary name and
+renamed when complete: an interrupted run (exit code 130) leaves the older file whole.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from .errors import ConfigError, DataError, InputError, MMEmbedError, OutputPathError, one_line
+from .files import atomic_path, check_output_file, check_output_folder
+
+#: output suffixes of ``mmembed encode``
+ENCODE_SUFFIXES = (".npy", ".jsonl")
+#: errors from the file system that are the user's when they name a path the user gave (:func:`names_user_path`)
+USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+#: the options whose values are paths
+PATH_OPTIONS = ("input_file", "image", "image_root", "output", "model", "adapter", "data", "tasks_file",
+                "embeddings_dir", "mteb_cache", "tasks")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``mmembed: error: ...``, exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mmembed: error: {message} (see '{self.prog} --help').\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 EPILOG_ENCODE = """examples:
   mmembed encode "A man is playing a guitar." "A person plays an instrument." -o out.npy
@@ -18,19 +54,33 @@ EPILOG_ENCODE = """examples:
 Each line of --input-file is one input: plain text, an image path (a line ending in .jpg/.png/...), or a JSON
 object such as {"text": "a cat", "image": "cat.jpg"}. Image paths are resolved relative to the file's folder (or
 --image-root) and must stay inside it; a bad line stops the run with its file:line.
-Output: .npy (one row per input, in input order) or .jsonl ({"index", "input", "embedding"} per line).
-Without --model, the embedded default model (SmolLM2-135M-Instruct) is used; it is converted once on first use."""
+Output: .npy (one row per input, in input order) or .jsonl ({"index", "input", "embedding"} per line), written
+whole or not at all (an interrupted run leaves an older file in place).
+Without --model, the embedded default model (SmolLM2-135M-Instruct) is used; it is converted once on first use.
+A user error is one line on stderr with exit code 2 (--debug shows the traceback)."""
 
 
 def _resolve_image(value: str, root: Path, where: str) -> Path:
     """An image path from an input file: relative to ``root`` and inside it, and existing."""
     path = (root / value).resolve()
     if not path.is_relative_to(root.resolve()):
-        raise SystemExit(f"{where}: image path '{value}' leaves the folder {root}; pass --image-root to allow "
-                         f"another folder.")
+        raise DataError(f"{where}: image path '{value}' leaves the folder {root}; pass --image-root to allow "
+                        f"another folder.")
     if not path.is_file():
-        raise SystemExit(f"{where}: image file '{path}' does not exist.")
+        raise DataError(f"{where}: image file '{path}' does not exist.")
     return path
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (:func:`~mmembed.data.formats.text_lines`); a missing file, a folder or a
+    line that is not UTF-8 is named."""
+    from .data.formats import text_lines
+
+    if path.is_dir():
+        raise InputError(f"--input-file '{path}' is a folder; give a text file with one input per line.")
+    if not path.is_file():
+        raise InputError(f"--input-file '{path}' does not exist.")
+    return [line for _, line in text_lines(path)]
 
 
 def _read_input_file(path: Path, image_root: Path | None = None) -> list[Any]:
@@ -39,7 +89,7 @@ def _read_input_file(path: Path, image_root: Path | None = None) -> list[Any]:
 
     root = image_root or path.parent
     inputs: list[Any] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_lines(path), start=1):
         where = f"{path}:{number}"
         if not line.strip():
             continue
@@ -47,9 +97,9 @@ def _read_input_file(path: Path, image_root: Path | None = None) -> list[Any]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SystemExit(f"{where}: invalid JSON ({exc.msg}).") from exc
+                raise DataError(f"{where}: invalid JSON ({exc.msg}).") from None
             if not isinstance(record, dict) or not set(record) <= {"text", "image"} or not record:
-                raise SystemExit(f"{where}: a JSON line must be an object with 'text' and/or 'image'.")
+                raise DataError(f"{where}: a JSON line must be an object with 'text' and/or 'image'.")
             if record.get("image"):
                 record["image"] = str(_resolve_image(record["image"], root, where))
             inputs.append(record)
@@ -60,39 +110,79 @@ def _read_input_file(path: Path, image_root: Path | None = None) -> list[Any]:
     return inputs
 
 
-def _write(output: Path, vectors: Any, inputs: list[Any]) -> None:
+def write_embeddings(output: Path, vectors: Any, inputs: list[Any]) -> None:
+    """Write ``vectors`` to ``output`` (.npy, or .jsonl with each input), through a temporary file renamed when
+    complete: interrupted, the older ``output`` (if any) stays whole."""
     import numpy as np
 
-    if output.suffix == ".npy":
-        if isinstance(vectors, list) and len({v.shape for v in vectors}) > 1:
-            raise SystemExit(f"--output {output}: inputs have different numbers of embeddings (special-token "
-                             f"pooling); write .jsonl instead.")
-        np.save(output, np.stack(vectors) if isinstance(vectors, list) else vectors)
-    elif output.suffix in (".jsonl", ".json"):
-        with output.open("w", encoding="utf-8") as f:
+    if output.suffix not in ENCODE_SUFFIXES:
+        raise OutputPathError(f"--output '{output}': use a file name ending in {' or '.join(ENCODE_SUFFIXES)}.")
+    if output.suffix == ".npy" and isinstance(vectors, list) and len({v.shape for v in vectors}) > 1:
+        raise OutputPathError(f"--output '{output}': inputs have different numbers of embeddings (special-token "
+                              f"pooling); write .jsonl instead.")
+    with atomic_path(output) as tmp:
+        if output.suffix == ".npy":
+            with tmp.open("wb") as f:
+                np.save(f, np.stack(vectors) if isinstance(vectors, list) else vectors)
+            return
+        with tmp.open("w", encoding="utf-8") as f:
             for i, (item, vector) in enumerate(zip(inputs, vectors)):
                 shown = str(item) if not isinstance(item, dict) else {k: str(v) for k, v in item.items()}
                 f.write(json.dumps({"index": i, "input": shown, "embedding": np.asarray(vector).tolist()}) + "\n")
-    else:
-        raise SystemExit(f"--output {output}: use a .npy or .jsonl file name.")
+
+
+def check_model_options(args: argparse.Namespace) -> None:
+    """Check ``--dtype`` and ``--device`` before any model is loaded (raises :class:`ConfigError`)."""
+    import torch
+
+    from .backbone import resolve_dtype
+
+    try:
+        resolve_dtype(args.dtype)
+    except ConfigError:
+        raise ConfigError(f"--dtype {args.dtype!r} is not a torch dtype; use float32, bfloat16, float16 or auto.") \
+            from None
+    if not args.device:
+        return
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:1 or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(f"--device {args.device}: CUDA is not available ({why}); use --device cpu, or leave "
+                          f"--device out to use a GPU when there is one.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {args.device}: there are only {torch.cuda.device_count()} CUDA devices "
+                          f"(cuda:0 ... cuda:{torch.cuda.device_count() - 1}).")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {args.device}: MPS is not available here; use --device cpu.")
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    import mmembed
-
+    output = check_output_file(args.output, ENCODE_SUFFIXES, what="--output")
+    check_model_options(args)
     inputs: list[Any] = list(args.texts)
     if args.input_file:
         inputs += _read_input_file(Path(args.input_file), Path(args.image_root) if args.image_root else None)
     inputs += [Path(p) for p in args.image]
     if not inputs:
-        raise SystemExit("nothing to encode: give texts as arguments, --input-file or --image.")
+        raise InputError("nothing to encode: give texts as arguments, --input-file or --image.")
+    import mmembed
+
+    from .progress import interactive_stream
+
     model = mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    if args.prompt_name is not None and args.prompt is None and args.prompt_name not in model.prompts:
+        saved = f"its prompts are {', '.join(sorted(model.prompts))}" if model.prompts else "it has no saved prompts"
+        raise ConfigError(f"--prompt-name {args.prompt_name}: not a prompt of this model ({saved}); give the "
+                          f"instruction itself with --prompt '...'.")
     vectors = model.encode(inputs, prompt_name=args.prompt_name, prompt=args.prompt, batch_size=args.batch_size,
                            normalize=False if args.no_normalize else None, truncate_dim=args.truncate_dim,
-                           show_progress_bar=not args.quiet and len(inputs) >= 64)
-    _write(Path(args.output), vectors, inputs)
-    print(f"wrote {len(inputs)} embeddings of dimension {model.embedding_dim if not args.truncate_dim else args.truncate_dim}"
-          f" to {args.output}", file=sys.stderr)
+                           show_progress_bar=not args.quiet and len(inputs) >= 64 and interactive_stream())
+    write_embeddings(output, vectors, inputs)
+    dimension = args.truncate_dim or model.embedding_dim
+    print(f"wrote {len(inputs)} embeddings of dimension {dimension} to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -116,9 +206,15 @@ def _load_model(args: argparse.Namespace):
 
 
 def run_suite(args: argparse.Namespace):
-    """Run the suite named by ``args.suite``; returns its :class:`~mmembed.eval.report.Report`."""
+    """Run the suite named by ``args.suite``; returns its :class:`~mmembed.eval.report.Report`. Progress bars
+    are shown on a terminal only (not written into logs)."""
+    from .progress import interactive_stream
+
     model = _load_model(args)
-    common = {"batch_size": args.batch_size}
+    live = interactive_stream()
+    common: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.suite != "probes":
+        common["show_progress_bar"] = live if args.suite == "mteb" else None if live else False
     if args.suite == "sts":
         from .eval.sts import evaluate_sts
 
@@ -156,10 +252,14 @@ def run_suite(args: argparse.Namespace):
 
         return probes_report(model, args.data, layers=args.layers, max_sentences=args.max_sentences,
                              seed=args.seed, **common)
-    raise SystemExit(f"unknown suite {args.suite!r}")
+    raise ConfigError(f"unknown suite {args.suite!r}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_output_folder(args.output, what="--output")
+    check_model_options(args)
+    if getattr(args, "data", None) and not Path(args.data).exists():
+        raise InputError(f"--data '{args.data}' does not exist.")
     report = run_suite(args)
     paths = report.save(Path(args.output))
     (Path(args.output) / f"{args.suite}.partial.json").unlink(missing_ok=True)  # finished: no resume state left
@@ -177,7 +277,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
         if data_help:
             p.add_argument("--data", required=True, help=data_help)
         p.add_argument("-o", "--output", default="eval-results", help="folder for the report files")
-        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--batch-size", type=_positive_int, default=32)
         p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking, samples and instruction choice")
         model_args(p)
         p.set_defaults(func=cmd_eval)
@@ -195,7 +295,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p.add_argument("--tasks-file", help="YAML task list {tasks: [{name, meta_task, distribution}]} (default: "
                                         "<data>/tasks.yaml if present, else the 36 MMEB v1 tasks)")
     p.add_argument("--task", action="append", help="only these tasks")
-    p.add_argument("--max-queries", type=int, help="a seeded sample of at most N queries per task")
+    p.add_argument("--max-queries", type=_positive_int, help="a seeded sample of at most N queries per task")
 
     p = suites.add_parser("mbeir", help="M-BEIR (UniIR format), Recall@5 (@10 for Fashion200K/FashionIQ)")
     common(p, "M-BEIR root (query/, cand_pool/, qrels/, instructions/)")
@@ -204,7 +304,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p.add_argument("--task", action="append", help="only these tasks, e.g. cirr_task7")
     p.add_argument("--split", default="test")
     p.add_argument("--no-instructions", action="store_true", help="do not put the task instruction before queries")
-    p.add_argument("--max-queries", type=int, help="a seeded sample of at most N queries per task")
+    p.add_argument("--max-queries", type=_positive_int, help="a seeded sample of at most N queries per task")
     p.add_argument("--embeddings-dir", help="keep pool embeddings here as .npy (resumable, bounded memory)")
 
     p = suites.add_parser("mteb", help="any mteb task (through the mteb package), or local BEIR folders / STS files")
@@ -224,12 +324,13 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p = suites.add_parser("probes", help="alignment, uniformity, anisotropy, effective rank, IsoScore")
     common(p, "sentences (.txt, one a line) or an STS-B file (.csv: pairs with gold > 4 give alignment)")
     p.add_argument("--layers", action="store_true", help="also a per-layer view (decoder LLMs)")
-    p.add_argument("--max-sentences", type=int, default=2000)
+    p.add_argument("--max-sentences", type=_positive_int, default=2000)
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import SyntheticConfig, generate
 
+    check_output_folder(args.output, what="--output")
     config = SyntheticConfig(seed=args.seed, image_size=args.image_size, n_eval_queries=args.eval_queries,
                              n_candidates=args.candidates, n_train_per_task=args.train_per_task,
                              n_muco_images=args.muco_images, k_turns=args.k_turns, n_mbeir_queries=args.mbeir_queries)
@@ -249,6 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Encode a few sentences with the default model and rank them by similarity to each query."""
     import mmembed
 
+    check_model_options(args)
     model = mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
     vectors = model.encode(DEMO_SENTENCES)
     scores = model.similarity(vectors, vectors)
@@ -261,10 +363,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmembed", description="Embed text and images with (multimodal) LLMs.")
+    parser = _Parser(prog="mmembed", description="Embed text and images with (multimodal) LLMs.")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, print the traceback too")
         p.add_argument("--model", help="model folder, hub id or .gguf file (default: the embedded SmolLM2-135M)")
         p.add_argument("--adapter", help="folder of a LoRA adapter to put on the model")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -280,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("-o", "--output", required=True, help="output file: .npy or .jsonl")
     enc.add_argument("--prompt-name", help="a prompt saved with the model, e.g. query or document")
     enc.add_argument("--prompt", help="an instruction put in front of every input")
-    enc.add_argument("--batch-size", type=int, default=32)
-    enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
+    enc.add_argument("--batch-size", type=_positive_int, default=32)
+    enc.add_argument("--truncate-dim", type=_positive_int, help="keep the first N dimensions (Matryoshka)")
     enc.add_argument("--no-normalize", action="store_true", help="do not L2-normalise the embeddings")
     enc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model_args(enc)
@@ -293,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "M-BEIR formats), deterministic from a seed")
     syn.add_argument("-o", "--output", required=True, help="output folder (an earlier output there is replaced)")
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                     help="on an error, print the traceback too")
     syn.add_argument("--image-size", type=int, default=128)
     syn.add_argument("--eval-queries", type=int, default=50, help="MMEB-eval queries per task")
     syn.add_argument("--candidates", type=int, default=16, help="retrieval candidates per query")
@@ -308,15 +415,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import MMEmbedError
+def names_user_path(exc: OSError, args: argparse.Namespace) -> bool:
+    """Whether ``exc`` is about a path the user gave (an option of :data:`PATH_OPTIONS`, a file or folder below one,
+    or beside the ``--input-file``, where its image paths point): then it is the user's mistake, told in one line;
+    any other file-system error is a bug of mmembed's, shown with its traceback."""
+    given = []
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        given += [Path(v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, (str, Path))]
+    if getattr(args, "input_file", None):
+        given.append(Path(args.input_file).parent)
+    roots = {p.expanduser().resolve() for p in given}
+    for name in (exc.filename, exc.filename2):
+        if name is None:
+            continue
+        path = Path(os.fsdecode(name)).expanduser().resolve()
+        if path in roots or roots & set(path.parents):
+            return True
+    return False
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0, 2 for a user error, 130 when interrupted)."""
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except MMEmbedError as exc:
-        print(f"mmembed: error: {exc}", file=sys.stderr)
+    except (MMEmbedError, *USER_OS_ERRORS) as exc:
+        if not isinstance(exc, MMEmbedError) and not names_user_path(exc, args):
+            raise  # not about a path the user gave: a bug, with its traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"mmembed: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("mmembed: interrupted; a file being written keeps its older contents.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Folder layout (``Embedder.save``)::
     config.json, model.safetensors, tokenizer / processor files    the backbone (module 0, at the root)
     1_Pooling/mmembed_pooling.json (+ config.json for ST)          the pooler
     2_Normalize/                                                   L2 normalisation (when on)
-    mmembed_config.json                                            template, prompts, options of the chain
+    mmembed_config.json                                            template, prompts, options of the chain; the
+                                                                   files the save wrote (``files``)
     modules.json, sentence_bert_config.json, ...                   sentence-transformers files, when ST can
                                                                    reproduce the embeddings
 """
@@ -13,7 +14,6 @@ Folder layout (``Embedder.save``)::
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 from . import st_format
 from .backbone import Backbone
 from .batching import length_batches
-from .errors import InputError, ModelNotFoundError
-from .inputs import InputLike, Item, PromptTemplate, Rendered, to_items
+from .errors import ConfigError, InputError, MMEmbedError, ModelFolderError, ModelNotFoundError, OutputPathError
+from .inputs import InputLike, Item, PromptTemplate, Rendered, check_unicode, to_items
+from .model_folder import FILES_KEY, check_complete, check_config, checked_value, read_json, write_folder
 from .pooling import MissingTokenError, Pooler, SpecialTokenPooler
 from .prefix_cache import SharedPrefix, shared_token_prefix
+from .progress import progress_options
 from .rationale import RationaleConfig, cache_key, generate_rationales
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,80 @@ class _Step:
     prefix: SharedPrefix | None
     skip: int = 0  # tokens of each input covered by ``prefix``
     prefix_lengths: list[int] | None = None  # prompt tokens left in ``ids`` (prefix-excluding pooling)
+
+
+try:
+    from jinja2 import TemplateError as _TemplateError
+except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
+    _TemplateError = ValueError
+
+
+def truncation_message(indices: list[int], total: int, max_length: int, shown: int = 10) -> str:
+    """The one warning an ``encode`` call gives when it shortened inputs to ``max_length`` tokens."""
+    names = ", ".join(f"inputs[{i}]" for i in indices[:shown])
+    if len(indices) > shown:
+        names += f", ... {len(indices) - shown} more"
+    return (f"{len(indices)} of {total} input{'s' if total != 1 else ''} {'was' if len(indices) == 1 else 'were'} "
+            f"longer than max_length={max_length} tokens and {'was' if len(indices) == 1 else 'were'} shortened "
+            f"({names}); load the model with a larger max_length to keep {'it' if len(indices) == 1 else 'them'} "
+            f"whole.")
+
+
+def _check_encode_call(embedder: Embedder, items: list[Item], dim: int | None, batch_size: Any) -> None:
+    """Options and inputs ``encode`` cannot use, named (index, value) before any work."""
+    backbone = embedder.backbone
+    if dim is not None and not 0 < dim <= backbone.hidden_size:
+        raise ConfigError(f"truncate_dim={dim} must be between 1 and the model's dimension {backbone.hidden_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1.")
+    for i, item in enumerate(items):
+        if item.has_image and not backbone.supports_images:
+            raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
+                             f"(it has no image processor). Pass text, or load a vision-language model.")
+        if embedder.rationale is not None and item.has_image:
+            raise InputError(f"inputs[{i}] holds an image, but rationale mode (GRACE) encodes text only. Pass "
+                             f"text, or load the model without rationale=... .")
+        if item.messages is not None and not backbone.renderer.has_chat_template:
+            raise InputError(f"inputs[{i}] is a chat conversation, but '{backbone.name_or_path}' has no chat "
+                             f"template. Pass plain text, or set tokenizer.chat_template.")
+
+
+def _render_all(renderer: Any, items: list[Item], prompt: str) -> list[Rendered]:
+    """Render every item; a chat template that refuses one names its index."""
+    rendered = []
+    for i, item in enumerate(items):
+        try:
+            rendered.append(renderer.render(item, prompt))
+        except MMEmbedError:
+            raise
+        except (ValueError, TypeError, _TemplateError) as exc:
+            raise InputError(f"inputs[{i}]: the model's chat template refused it ({type(exc).__name__}: {exc}). "
+                             f"Fix this input or leave it out.") from exc
+    return rendered
+
+
+def _tokenize_batch(backbone: Backbone, rendered: list[Rendered], indices: list[int], with_prefix_lengths: bool
+                    ) -> dict[str, Tensor]:
+    """Tokenize (and process the images of) one batch; when the processor refuses it, the error names the input
+    that it refuses (each input of the batch is tried alone to find it)."""
+    try:
+        return backbone.tokenize([rendered[i] for i in indices], with_prefix_lengths=with_prefix_lengths)
+    except MMEmbedError:
+        raise
+    except Exception as exc:
+        culprit, error = (indices[0], exc) if len(indices) == 1 else (None, exc)
+        for i in indices if culprit is None else []:
+            try:
+                backbone.tokenize([rendered[i]])
+            except Exception as alone:  # noqa: BLE001 - whatever the processor raises, name the input
+                culprit, error = i, alone
+                break
+        if culprit is None:
+            raise
+        sizes = ", ".join(f"{img.width}x{img.height}" for img in rendered[culprit].images)
+        fix = f"image size {sizes}). Resize or pad the image to a usual shape" if sizes else "a text input). Fix it"
+        raise InputError(f"inputs[{culprit}]: the model's processor cannot take it ({type(error).__name__}: "
+                         f"{error}; {fix}, or leave this input out.") from error
 
 
 def _in_eval_mode(method):
@@ -159,8 +235,10 @@ class Embedder(nn.Module):
         if name is None:
             return ""
         if name not in self.prompts:
-            raise ValueError(f"prompt_name={name!r} is not one of this model's prompts {sorted(self.prompts)}; "
-                             f"pass prompt='...' or add it to Embedder.prompts.")
+            known = f"one of this model's prompts {sorted(self.prompts)}" if self.prompts else \
+                "a prompt of this model (it has none saved)"
+            raise ConfigError(f"prompt_name={name!r} is not {known}; pass prompt='...' or add it to "
+                              f"Embedder.prompts.")
         return self.prompts[name]
 
     @property
@@ -197,6 +275,11 @@ class Embedder(nn.Module):
         (:mod:`mmembed.prefix_cache`). Encoding runs in eval mode (no dropout: the same input always gives the same
         embedding, also during training), and the model's mode is restored afterwards.
 
+        A bad input raises :class:`~mmembed.errors.InputError` naming it (``inputs[i]: ...``: its type, invalid
+        Unicode, an unreadable image or one the model's processor refuses); bytes and sets are refused with the fix.
+        Text inputs longer than the model's ``max_length`` are shortened, with one warning per call that counts them.
+        The progress bar (``show_progress_bar=None``) shows for many inputs on a terminal only, never in a log file.
+
         In rationale mode (``self.rationale``) each text input's rationale is generated first (greedy or contrastive
         search, deterministic either way) and pooled with it; rationales are cached by input (``cache_rationales``;
         :meth:`clear_rationale_cache` after changing the weights), and ``return_rationales=True`` returns
@@ -205,34 +288,22 @@ class Embedder(nn.Module):
         items, single = to_items(inputs)
         backbone = self.backbone
         dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        if dim is not None and not 0 < dim <= backbone.hidden_size:
-            raise ValueError(f"truncate_dim={dim} must be between 1 and the model's dimension {backbone.hidden_size}.")
-        for i, item in enumerate(items):
-            if item.has_image and not backbone.supports_images:
-                raise InputError(f"inputs[{i}] holds an image, but '{backbone.name_or_path}' is a text-only model "
-                                 f"(it has no image processor). Pass text, or load a vision-language model.")
-            if self.rationale is not None and item.has_image:
-                raise InputError(f"inputs[{i}] holds an image, but rationale mode (GRACE) encodes text only. Pass "
-                                 f"text, or load the model without rationale=... .")
-            if item.messages is not None and not backbone.renderer.has_chat_template:
-                raise InputError(f"inputs[{i}] is a chat conversation, but '{backbone.name_or_path}' has no chat "
-                                 f"template. Pass plain text, or set tokenizer.chat_template.")
-        text_prompt = self.resolve_prompt(prompt_name, prompt)
-        rendered = [backbone.renderer.render(item, text_prompt) for item in items]
-        if show_progress_bar is None:
-            show_progress_bar = len(items) >= (16 if self.rationale is not None else 256)
+        _check_encode_call(self, items, dim, batch_size)
+        text_prompt = check_unicode(self.resolve_prompt(prompt_name, prompt), "prompt")
+        rendered = _render_all(backbone.renderer, items, text_prompt)
+        progress = progress_options(show_progress_bar, len(items) >= (16 if self.rationale is not None else 256))
         rationales: dict[int, list[int]] = {}
         plan = self._plan(items, rendered, text_prompt, batch_size, max_batch_tokens, cache_prompt,
-                          rationales if self.rationale is not None else None, cache_rationales, show_progress_bar)
+                          rationales if self.rationale is not None else None, cache_rationales,
+                          not progress["disable"])
         results: list[Tensor] = [torch.empty(0, dim or backbone.hidden_size)] * len(items)
-        for step in tqdm(plan, desc="Encoding", unit="batch", disable=not show_progress_bar):
+        for step in tqdm(plan, desc="Encoding", unit="batch", **progress):
             if step.ids is not None:
                 batch = backbone.pad(step.ids)
                 if step.prefix_lengths is not None:
                     batch["prefix_lengths"] = torch.tensor(step.prefix_lengths)
             else:
-                batch = backbone.tokenize([rendered[i] for i in step.indices],
-                                          with_prefix_lengths=self.needs_prefix_lengths)
+                batch = _tokenize_batch(backbone, rendered, step.indices, self.needs_prefix_lengths)
             hidden = backbone(batch, prefix=step.prefix)
             batch = {k: v.to(hidden.device) for k, v in batch.items() if isinstance(v, Tensor)}
             try:
@@ -291,15 +362,18 @@ class Embedder(nn.Module):
               cache_rationales: bool = True, show_progress_bar: bool = False) -> list[_Step]:
         """Batches of similar length; text inputs that share a prompt prefix get it computed once.
 
-        Over-long text inputs are fitted to ``max_length`` first (``rendered`` is updated in place). With
-        ``rationales`` (rationale mode), each text input's generated rationale is appended to its ids (and stored
-        there by input index)."""
+        Over-long text inputs are fitted to ``max_length`` first (``rendered`` is updated in place), with one
+        warning that counts them. With ``rationales`` (rationale mode), each text input's generated rationale is
+        appended to its ids (and stored there by input index)."""
         backbone = self.backbone
         text_idx = [i for i, r in enumerate(rendered) if not r.images]
         image_idx = [i for i, r in enumerate(rendered) if r.images]
         ids = dict(zip(text_idx, backbone.tokenize_texts([rendered[i].text for i in text_idx]))) if text_idx else {}
-        for i in text_idx:
+        too_long = [i for i in text_idx if len(ids[i]) > backbone.max_length]
+        for i in too_long:
             rendered[i], ids[i] = backbone.fit_to_length(items[i], prompt, rendered[i], ids[i], f"inputs[{i}]")
+        if too_long:
+            logger.warning(truncation_message(too_long, len(items), backbone.max_length))
         if rationales is not None and text_idx:
             generated = self.add_rationales([ids[i] for i in text_idx], use_cache=cache_rationales,
                                             show_progress_bar=show_progress_bar)
@@ -373,31 +447,42 @@ class Embedder(nn.Module):
         """Save the chain to ``folder``; LoRA adapters are merged unless ``adapter_only`` (then the folder refers
         to the base model by its absolute path, or its hub id).
 
-        Files an earlier save left in ``folder`` that this one does not write (sentence-transformers files, adapter
-        or full weights) are removed, so the folder always describes this model. ``state_dict`` (the backbone
-        model's, e.g. consolidated by DeepSpeed) replaces the live weights when given (not with a merged export).
+        Nothing is lost (:func:`mmembed.model_folder.write_folder`): every file is written whole into a staging
+        folder first. A new ``folder`` then appears at once, complete; an existing one gets the files moved in one by
+        one, ``mmembed_config.json`` last, under a marker file (``mmembed_save_incomplete.json``), so a save
+        interrupted while writing leaves the old model, and one interrupted while moving leaves a folder that
+        ``load`` refuses with one line until it is saved again. ``mmembed_config.json`` lists the files written,
+        and a later save into the folder replaces and removes those files only (stale sentence-transformers files,
+        adapter or full weights), so the folder always describes this model. A folder
+        holding files of the same names that mmembed did not write (a base model's own folder, a download) and an
+        adapter-only save into its own base model's folder are refused with :class:`~mmembed.errors.OutputPathError`.
+        ``state_dict`` (the backbone model's, e.g. consolidated by DeepSpeed) replaces the live weights when given
+        (not with a merged export).
         """
-        folder = Path(folder)
+        folder = Path(folder).expanduser()
         compatible = not adapter_only and self.sentence_transformers_compatible()
-        stale = list(st_format.FILES) if not compatible else []
-        stale += ["model.safetensors", "model.safetensors.index.json"] if adapter_only else \
-            ["adapter_config.json", "adapter_model.safetensors"]
-        for name in stale:
-            (folder / name).unlink(missing_ok=True)
-        self.backbone.save(folder, adapter_only=adapter_only, state_dict=state_dict)
-        self.pooler.save(folder / "1_Pooling")
         config = self.get_config()
         if adapter_only:
             base = Path(self.backbone.name_or_path).expanduser()
+            if base.is_dir() and folder.resolve() == base.resolve():
+                raise OutputPathError(f"'{folder}' is the folder of the adapter's base model: saving the adapter "
+                                      f"there would replace the base model's files. Save it into another folder.")
             config["base_model"] = str(base.resolve()) if base.exists() else self.backbone.name_or_path
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if self.normalize:
-            (folder / "2_Normalize").mkdir(exist_ok=True)
-        if compatible:
-            st_format.write(folder, pooling_config=self.pooler.sentence_transformers_config(self.backbone.hidden_size),
-                            normalize=self.normalize, max_length=self.backbone.max_length, prompts=self.prompts,
-                            default_prompt_name=self.default_prompt_name)
-        elif not adapter_only:
+        weights = ["adapter_config.json", "adapter_model.safetensors"] if adapter_only else [
+            "config.json", "model.safetensors"]
+
+        def write(stage: Path) -> None:
+            self.backbone.save(stage, adapter_only=adapter_only, state_dict=state_dict)
+            self.pooler.save(stage / "1_Pooling")
+            if self.normalize:
+                (stage / "2_Normalize").mkdir()
+            if compatible:
+                st_format.write(stage, normalize=self.normalize, max_length=self.backbone.max_length,
+                                pooling_config=self.pooler.sentence_transformers_config(self.backbone.hidden_size),
+                                prompts=self.prompts, default_prompt_name=self.default_prompt_name)
+
+        write_folder(folder, CONFIG_NAME, config, write, [*weights, "tokenizer.json", "tokenizer_config.json"])
+        if not compatible and not adapter_only:
             logger.info("%s: no sentence-transformers files written (its template, pooler or layer has no ST "
                         "equivalent); load it with mmembed.load.", folder)
         return folder
@@ -416,7 +501,8 @@ class Embedder(nn.Module):
         ``processor_kwargs``. ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
         layers run (early exit) and the vectors keep their first ``D`` dimensions.
         For the chain options (pooling ... default_prompt_name) an explicit ``None`` clears the saved value; for the
-        others ``None`` means "not given".
+        others ``None`` means "not given". A corrupt or incomplete folder raises ModelFolderError naming file and key
+        (or the marker of an interrupted save).
         """
         if "dim" in options:
             if options.get("truncate_dim") is not None:
@@ -424,11 +510,13 @@ class Embedder(nn.Module):
             options["truncate_dim"] = options.pop("dim")
         base_model = options.pop("base_model", None)
         folder = Path(name_or_path).expanduser()
+        for where in (folder, options.get("adapter")):
+            if isinstance(where, (str, Path)):
+                check_complete(Path(where).expanduser())
         saved: dict[str, Any] = {}
         adapter_folder = False
         if (folder / CONFIG_NAME).is_file():
-            saved = json.loads((folder / CONFIG_NAME).read_text())
-            saved["template"] = PromptTemplate.from_dict(saved["template"])
+            saved = _read_saved_config(folder / CONFIG_NAME)
             adapter_folder = "base_model" in saved
             if adapter_folder:
                 options["adapter"] = options.get("adapter") or folder
@@ -437,7 +525,6 @@ class Embedder(nn.Module):
                 if name_or_path is None:
                     raise ModelNotFoundError(f"{folder} is an adapter without a recorded base model: pass "
                                              f"base_model=<folder, hub id or .gguf> (the model it was trained on).")
-            saved.pop("format_version", None)
         elif folder.is_dir():
             saved = st_format.read(folder) or {}
         if base_model is not None and not adapter_folder:
@@ -453,3 +540,20 @@ class Embedder(nn.Module):
         chain = {k: v for k, v in chain.items()
                  if v is not None or k in ("truncate_dim", "default_prompt_name", "rationale")}
         return cls(backbone, pooling, **chain)
+
+
+def _read_saved_config(file: Path) -> dict[str, Any]:
+    """The settings of a saved ``mmembed_config.json``, checked (:func:`mmembed.model_folder.check_config`): the
+    template built, the pooler and rationale settings tried, the record keys dropped."""
+    saved = check_config(file, read_json(file), FORMAT_VERSION)
+    saved.pop("format_version", None)
+    saved.pop(FILES_KEY, None)
+    saved["template"] = checked_value(file, "template", lambda v: PromptTemplate.from_dict(v), saved["template"])
+    for key, build in (("pooling", Pooler.from_config), ("rationale", RationaleConfig.from_dict)):
+        if saved.get(key) is not None:
+            checked_value(file, key, build, saved[key])
+    name = saved.get("default_prompt_name")
+    if name is not None and name not in (saved.get("prompts") or {}):
+        raise ModelFolderError(f"{file}: key 'default_prompt_name' is {name!r}, which is not one of its 'prompts' "
+                               f"{sorted(saved.get('prompts') or {})}. Fix the file or save the model again.")
+    return saved

@@ -2,7 +2,8 @@
 
 Every user mistake (a bad input, file, config value or output path) raises a subclass of :class:`MMEmbedError`;
 the command line prints such an error as one line on stderr and exits with code 2 (``--debug`` shows the
-traceback), and recipes print it once.
+traceback), and recipes print it once. :func:`one_line` puts a message (or a library's exception) on one line;
+:func:`is_int` is the integer test of the config and model-folder checks.
 """
 
 from __future__ import annotations
@@ -44,3 +45,18 @@ class OutputPathError(MMEmbedError, ValueError):
 
 class RunStateError(MMEmbedError, RuntimeError):
     """A training run would overwrite or lose earlier work (e.g. an output folder that holds checkpoints)."""
+
+
+def one_line(message: str | BaseException, limit: int | None = None) -> str:
+    """``message`` (or an exception's message) on one line: its non-blank lines stripped and joined by spaces,
+    shortened to ``limit`` characters (ending in " ...") when given; an exception without a message gives its class
+    name."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + " ..."
+    return text or (type(message).__name__ if isinstance(message, BaseException) else "")
+
+
+def is_int(value: object, minimum: int | None = None) -> bool:
+    """Whether ``value`` is an integer (not a bool, not a float such as 4.0), at least ``minimum`` when given."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)

@@ -2,7 +2,9 @@
 
 Every file mmembed writes (CLI outputs, evaluation reports, saved model folders, checkpoints' extra files) goes to a
 temporary name in the target's folder and is renamed over the target when complete (``os.replace`` is atomic on one
-file system): an interrupted run leaves either the old file or the new one, never a truncated file.
+file system): an interrupted run leaves either the old file or the new one, never a truncated file. This holds per
+file; a saved model folder is several files, and how an interrupted save into an existing folder is recognised is
+described in :mod:`mmembed.model_folder`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from .errors import OutputPathError
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; when the block ends without an error it is renamed to ``target``,
-    otherwise it is removed (the old ``target``, if any, is untouched)."""
+    otherwise it is removed (the old ``target``, if any, is untouched). The new file gets the permissions of the file
+    it replaces, or those of a newly created file (``0o666`` less the umask) when there is none."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -27,23 +30,32 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)  # mkstemp made it private (0o600)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_text(target: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding=encoding)
-    return Path(target)
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``os.umask`` sets it to read it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
-def write_bytes(target: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``target`` atomically."""
+def write_text(target: str | Path, text: str, encoding: str = "utf-8", newline: str | None = None) -> Path:
+    """Write ``text`` to ``target`` atomically (``newline`` as in :func:`open`: ``"\\n"`` keeps the same bytes on
+    every platform)."""
     with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+        tmp.write_text(text, encoding=encoding, newline=newline)
     return Path(target)
 
 
@@ -72,4 +84,9 @@ def check_output_folder(folder: str | Path, what: str = "output folder") -> Path
         raise OutputPathError(f"{what} '{folder}' cannot be created: '{existing}' is a file.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} '{folder}' is not writable (no write permission in '{existing}').")
+    try:  # os.access says yes to root everywhere: a file made and removed is the real test (/proc, read-only mounts)
+        with tempfile.NamedTemporaryFile(prefix=".mmembed-write-test.", dir=existing):
+            pass
+    except OSError as exc:
+        raise OutputPathError(f"{what} '{folder}' is not writable ({exc.strerror} in '{existing}').") from None
     return folder

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,7 +21,7 @@ from .errors import InputError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 #: What ``encode`` accepts for one input.
-InputLike = Union[str, os.PathLike, Image.Image, dict, list]
+InputLike = str | os.PathLike | Image.Image | dict | list
 
 
 @dataclass
@@ -84,12 +84,24 @@ def load_image(source: Any, where: str) -> Image.Image:
                          f"re-encode it as PNG/JPEG.") from exc
 
 
+def check_unicode(value: str, where: str) -> str:
+    """Refuse a string the tokenizer cannot take: one holding a lone surrogate (e.g. ``'\\ud800'``, left by
+    decoding bytes with ``errors='surrogateescape'``), which is not valid Unicode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{where}: the text holds {value[exc.start]!r} at character {exc.start}, a lone surrogate "
+                         f"that is not valid Unicode. Clean it first, e.g. "
+                         f"text.encode('utf-8', errors='replace').decode('utf-8').") from None
+    return value
+
+
 def _check_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise InputError(f"{where}: text must be a str, got {type(value).__name__}.")
     if not value.strip():
         raise InputError(f"{where} is an empty string: there is nothing to embed. Remove it or give it text.")
-    return value
+    return check_unicode(value, where)
 
 
 def _normalise_messages(messages: list, where: str) -> list[dict]:
@@ -105,10 +117,14 @@ def _normalise_messages(messages: list, where: str) -> list[dict]:
                     raise InputError(f"{where}[{j}].content[{k}]: expected {{'type': 'text'|'image', ...}}.")
                 if part["type"] == "image":
                     part = {"type": "image", "image": load_image(part.get("image"), f"{where}[{j}].content[{k}]")}
+                else:
+                    check_unicode(str(part.get("text", "")), f"{where}[{j}].content[{k}]")
                 parts.append(part)
             content = parts
         elif not isinstance(content, str):
             raise InputError(f"{where}[{j}].content must be a str or a list of parts.")
+        else:
+            check_unicode(content, f"{where}[{j}].content")
         out.append({**message, "content": content})
     return out
 
@@ -118,7 +134,7 @@ def to_item(value: InputLike, index: int) -> Item:
     where = f"inputs[{index}]"
     if isinstance(value, Item):
         return value
-    if isinstance(value, Image.Image) or isinstance(value, os.PathLike):
+    if isinstance(value, (Image.Image, os.PathLike)):
         return Item(image=load_image(value, where))
     if isinstance(value, str):
         if looks_like_image_path(value):
@@ -135,6 +151,9 @@ def to_item(value: InputLike, index: int) -> Item:
         return Item(text=text, image=image)
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
         return Item(messages=_normalise_messages(value, where))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise InputError(f"{where} is bytes; mmembed embeds text and images, not raw bytes. Decode text first "
+                         f"(value.decode('utf-8')), or open image bytes with PIL.Image.open(io.BytesIO(value)).")
     raise InputError(f"{where} has unsupported type {type(value).__name__}. Pass a str, a PIL.Image.Image, an "
                      f"image path, a dict {{'text': ..., 'image': ...}} or a list of chat messages.")
 
@@ -144,7 +163,14 @@ def _is_conversation(value: Any) -> bool:
 
 
 def to_items(inputs: Any) -> tuple[list[Item], bool]:
-    """Normalise ``inputs`` (one input, or any iterable of them); returns the items and whether one input was given."""
+    """Normalise ``inputs`` (one input, or any ordered iterable of them); returns the items and whether one input
+    was given. Raw bytes and sets (no order to match embeddings to inputs) are refused with the fix."""
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        raise InputError("inputs is bytes; mmembed embeds text and images, not raw bytes. Decode text first, e.g. "
+                         "encode(data.decode('utf-8')), or open image bytes with PIL.Image.open(io.BytesIO(data)).")
+    if isinstance(inputs, (set, frozenset)):
+        raise InputError(f"inputs is a {type(inputs).__name__}, whose order is arbitrary, so the embeddings could "
+                         f"not be matched to their inputs. Pass a list, e.g. encode(sorted(inputs)).")
     single = isinstance(inputs, (str, os.PathLike, Image.Image, dict, Item)) or _is_conversation(inputs)
     if single:
         values = [inputs]

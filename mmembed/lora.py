@@ -4,7 +4,6 @@ adapter does not fit), merge."""
 from __future__ import annotations
 
 import copy
-import json
 import operator
 import re
 import warnings
@@ -12,7 +11,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import AdapterMismatchError, ModelNotFoundError
+from .errors import AdapterMismatchError, ModelFolderError, ModelNotFoundError, one_line
+from .model_folder import read_json
 
 
 def has_adapter(model: nn.Module) -> bool:
@@ -102,11 +102,18 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+#: PEFT 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` property while wrapping every model (our
+#: calls of PEFT cannot avoid it); transformers >= 5.24 then warns, so this warning alone is dropped around PEFT.
+PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+
+
 def attach(model: nn.Module, config) -> nn.Module:
     """Wrap ``model`` with a new, trainable LoRA adapter described by a ``peft.LoraConfig``."""
     from peft import get_peft_model
 
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = False) -> nn.Module:
@@ -117,31 +124,41 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     2.3x slower (Qwen2-VL-2B on an H200, ``bench/RESULTS.md``). A trainable adapter keeps float32 master weights.
     """
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     adapter = Path(adapter)
     config_file = adapter / "adapter_config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"no LoRA adapter at '{adapter}': adapter_config.json is missing. Pass the folder "
                                  f"written by Embedder.save(..., adapter_only=True) or peft's save_pretrained.")
-    declared = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    adapter_config = read_json(config_file)
+    if not isinstance(adapter_config, dict):
+        raise ModelFolderError(f"{config_file}: expected a JSON object, found {type(adapter_config).__name__}.")
+    declared = adapter_config.get("base_model_name_or_path")
     ours = getattr(model.config, "_name_or_path", None)
     hint = (f"The adapter was trained on '{declared}' but the base model is '{ours}' ({type(model).__name__}). "
             f"Load the adapter onto the base model it was trained on.")
-    _check_token_rows(model, json.loads(config_file.read_text()).get("trainable_token_indices"), adapter)
+    _check_token_rows(model, adapter_config.get("trainable_token_indices"), adapter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
         try:
             wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable,
                                                  autocast_adapter_dtype=is_trainable)
+        except SafetensorError as exc:
+            raise ModelFolderError(f"{adapter / 'adapter_model.safetensors'}: cannot be read ({exc}); the file is "
+                                   f"corrupt or truncated. Save the adapter again.") from exc
         except (ValueError, RuntimeError, KeyError) as exc:
-            raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {exc}\n{hint}") from exc
+            detail = one_line(exc, 400)
+            raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {detail} {hint}") from exc
     missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
     if missing:
-        raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {missing[0][:300]}\n{hint}")
+        detail = one_line(missing[0], 300)
+        raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {detail} {hint}")
     unused = _unused_adapter_keys(wrapped, adapter)
     if unused:
         raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {len(unused)} adapter weights "
-                                   f"have no place in it (e.g. {unused[:2]}).\n{hint}")
+                                   f"have no place in it (e.g. {unused[:2]}). {hint}")
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return wrapped

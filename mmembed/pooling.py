@@ -15,6 +15,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .errors import ModelFolderError
+from .files import write_text
+
 CONFIG_NAME = "mmembed_pooling.json"
 
 
@@ -66,13 +69,18 @@ class Pooler(nn.Module):
         return Pooler.registry[mode](**config)
 
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.get_config(), indent=2))
+        """Write ``folder/mmembed_pooling.json`` (atomically)."""
+        write_text(Path(folder) / CONFIG_NAME, json.dumps(self.get_config(), indent=2))
 
     @staticmethod
     def load(folder: str | Path) -> Pooler:
-        return Pooler.from_config(json.loads((Path(folder) / CONFIG_NAME).read_text()))
+        """The pooler saved in ``folder``; a corrupt or invalid file raises ModelFolderError naming it."""
+        path = Path(folder) / CONFIG_NAME
+        try:
+            return Pooler.from_config(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ModelFolderError(f"{path}: not a valid pooler config ({type(exc).__name__}: {exc}). Save the "
+                                   f"model again.") from None
 
     @staticmethod
     def _st(dim: int, mode: str, include_prompt: bool = True) -> dict:

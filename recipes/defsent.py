@@ -41,11 +41,14 @@ from trl import TrlParser
 import mmembed
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.data.definitions import definition_dataset, read_entries
+from mmembed.errors import ConfigError
 from mmembed.eval.sts import sts_benchmark_spearman
+from mmembed.files import atomic_path, write_text
 from mmembed.losses.defsent import SIMILARITIES, EntryClassificationLoss, entry_matrix
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder
+from mmembed.train.checks import POSITIVE_INT, check_fields, one_of
 from mmembed.train.run import parse_recipe_args, run_recipe
 from mmembed.train.trainer import EmbeddingTrainer
 
@@ -69,34 +72,55 @@ class DefSentArguments:
     entry_batch_size: int = field(default=64, metadata={"help": "batch size when encoding the definitions"})
 
     def __post_init__(self) -> None:
-        if self.stages < 1:
-            raise ValueError(f"stages={self.stages}; give at least 1.")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity={self.similarity!r}; choose one of {SIMILARITIES}.")
+        check_fields(self, {"stages": POSITIVE_INT, "max_entries": POSITIVE_INT, "min_definitions": POSITIVE_INT,
+                            "similarity": one_of(*SIMILARITIES), "entry_batch_size": POSITIVE_INT})
 
 
 def _score(embedder, data_args: DataArguments) -> float:
     return round(sts_benchmark_spearman(embedder, data_args.eval_sts_file), 2)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _prepare(argv: list[str] | None) -> tuple:
+    """The parsed arguments and the entries (recorded in ``<output_dir>/entries.json``)."""
     parser = TrlParser((ModelArguments, DataArguments, DefSentArguments, ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
     model_args, data_args, defsent_args, training_args = parse_recipe_args(parser, argv)
     if data_args.train_file is None:
-        raise ValueError("no definitions: set train_file (e.g. ../shared/data/wordnet/definitions.jsonl).")
+        raise ConfigError("no definitions: set train_file (e.g. ../shared/data/wordnet/definitions.jsonl).")
     if training_args.resume_from_checkpoint:
-        raise ValueError("resume_from_checkpoint is not supported by the staged recipe (it would apply to every "
+        raise ConfigError("resume_from_checkpoint is not supported by the staged recipe (it would apply to every "
                          "stage); rerun the stages from the start.")
     entries = read_entries(data_args.train_file, max_entries=defsent_args.max_entries,
                            min_definitions=defsent_args.min_definitions, seed=training_args.seed)
+    if training_args.process_index == 0:
+        write_text(Path(training_args.output_dir) / "entries.json",
+                   json.dumps([{"name": e.name, "definitions": len(e.definitions)} for e in entries]) + "\n")
+    return model_args, data_args, defsent_args, training_args, entries
+
+
+def _train_stage(embedder, targets, dataset, data_args: DataArguments, defsent_args: DefSentArguments,
+                 training_args: ContrastiveTrainingArguments) -> tuple[dict, str]:
+    """One stage's Trainer run (in ``training_args.output_dir``): ``embedder`` learns to classify each definition to
+    its row of ``targets``; the model is exported to ``<output_dir>/final``."""
+    embedder.train()
+    loss = EntryClassificationLoss(embedder, targets, similarity=defsent_args.similarity,
+                                   temperature=training_args.temperature,
+                                   mini_batch_size=training_args.mini_batch_size,
+                                   mini_batch_tokens=training_args.mini_batch_tokens)
+    collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
+                                   with_prefix_lengths=embedder.needs_prefix_lengths)
+    trainer = EmbeddingTrainer(model=loss, args=training_args, train_dataset=dataset, data_collator=collator)
+    summary, final = trainer.train_and_export()
+    del trainer, loss
+    gc.collect()
+    return summary, final
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, defsent_args, training_args, entries = _prepare(argv)
     dataset = definition_dataset(entries)
     root = Path(training_args.output_dir)
     main_process = training_args.process_index == 0
-    if main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "entries.json").write_text(json.dumps([{"name": e.name, "definitions": len(e.definitions)}
-                                                       for e in entries]) + "\n")
     logger.warning("defsent: %d entries, %d definitions, %d stages", len(entries), len(dataset), defsent_args.stages)
     result: dict = {"method": "defsent"}
     records: list[dict] = []
@@ -118,23 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
         gc.collect()
         stage_dir = root / f"stage{stage}"
         if main_process:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            save_file({"entry_embeddings": targets.contiguous()}, str(stage_dir / "entry_embeddings.safetensors"))
-        embedder.train()
-        loss = EntryClassificationLoss(embedder, targets, similarity=defsent_args.similarity,
-                                       temperature=training_args.temperature,
-                                       mini_batch_size=training_args.mini_batch_size,
-                                       mini_batch_tokens=training_args.mini_batch_tokens)
-        collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
-                                       with_prefix_lengths=embedder.needs_prefix_lengths)
+            with atomic_path(stage_dir / "entry_embeddings.safetensors") as tmp:
+                save_file({"entry_embeddings": targets.contiguous()}, str(tmp))
         training_args.output_dir = str(stage_dir)
-        trainer = EmbeddingTrainer(model=loss, args=training_args, train_dataset=dataset, data_collator=collator)
-        summary, final = trainer.train_and_export()
+        summary, final = _train_stage(embedder, targets, dataset, data_args, defsent_args, training_args)
         record.update(summary)
-        del trainer, loss, embedder
+        del embedder
         gc.collect()
         if stage == defsent_args.stages and main_process:  # the result: <output_dir>/final
-            shutil.rmtree(root / "final", ignore_errors=True)
+            shutil.rmtree(root / "final", ignore_errors=True)  # an unfinished one (a finished run was refused)
             os.replace(final, root / "final")
         if stage == defsent_args.stages:
             final = str(root / "final")
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
             logger.warning("defsent: STS-B Spearman x100 after stage %d: %.2f", stage, record["sts_spearman"])
         records.append(record)
         if main_process:
-            (root / "stages.json").write_text(json.dumps(records, indent=1) + "\n")
+            write_text(root / "stages.json", json.dumps(records, indent=1) + "\n")
     del encoder
     training_args.output_dir = str(root)
     result.update({"train_seconds": round(sum(r["train_seconds"] for r in records), 1),

@@ -32,6 +32,7 @@ import mmembed
 from mmembed.data import teacher_scores as ts
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.data.dataset import to_dataset
+from mmembed.errors import ConfigError, DataError
 from mmembed.eval.encoding import EmbeddingCache
 from mmembed.eval.sts import SICK_FILES, read_sick, read_sts_benchmark, sts_benchmark_spearman
 from mmembed.losses import InfoNCELoss
@@ -39,6 +40,7 @@ from mmembed.losses.distill import ALPHA, TASKS, DistillationLoss
 from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder, read_rows
+from mmembed.train.checks import FRACTION, POSITIVE_INT, check_fields, integer, one_of
 from mmembed.train.run import parse_recipe_args, run_recipe
 from mmembed.train.trainer import EmbeddingTrainer
 
@@ -68,10 +70,9 @@ class DistillArguments:
         "help": "training pairs on which the student's MSE to the teacher is reported before / after (0: off)"})
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r}; choose one of {TASKS}.")
-        if self.teacher_kind not in ts.TEACHER_KINDS:
-            raise ValueError(f"teacher_kind={self.teacher_kind!r}; choose one of {ts.TEACHER_KINDS}.")
+        check_fields(self, {"teacher_kind": one_of(*ts.TEACHER_KINDS), "teacher_batch_size": POSITIVE_INT,
+                            "teacher_chunk_size": POSITIVE_INT, "alpha": FRACTION, "task": one_of(*TASKS),
+                            "distill_eval_pairs": integer(ge=0)})
 
 
 def _side(text: str) -> dict:
@@ -93,13 +94,13 @@ def graded_rows(path: str, train_format: str) -> list[dict]:
 def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
     """The rows to train on (``teacher_scores`` format: already carrying their ``teacher_score``)."""
     if data.train_file is None:
-        raise ValueError("no training data: set train_file (and train_format).")
+        raise ConfigError("no training data: set train_file (and train_format).")
     formats = data.train_format.split(",")
     if set(formats) <= set(GRADED_FORMATS):  # graded files may be mixed: one format per comma-separated file
         files = data.train_file.split(",")
         formats = formats * len(files) if len(formats) == 1 else formats
         if len(formats) != len(files):
-            raise ValueError(f"{len(files)} train files but {len(formats)} train formats: give one format, or one "
+            raise ConfigError(f"{len(files)} train files but {len(formats)} train formats: give one format, or one "
                              f"per file.")
         rows = [row for file, fmt in zip(files, formats) for row in graded_rows(file, fmt)]
     elif data.train_format == "teacher_scores":
@@ -109,9 +110,9 @@ def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
         rows = read_rows(data.train_file, data)
     rows = rows[: data.max_train_samples] if data.max_train_samples else rows
     if not rows:
-        raise ValueError(f"{data.train_file}: no training rows.")
+        raise DataError(f"{data.train_file}: no training rows.")
     if args.task in ("cosine", "cosent") and args.alpha < 1 and any("score" not in r for r in rows):
-        raise ValueError(f"task {args.task} needs a gold score per row: train_format {data.train_format!r} has none; use "
+        raise ConfigError(f"task {args.task} needs a gold score per row: train_format {data.train_format!r} has none; use "
                          f"stsb or sick_relatedness, task infonce (positive pairs), or alpha 1.")
     return rows
 
@@ -122,7 +123,7 @@ def score_rows(rows: list[dict], args: DistillArguments, training_args: Contrast
     if all("teacher_score" in r for r in rows):
         return rows, {"teacher_scored": 0}
     if args.teacher is None and args.teacher_scores_file is None:
-        raise ValueError("no teacher scores: give a teacher (teacher=...) or a teacher_scores_file that covers the "
+        raise ConfigError("no teacher scores: give a teacher (teacher=...) or a teacher_scores_file that covers the "
                          "training pairs.")
     path = args.teacher_scores_file or f"{training_args.output_dir}/teacher_scores.jsonl"
     name = args.teacher_name or (ts.teacher_name(args.teacher, args.teacher_kind) if args.teacher else None)
@@ -131,7 +132,7 @@ def score_rows(rows: list[dict], args: DistillArguments, training_args: Contrast
         found = ts.read_teacher_scores(path)
         missing = [p for p in pairs if p not in found]
         if missing:
-            raise ValueError(f"{path}: no teacher score for {len(missing)} of {len(pairs)} training pairs (first: "
+            raise DataError(f"{path}: no teacher score for {len(missing)} of {len(pairs)} training pairs (first: "
                              f"{missing[0][0]!r} / {missing[0][1]!r}): give a teacher to compute them.")
         return ts.attach_teacher_scores(rows, [found[p] for p in pairs]), {"teacher_scored": 0}
     cache = ts.TeacherScoreCache(path, name)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="teacher scores"):  # one process scores, the others read the cache
         rows, result = score_rows(rows, args, training_args)
     result = {"task": args.task, "alpha": args.alpha, "rows": len(rows), **result}
-    embedder = build_embedder(model_args)
+    embedder = build_embedder(model_args, seed=training_args.seed)  # the same LoRA init whether or not the teacher ran
     probe = rows[: args.distill_eval_pairs]
     main_process = training_args.process_index == 0
     if main_process and (probe or (data_args.eval_sts_file and data_args.eval_before_training)):

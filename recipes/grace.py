@@ -5,10 +5,11 @@ rationale (system prompt left out) is the embedding; contrastive similarities of
 rewards (8 rollouts per prompt, no KL, no reward-std scaling, clip 0.2, LoRA). The negative and cross-group terms
 are computed on each rollout's own embedding, so GRPO's group-mean subtraction does not cancel them (it does in the
 public code). The model is saved as an Embedder in rationale mode (``<output_dir>/final``: ``mmembed.load`` encodes
-with a greedy rationale), the reward curve as ``<output_dir>/reward_curve.png``, and with ``--eval_sts_file`` the
-STS-B Spearman of the untrained and the trained model is printed.
+with a greedy rationale), the reward curve as ``<output_dir>/reward_curve.png``; the untrained and the trained model
+are scored on ``--eval_retrieval_dir`` (a BEIR folder: MRR@10 and accuracy@1) and ``--eval_sts_file`` (STS-B
+Spearman) when given.
 
-    accelerate launch recipes/grace.py                       # the bundled config: SmolLM2-135M, SICK triplets
+    accelerate launch recipes/grace.py      # the bundled config: SmolLM2-135M, WordNet data shipped in recipes/data
     accelerate launch recipes/grace.py --config recipes/configs/grace.yaml [--key value ...]
     accelerate launch --config_file ds_configs/accelerate/zero2.yaml recipes/grace.py --config ...
 """
@@ -22,16 +23,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from trl import GRPOConfig, TrlParser
+from trl import TrlParser
 
 import mmembed
+from mmembed.eval.retrieval import evaluate_retrieval
 from mmembed.eval.sts import read_sts_benchmark, spearman_of_pairs
 from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
 from mmembed.train import distributed
 from mmembed.train.arguments import ModelArguments
 from mmembed.train.build import build_embedder
-from mmembed.train.grace import GRPO_DEFAULTS, GraceArguments, build_grace_trainer
+from mmembed.train.grace import GRPO_DEFAULTS, GraceArguments, GraceConfig, build_grace_trainer
 from mmembed.train.plots import save_curve
+from mmembed.train.run import parse_recipe_args, run_recipe
 
 logger = logging.getLogger("grace")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "grace.yaml"
@@ -48,26 +51,37 @@ def sts(embedder, args: GraceArguments) -> float:
                                    batch_size=16), 2)
 
 
+def scores(embedder, args: GraceArguments) -> dict:
+    """The held-apart scores x 100: retrieval MRR@10 and accuracy@1, STS-B Spearman (those whose data is set)."""
+    out = {}
+    if args.eval_retrieval_dir:
+        task = next(iter(evaluate_retrieval(embedder, args.eval_retrieval_dir, batch_size=16).tasks.values()))
+        out.update(retrieval_mrr10=round(task["mrr@10"], 2), retrieval_acc1=round(task["recall@1"], 2))
+    if args.eval_sts_file:
+        out["sts_spearman"] = sts(embedder, args)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    parser = TrlParser((ModelArguments, GraceArguments, GRPOConfig))
+    parser = TrlParser((ModelArguments, GraceArguments, GraceConfig))
     parser.set_defaults(**GRPO_DEFAULTS, **distributed.training_defaults(), chat=True,
                         system_prompt=GRACE_SYSTEM_PROMPT, pooling="mean_excluding_prefix")
-    model_args, grace_args, training_args = parser.parse_args_and_config(argv)
+    model_args, grace_args, training_args = parse_recipe_args(parser, argv)
     rationale = RationaleConfig(max_new_tokens=grace_args.rationale_max_tokens or training_args.max_completion_length)
     embedder = build_embedder(model_args, rationale=rationale)
     trainer = build_grace_trainer(embedder, grace_args, training_args)
     main_process = trainer.is_world_process_zero()
-    result: dict = {}
-    if grace_args.eval_sts_file and main_process:
-        result["sts_spearman_before"] = sts(embedder, grace_args)
-        logger.warning("STS-B Spearman x100 of the untrained model (rationale mode): %.2f",
-                       result["sts_spearman_before"])
+    before = scores(embedder, grace_args) if main_process else {}
+    if before:
+        logger.warning("held-apart scores x100 of the untrained model (rationale mode): %s",
+                       ", ".join(f"{k} {v:.2f}" for k, v in before.items()))
     start = time.time()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    result.update(train_seconds=round(time.time() - start, 1), steps=trainer.state.global_step)
+    result: dict = {"train_seconds": round(time.time() - start, 1), "steps": trainer.state.global_step}
+    result.update({f"{k}_before": v for k, v in before.items()})
     if trainer.step_times:
         result["seconds_per_step"] = {k: round(float(np.mean([t[k] for t in trainer.step_times])), 2)
                                       for k in ("step", "generation", "reward", "update")}
@@ -81,10 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
                            title="GRACE mean reward", xlabel="generation batch", ylabel="mean reward")
         if curve is not None:
             result["reward_curve"] = str(curve)
-    if grace_args.eval_sts_file and main_process:
-        result["sts_spearman"] = sts(mmembed.load(final, device=str(training_args.device)), grace_args)
-        logger.warning("STS-B Spearman x100: %s (untrained) -> %.2f (trained)", result.get("sts_spearman_before"),
-                       result["sts_spearman"])
+    if before:
+        result.update(scores(mmembed.load(final, device=str(training_args.device)), grace_args))
+        for key in before:
+            logger.warning("%s x100 on held-apart data: %.2f (untrained) -> %.2f (trained)", key, before[key],
+                           result[key])
     result["model"] = str(final)
     if main_process:
         print(json.dumps(result), flush=True)
@@ -94,4 +109,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

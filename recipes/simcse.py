@@ -24,7 +24,7 @@ from mmembed.train import distributed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder
 from mmembed.train.elastic import ElasticArguments
-from mmembed.train.methods import MethodArguments, build_method_trainer
+from mmembed.train.methods import MethodArguments, build_method_trainer, method_data
 from mmembed.train.run import parse_recipe_args, run_recipe
 
 logger = logging.getLogger("simcse")
@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
                         ContrastiveTrainingArguments))
     parser.set_defaults(**distributed.training_defaults())
     model_args, data_args, method_args, elastic_args, training_args = parse_recipe_args(parser, argv)
-    embedder = build_embedder(model_args)
+    parts = method_data(method_args, data_args)  # the data first: a bad row stops the run before the model loads
+    embedder = build_embedder(model_args, seed=training_args.seed)
     result: dict = {"method": method_args.method}
     if data_args.eval_sts_file and data_args.eval_before_training and training_args.process_index == 0:
         result["sts_spearman_before"] = round(sts_benchmark_spearman(embedder.eval(), data_args.eval_sts_file), 2)
         embedder.train()
-    trainer = build_method_trainer(method_args, data_args, training_args, embedder, elastic_args)
+    trainer = build_method_trainer(method_args, data_args, training_args, embedder, elastic_args, parts)
     summary, final = trainer.train_and_export()
     result.update(summary)
     if data_args.eval_sts_file and trainer.is_world_process_zero():

@@ -282,3 +282,302 @@ def test_mixture_sampler_draws_each_batch_from_one_dataset_by_weight():
         sources[origin.pop()] += 1
     assert 4 <= sources[0] <= 17 and sources[0] + sources[1] == 40
     assert batches == list(DatasetMixtureBatchSampler([100, 300], batch_size=10, weights=[1, 3], seed=0))
+
+
+# --- every row the cards allow trains; every other row is refused with file:line ---------------------------------
+
+GOOD = {"anchor": "a", "positive": "b", "negative": "c"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"anchor": {"text": 5}, "positive": "b"}', "bad.jsonl:2 anchor: 'text' must be a string, got int (5)"),
+    ('{"anchor": "a", "positive": ["b1", "b2"]}', "bad.jsonl:2: 2 positives, but {path}:1 has 1; every row"),
+    ('{"anchor": "a", "positive": []}', "bad.jsonl:2: 'positive' is empty"),
+    ('{"anchor": "a", "positive": {"text": "b", "imge": "x.png"}}', "bad.jsonl:2 positive: unknown key(s) ['imge']"),
+    ('{"anchor": "a", "positive": {"image_path": 3}}', "bad.jsonl:2 positive: the image path must be a string"),
+    ('{"anchor": "bad \\ud800", "positive": "b"}', "bad.jsonl:2 anchor: 'text' holds '\\ud800', a lone surrogate"),
+    ('{"anchor": "a", "positive": "b", "negative": [{"text": ["n"]}]}',
+     "bad.jsonl:2 negative: 'text' must be a string, got list"),
+    (b'{"anchor": "caf\xe9", "positive": "b"}', "bad.jsonl:2: not valid UTF-8 (byte 0xe9 at byte 16 of the line)"),
+])
+def test_every_bad_triplet_row_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    line = line if isinstance(line, bytes) else line.encode()
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    with pytest.raises(DataError) as error:
+        read_triplets(path)
+    assert str(error.value).startswith(f"{path}:2") and message.format(path=path) in str(error.value)
+    assert len(read_triplets(path, skip_bad=True)) == 2  # the same row is a countable bad record
+
+
+def test_other_readers_name_file_and_line(tmp_path):
+    from mmembed.data.formats import read_grace, read_sentences
+
+    cases = [
+        (read_pairs, b'{"query": "q", "positive": "d"}\n{"query": {"text": 1.5}, "positive": "d"}\n',
+         ":2 query: 'text' must be a string, got float"),
+        (read_mmeb_train, b'{"qry": "q", "pos_text": "p"}\n{"qry": "\xff", "pos_text": "p"}\n', ":2: not valid UTF-8"),
+        (read_multiturn, b'{"pairs": [{"query": "q", "positive": "p"}]}\n\xfe\n', ":2: not valid UTF-8 (byte 0xfe"),
+        (read_grace, b'{"query": "q", "positive": "p"}\n{"query": "q", "positive": "p\\udc00"}\n',
+         ":2: 'positive' holds '\\udc00', a lone surrogate"),
+        (read_sentences, b"one sentence\n\ntwo \xc3\x28 sentences\n", ":3: not valid UTF-8 (byte 0xc3 at byte 5"),
+        (read_grace, b'{"query": "q", "positive": "p"}\n{"query": "q", "positive": "p", "negative": "n"}\n',
+         ":2: a 'negative', but {path}:1 has none; a GRACE file gives every row a negative or none."),
+    ]
+    for reader, data, message in cases:
+        path = tmp_path / f"{reader.__name__}.jsonl"
+        path.write_bytes(data)
+        with pytest.raises(DataError) as error:
+            reader(path)
+        assert str(error.value).startswith(f"{path}{message.format(path=path)}"), str(error.value)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(DataError, match=rf"{empty}: no sentences"):
+        read_sentences(empty)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"query": "q", "positive": "d"}\r\n')  # a BOM and CRLF are fine
+    assert read_pairs(bom) == [{"anchor": {"text": "q", "image": None}, "positive": {"text": "d", "image": None}}]
+
+
+def test_sick_reader_refuses_bad_files_with_file_and_line(tmp_path):
+    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
+    good = "1\tA man plays.\tA person plays.\t4.5\tENTAILMENT\n2\tA man plays.\tNobody plays.\t1.0\tCONTRADICTION\n"
+    path = tmp_path / "SICK_train.txt"
+    for text, message in [
+        ("pair_ID\tsentence_A\tsentence_B\n" + good, ":1: the header lacks ['entailment_judgment']"),
+        (header + good + "3\t \tB\t3.0\tNEUTRAL\n", ":4: empty sentence"),
+        (header + good.replace("CONTRADICTION", "NEUTRAL"), ": no triplets"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(DataError) as error:
+            read_sick_triplets(tmp_path)
+        assert str(error.value).startswith(f"{path}{message}"), str(error.value)
+    path.write_text(header + good)
+    assert read_sick_triplets(path) == read_sick_triplets(tmp_path)  # the file itself, or its folder
+    assert read_sick_triplets(path)[0]["negative"] == [{"text": "Nobody plays.", "image": None}]
+    with pytest.raises(DataError, match="SICK_trial.txt does not exist"):
+        read_sick_triplets(tmp_path, "trial")
+
+
+def _mixed_rows(path):
+    """Triplets with 2, 0, 1, 0 (absent), 0 (null) and 0 ([]) hard negatives: every row the card allows."""
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(40)]
+    counts = [2, 0, 1, 0, 0, 0]
+    records = []
+    for i, k in enumerate(counts * 2):
+        record = {"anchor": texts[3 * i], "positive": {"text": texts[3 * i + 1], "image_path": ""}}
+        if k:
+            record["negative"] = [texts[(3 * i + 2 + j) % 40] for j in range(k)] if k > 1 else texts[3 * i + 2]
+        elif i % 6 == 4:
+            record["negative"] = None
+        elif i % 6 == 5:
+            record["negative"] = []
+        records.append(record)
+    return _write(path, records)
+
+
+def test_rows_without_hard_negatives_are_kept_through_the_dataset_and_collator(tmp_path, qwen2_path):
+    import mmembed
+    from mmembed.data.collator import ContrastiveCollator
+
+    rows = read_triplets(_mixed_rows(tmp_path / "mixed.jsonl"))
+    assert [len(r.get("negative", [])) for r in rows] == [2, 0, 1, 0, 0, 0] * 2
+    dataset = to_dataset(rows[1:])  # the first row has no negative: later rows' negatives must not be dropped
+    assert [len(n) for n in dataset["negative"]] == [0, 1, 0, 0, 0, 2, 0, 1, 0, 0, 0]
+    collator = ContrastiveCollator(mmembed.load(str(qwen2_path)).backbone)
+    batch = collator([dataset[i] for i in range(6)])
+    assert batch["negative"]["input_ids"].shape[0] == 3
+    assert batch["negative_owners"].tolist() == [1, 5, 5]
+    assert "negative_owners" not in collator([dataset[i] for i in range(2, 5)])
+    assert "negative" not in collator([dataset[i] for i in (2, 3, 4)])
+
+
+def test_rows_that_cannot_share_one_table_are_refused():
+    side = {"text": "x", "image": None}
+    with pytest.raises(DataError, match=r"training row 1 has 2 positive\(s\) but row 0 has 1; every row needs"):
+        to_dataset([{"anchor": side, "positive": side}, {"anchor": side, "positive": [side, side]}])
+    with pytest.raises(DataError, match=r"training row 1 has the fields \['anchor', 'positive', 'score'\] but row 0"):
+        to_dataset([{"anchor": side, "positive": side}, {"anchor": side, "positive": side, "score": 1.0}])
+    with pytest.raises(DataError, match="no training rows"):
+        to_dataset([])
+
+
+def test_rows_of_a_mixture_that_differ_are_named_by_file_and_line(tmp_path):
+    """A mixture of files whose rows have different numbers of positives: the first row that differs is named by its
+    file:line (the readers' rows keep it through slicing and joining), against the first row's."""
+    from mmembed.data.formats import Rows
+    from mmembed.train.arguments import DataArguments
+    from mmembed.train.build import load_datasets
+
+    one = _write(tmp_path / "a.jsonl", [{"anchor": f"a{i}", "positive": f"p{i}"} for i in range(3)])
+    (tmp_path / "b.jsonl").write_text('\n{"anchor": "b0", "positive": ["x", "y"]}\n')  # its row is on line 2
+    parts = load_datasets(DataArguments(train_file=f"{one},{tmp_path / 'b.jsonl'}", max_train_samples=2))
+    assert [p.where for p in parts] == [[f"{one}:1", f"{one}:2"], [f"{tmp_path / 'b.jsonl'}:2"]]
+    with pytest.raises(DataError) as error:
+        to_dataset(Rows.join(parts))
+    assert str(error.value) == (f"{tmp_path / 'b.jsonl'}:2: the row has 2 positive(s) but {one}:1 has 1; every row "
+                                f"needs the same number of positives (in a mixture of files too: the loss pairs each "
+                                f"anchor with a block of that many).")
+    assert Rows.join([[{"anchor": 1}], parts[0]]).where == [None, f"{one}:1", f"{one}:2"]
+
+
+def test_info_nce_with_a_different_number_of_hard_negatives_per_row_matches_the_hand_formula():
+    import torch
+    import torch.nn.functional as F
+
+    from mmembed.losses import InfoNCELoss
+
+    torch.manual_seed(0)
+    q, p, n = torch.randn(3, 8), torch.randn(3, 8), torch.randn(3, 8)
+    owners = torch.tensor([0, 0, 2])  # row 0: two hard negatives, row 1: none, row 2: one
+    for weight in (0.0, 0.7):
+        out = InfoNCELoss(temperature=0.05, hard_negative_weight=weight)(q, p, n, negative_owners=owners)
+        candidates = [F.normalize(c, dim=0) for c in [*p, *n]]
+        terms = []
+        for i in range(3):
+            logits = torch.stack([F.normalize(q[i], dim=0) @ c / 0.05 for c in candidates])
+            own = [3 + j for j in range(3) if int(owners[j]) == i]
+            logits[own] += weight
+            terms.append(-logits.log_softmax(0)[i])
+        assert torch.allclose(out["loss"], torch.stack(terms).mean(), atol=1e-5)
+    uniform = InfoNCELoss(temperature=0.05, hard_negative_weight=0.7)
+    n6 = torch.randn(6, 8)  # owners [0, 0, 1, 1, 2, 2] are what "2 per row" means
+    assert torch.equal(uniform(q, p, n6)["loss"], uniform(q, p, n6, negative_owners=torch.arange(6) // 2)["loss"])
+    with pytest.raises(ValueError, match="give each of the 3 hard negatives the index of its query in \\[0, 3\\)"):
+        uniform(q, p, n, negative_owners=torch.tensor([0, 3, 1]))
+
+
+def _mixed_loss(path, **kwargs):
+    from test_losses import _loss_with_lora
+
+    from mmembed.inputs import PromptTemplate
+    from mmembed.losses import InfoNCELoss
+
+    loss = _loss_with_lora(path, PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True),
+                           **kwargs)
+    loss.info_nce = InfoNCELoss(temperature=0.05, hard_negative_weight=0.5)
+    loss.model.backbone.model.eval()  # no dropout: runs in several processes compare exactly
+    return loss
+
+
+def test_a_mixed_batch_equals_the_reference_and_gradient_caching(qwen2_path, tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from test_losses import _assert_same, _grads
+
+    from mmembed.data.collator import ContrastiveCollator
+
+    rows = to_dataset(read_triplets(_mixed_rows(tmp_path / "mixed.jsonl")))
+    rows = [rows[i] for i in range(6)]
+    loss = _mixed_loss(qwen2_path)
+    batch = ContrastiveCollator(loss.model.backbone)(rows)
+    with torch.no_grad():
+        out = loss(**batch)
+        q, p, n = (F.normalize(loss.embed(batch[c]), dim=-1) for c in ("anchor", "positive", "negative"))
+    owners = [0, 0, 2]  # rows 0 (two), 2 (one); rows 1, 3, 4, 5 have none
+    terms = []
+    for i in range(6):
+        logits = torch.cat([p, n]) @ q[i] / 0.05
+        logits[[6 + j for j, owner in enumerate(owners) if owner == i]] += 0.5
+        terms.append(-logits.log_softmax(0)[i])
+    assert torch.allclose(out["loss"], torch.stack(terms).mean(), atol=1e-5)
+    _assert_same(_grads(_mixed_loss(qwen2_path, mini_batch_size=2), batch), _grads(loss, batch))
+
+
+ORDER = [3, 4, 5, 0, 1, 2]  # the global batch: rows without hard negatives (rank 0), then 2, 0, 1 (rank 1)
+
+
+def _mixed_worker(rank: int, world: int, port: int, path: str, data: str, out: str) -> None:
+    import gc
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from mmembed.data.collator import ContrastiveCollator
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        loss = _mixed_loss(path)
+        dataset = to_dataset(read_triplets(data))
+        rows = [dataset[i] for i in ORDER[3 * rank: 3 * rank + 3]]  # rank 0's rows have no hard negative
+        result = loss(**ContrastiveCollator(loss.model.backbone)(rows))
+        result["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        losses = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(losses, result["loss"].detach())
+        if rank == 0:
+            torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
+    finally:
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_two_processes_one_without_hard_negatives_equal_one_process(qwen2_path, tmp_path):
+    import torch
+    import torch.multiprocessing as mp
+    from test_distributed import _free_port
+
+    from mmembed.data.collator import ContrastiveCollator
+
+    data = _mixed_rows(tmp_path / "mixed.jsonl")
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_mixed_worker, args=(2, _free_port(), str(qwen2_path), str(data), str(out)), nprocs=2,
+                       start_method="spawn", join=True)
+    distributed = torch.load(out)
+    single = _mixed_loss(qwen2_path)
+    dataset = to_dataset(read_triplets(data))
+    result = single(**ContrastiveCollator(single.model.backbone)([dataset[i] for i in ORDER]))
+    result["loss"].backward()
+    assert torch.allclose(distributed["loss"], result["loss"].detach(), rtol=1e-5)
+    grads = {n: p.grad for n, p in single.named_parameters() if p.grad is not None}
+    assert grads.keys() == distributed["grads"].keys()
+    for name, g in grads.items():
+        assert (distributed["grads"][name] - g).norm() / g.norm().clamp(min=1e-12) < 1e-5, name
+
+
+def test_a_triplet_file_with_rows_without_negatives_trains(qwen2_path, tmp_path):
+    from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
+    from mmembed.train.build import build_trainer
+
+    data = _mixed_rows(tmp_path / "mixed.jsonl")
+    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3,
+                                        learning_rate=1e-3, logging_steps=1, save_strategy="no", seed=0,
+                                        disable_tqdm=True, temperature=0.05, report_to=[])
+    trainer = build_trainer(ModelArguments(model_name_or_path=str(qwen2_path), lora_r=4, lora_alpha=8),
+                            DataArguments(train_file=str(data), train_format="triplets"), args)
+    assert len(trainer.train_dataset) == 12  # no row dropped
+    negatives = [int(batch["negative"]["input_ids"].shape[0]) if "negative" in batch else 0
+                 for batch in trainer.get_train_dataloader()]
+    assert sum(negatives) == 6  # every hard negative of the file is in some batch
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert trainer.state.global_step == 3 and len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_muco_finetuning_takes_rows_without_hard_negatives(qwen2_emb_path):
+    import torch
+
+    import mmembed
+    from mmembed.data.multiturn import EMB_TOKEN, AuxiliaryCollator
+    from mmembed.losses import AuxiliaryContrastiveLoss, InfoNCELoss
+
+    model = mmembed.load(str(qwen2_emb_path), dtype="float32", pooling={"mode": "special_token", "token": EMB_TOKEN})
+    side = {"image": None, "caption": None}
+    rows = [{"anchor": {"text": f"query {i}", **side}, "positive": {"text": f"answer {i}", **side},
+             "negative": [{"text": f"wrong answer {i}.{j}", **side} for j in range(k)]} for i, k in enumerate([1, 0, 2])]
+    batch = AuxiliaryCollator(model.backbone, seed=0)(rows)
+    assert batch["negative_owners"].tolist() == [0, 2, 2]
+    loss = AuxiliaryContrastiveLoss(model, InfoNCELoss(temperature=0.02, hard_negative_weight=0.3))
+    with torch.no_grad():
+        out = loss(**batch)
+        (q, _), (p, _), (n, _) = (model(batch[c]) for c in ("anchor", "positive", "negative"))
+        info = InfoNCELoss(temperature=0.02, hard_negative_weight=0.3)
+        keys = {k: batch[k] for k in ("query_keys", "positive_keys", "negative_keys", "negative_owners")}
+        terms = [info(a, b, n, **keys)["loss"] for a in (q[0::2], q[1::2]) for b in (p[0::2], p[1::2])]
+    assert float(out["loss"]) == pytest.approx(float(sum(terms)), abs=1e-5)

@@ -255,3 +255,13 @@ def test_staged_recipe_rebuilds_targets_with_the_previous_stage_and_restarts_fro
     assert mmembed.load(str(out / "final")).encode(["a cat", "a dog"]).shape == (2, 64)
     assert not (out / "stage2" / "final").exists()
 
+    # run again into the same folder: refused (exit code 2, one line) before anything is replaced
+    card = (out / "README.md").read_text()
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.splitlines()[-1] == (
+        f"error: {out} holds the output of an earlier run (final, stage1/final), with no checkpoint a run can resume "
+        f"from: start over with a new --output_dir or with --overwrite_output_dir true (which deletes those folders "
+        f"and its model card README.md).")
+    assert (out / "README.md").read_text() == card and (out / "final" / "mmembed_config.json").is_file()
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -206,10 +208,12 @@ def test_elastic_recipe_with_two_processes_exports_a_model_that_loads_cut(qwen2_
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", "ds_configs/accelerate/ddp.yaml",
            "recipes/simcse.py", "--config", "recipes/configs/simcse_tiny.yaml", "--model_name_or_path",
            str(qwen2_path), "--train_file", str(root.parent / "shared" / "data" / "sick"), "--method", "sup",
-           "--elastic", "starbucks", "--output_dir", str(tmp_path / "out")]
+           "--elastic", "starbucks", "--output_dir", str(tmp_path / "out"), "--save_strategy", "steps",
+           "--save_steps", "2"]
     run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    assert "'steps': 2" in run.stdout and "'loss_1x11'" in run.stdout + run.stderr
+    history = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert "'steps': 2" in run.stdout and "loss_1x11" in history[0]  # the full log dict (stdout: one short line)
     cut = mmembed.load(str(tmp_path / "out" / "final"), layer=1, dim=16, normalize=False)
     full = mmembed.load(str(tmp_path / "out" / "final"), normalize=False)
     batch = full.backbone.tokenize([full.backbone.renderer.render(mmembed.inputs.to_item("a cat", 0), "")])

@@ -173,3 +173,20 @@ def test_tiny_model_equals_direct_cosines(qwen2_path, tmp_path):
     assert {k: entry[k] for k in ("accuracy", "f1")} == pytest.approx(
         {k: 100 * v for k, v in best_threshold_metrics(cosine, labels).items() if k in ("accuracy", "f1")})
     assert report.model["name_or_path"] == str(qwen2_path)
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes(f"{HEADER}\n1\t1\t2\tfine\tpair\n".encode() + "0\t3\t4\tcafé\tx\n".encode("latin-1"))
+    with pytest.raises(PairDataError) as error:
+        read_msrp(path)
+    assert str(error.value) == f"{path}:3: not valid UTF-8 (byte 0xe9 at byte 10 of the line); save the file as UTF-8."
+
+
+def test_a_file_with_one_label_only_is_refused_before_encoding(tmp_path):
+    path = write_msrp(tmp_path / "ones.tsv", [(1, "a0", "b0"), (1, "a1", "b1")])
+    embedder = TableEmbedder([0.5, 0.2])
+    with pytest.raises(PairDataError) as error:
+        evaluate_pair_classification(embedder, path)
+    assert str(error.value).startswith(f"{path}: every pair has Quality 1; average precision needs paraphrases (1)")
+    assert embedder.calls == []

@@ -104,3 +104,40 @@ def test_trecqa_cli_on_shared_dev(qwen2_path, tmp_path):
     kept = [q for q in questions if any(q[2]) and not all(q[2])]
     assert saved["tasks"]["TREC-QA"]["n"] == len(kept) and 0 < len(kept) <= 81
     assert 0 < saved["tasks"]["TREC-QA"]["map"] <= 100
+
+
+@pytest.mark.parametrize("name, line, message", [
+    ("corpus.jsonl", {"_id": "d9", "text": 7}, "corpus.jsonl:9: 'text' must be a string, got int"),
+    ("corpus.jsonl", {"_id": "d9", "title": "", "text": " "}, "corpus.jsonl:9: document 'd9' has neither text nor"),
+    ("corpus.jsonl", {"_id": "d2", "text": "again"}, "corpus.jsonl:9: duplicate _id 'd2' (first at {folder}"),
+    ("queries.jsonl", {"_id": "q9", "text": ""}, "queries.jsonl:7: query 'q9' has an empty text"),
+    ("queries.jsonl", b'{"_id": "q9", "text": "caf\xe9"}', "queries.jsonl:7: not valid UTF-8 (byte 0xe9"),
+    ("qrels/test.tsv", "q1\td2\tinf", "qrels/test.tsv:10: score 'inf' is not a finite number"),
+    ("qrels/test.tsv", "q1\td2\tnan", "qrels/test.tsv:10: score 'nan' is not a finite number"),
+])
+def test_beir_bad_lines_name_file_and_line(tmp_path, name, line, message):
+    folder = build_beir(tmp_path / "beir")
+    data = line if isinstance(line, bytes) else (json.dumps(line) if isinstance(line, dict) else line).encode()
+    with (folder / name).open("ab") as f:
+        f.write(data + b"\n")
+    with pytest.raises(RetrievalDataError) as error:
+        read_beir(folder)
+    assert str(error.value).startswith(f"{folder}/{message.format(folder=folder)}"), str(error.value)
+
+
+def test_trecqa_bad_rows_name_the_line_even_after_multiline_fields(tmp_path):
+    path = tmp_path / "qa.csv"
+    ok = 'qtext,label,atext\nWhere?,1,"A sentence\nthat spans two lines."\nWhere?,0,Elsewhere.\n'
+    path.write_text(ok + "Where?,0,\n")
+    with pytest.raises(RetrievalDataError) as error:
+        read_trecqa(path)
+    assert str(error.value).startswith(f"{path}:5: empty question or answer sentence")
+    path.write_bytes(ok.encode() + b"Where?,0,\xff\n")
+    with pytest.raises(RetrievalDataError) as error:
+        read_trecqa(path)
+    assert str(error.value).startswith(f"{path}:5: not valid UTF-8 (byte 0xff at byte 10 of the line)")
+    path.write_text(ok + "Where?,2,Bad label.\n")
+    with pytest.raises(RetrievalDataError, match=r"qa.csv:5: label '2' must be 0 or 1"):
+        read_trecqa(path)
+    path.write_text(ok)
+    assert read_trecqa(path) == [("Where?", ["A sentence\nthat spans two lines.", "Elsewhere."], [1, 0])]

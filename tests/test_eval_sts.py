@@ -131,3 +131,71 @@ def test_cli_on_stsb_dev(qwen2_path, model, tmp_path):
     assert saved["model"]["name_or_path"] == str(qwen2_path)
     assert (out / "sts.md").read_text().count("STSBenchmark-dev") == 1
     assert (out / "sts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _stsb(root: Path, lines: list[str]) -> Path:
+    folder = root / "STS" / "STSBenchmark"
+    folder.mkdir(parents=True)
+    path = folder / "sts-dev.csv"
+    path.write_bytes("".join(lines).encode() if isinstance(lines[0], str) else b"".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("nan", ":3: score 'nan' is not a finite number"),
+    ("inf", ":3: score 'inf' is not a finite number"),
+    ("", ":3: score missing"),
+    ("3.x", ":3: score '3.x' is not a number"),
+])
+def test_stsb_gold_scores_must_be_finite_numbers(tmp_path, bad, message):
+    rows = [f"g\tf\t2012\t{i:04d}\t{score}\tSentence {i} one.\tSentence {i} two.\n"
+            for i, score in enumerate(["1.0", "4.0", bad, "2.5"])]
+    path = _stsb(tmp_path, rows)
+    with pytest.raises(STSDataError) as error:
+        load_senteval(tmp_path, splits=("dev",), tasks=["STSBenchmark"])
+    assert str(error.value).startswith(f"{path}{message}")
+
+
+def test_too_few_pairs_empty_sentences_and_bad_bytes_name_the_file(tmp_path):
+    row = "g\tf\t2012\t0001\t{score}\t{a}\t{b}\n"
+    cases = [
+        ([row.format(score=3.0, a="One pair.", b="Only.")], ": 1 pair(s) with a gold score; Spearman needs at least 2"),
+        ([row.format(score=3.0, a="A.", b="B."), row.format(score=3.0, a="C.", b="D.")],
+         ": every gold score is 3; Spearman needs at least two different ones"),
+        ([row.format(score=3.0, a="A.", b="B."), row.format(score=1.0, a="   ", b="D.")], ":2: empty sentence"),
+    ]
+    for number, (lines, message) in enumerate(cases):
+        path = _stsb(tmp_path / str(number), lines)
+        with pytest.raises(STSDataError) as error:
+            load_senteval(tmp_path / str(number), splits=("dev",))
+        assert str(error.value).startswith(f"{path}{message}"), str(error.value)
+    path = _stsb(tmp_path / "bytes", [row.format(score=1, a="A.", b="B.").encode(), b"g\tf\t2012\t2\t2\t\xff\tB.\n"])
+    with pytest.raises(STSDataError) as error:
+        load_senteval(tmp_path / "bytes", splits=("dev",))
+    assert str(error.value).startswith(f"{path}:2: not valid UTF-8 (byte 0xff at byte 14 of the line)")
+
+
+def test_sts_year_and_sick_checks_name_file_and_line(tmp_path):
+    root = build_senteval_root(tmp_path / "year", years=("STS13",), stsb=(), sick=True)
+    gs = root / "STS" / "STS13-en-test" / "STS.gs.FNWN.txt"
+    lines = gs.read_text().splitlines()
+    gs.write_text("\n".join([lines[0], "nan", *lines[2:]]) + "\n")
+    with pytest.raises(STSDataError, match=r"STS.gs.FNWN.txt:2: gold score 'nan' is not a finite number"):
+        load_senteval(root)
+    gs.write_text("\n".join([lines[0], "", "", "", "", ""]) + "\n")  # empty lines mean "no gold": one pair left
+    with pytest.raises(STSDataError, match=r"STS.gs.FNWN.txt \(STS13 FNWN\): 1 pair\(s\) with a gold score"):
+        load_senteval(root)
+    build_senteval_root(tmp_path / "sick", years=(), stsb=(), sick=True)
+    sick = tmp_path / "sick" / "SICK" / "SICK_test_annotated.txt"
+    sick.write_text(sick.read_text().replace("relatedness_score", "score", 1))
+    with pytest.raises(STSDataError, match=r"SICK_test_annotated.txt:1: the header lacks \['relatedness_score'\]"):
+        load_senteval(tmp_path / "sick")
+
+
+def test_cli_refuses_a_nan_gold_score_with_one_line(qwen2_path, tmp_path, capsys):
+    rows = [f"g\tf\t2012\t{i:04d}\t{score}\tSentence {i} one.\tSentence {i} two.\n"
+            for i, score in enumerate(["1.0", "nan", "2.5"])]
+    path = _stsb(tmp_path / "root", rows)
+    code = main(["eval", "sts", "--model", str(qwen2_path), "--data", str(tmp_path / "root"), "--split", "dev"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}:2: score 'nan' is not a finite number" in err and "Traceback" not in err

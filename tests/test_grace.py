@@ -224,9 +224,12 @@ def test_reward_spread_over_two_processes_equals_one_process(tiny_path, tmp_path
 
 def test_read_grace_reports_bad_lines(tmp_path):
     path = tmp_path / "g.jsonl"
-    path.write_text('{"query": "q", "positive": "p", "negative": "n"}\n{"query": "q2", "positive": "p2"}\n'
-                    '{"query": "q3"}\n')
+    path.write_text('{"query": "q", "positive": "p", "negative": "n"}\n{"query": "q2", "positive": "p2", '
+                    '"negative": "n2"}\n{"query": "q3"}\n')
     with pytest.raises(DataError, match=r"g.jsonl:3.*positive"):
+        read_grace(path)
+    path.write_text('{"query": "q", "positive": "p", "negative": "n"}\n{"query": "q2", "positive": "p2"}\n')
+    with pytest.raises(DataError, match=r"g.jsonl:2.*negative.*g.jsonl:1"):  # every row has a negative, or none
         read_grace(path)
     path.write_text('{"query": "q", "positive": "p", "negative": "n", "source": "x"}\n')
     assert read_grace(path) == [{"text": "p", "query": "q", "negative": "n"}]

@@ -207,3 +207,70 @@ def test_mean_without_prompt_keeps_a_token_merged_with_the_prompt(qwen2_path):
         ours = model.encode(text, prompt="Query: ", cache_prompt=False)
         assert np.abs(ours - states[k:].mean(0).numpy()).max() < 1e-5
         assert np.abs(model.encode(text, prompt="Query: ") - ours).max() < 1e-5  # cached path too
+
+
+# ------------------------------------------------------------------------------- issue 27: every input named
+def test_invalid_unicode_names_its_index(text_model):
+    with pytest.raises(InputError, match=r"^inputs\[1\]: the text holds '\\ud800' at character 4, a lone surrogate"):
+        text_model.encode(["ok", "bad \ud800"])
+    with pytest.raises(InputError, match=r"^inputs\[0\]\['text'\]: the text holds"):
+        text_model.encode([{"text": "\udcff"}])
+    with pytest.raises(InputError, match=r"^inputs\[0\]\[1\]\.content: the text holds"):
+        text_model.encode([[{"role": "user", "content": "hi"}, {"role": "user", "content": "x\ud800"}]])
+    with pytest.raises(InputError, match=r"^prompt: the text holds"):
+        text_model.encode(["ok"], prompt="\ud800 ")
+
+
+def test_bytes_and_sets_are_refused_with_the_fix(text_model):
+    with pytest.raises(InputError, match=r"^inputs is bytes; .*encode\(data\.decode\('utf-8'\)\)"):
+        text_model.encode(b"hello")
+    with pytest.raises(InputError, match=r"^inputs\[1\] is bytes; .*value\.decode\('utf-8'\)"):
+        text_model.encode(["ok", b"hello"])
+    for inputs in ({"a", "b"}, frozenset({"a", "b"})):
+        with pytest.raises(InputError, match=r"^inputs is a (set|frozenset), whose order is arbitrary.*Pass a list"):
+            text_model.encode(inputs)
+
+
+def test_image_the_processor_refuses_names_its_index(qwen2_vl_path, images):
+    model = mmembed.load(str(qwen2_vl_path))
+    wide = Image.new("RGB", (5000, 1), "white")
+    with pytest.raises(InputError, match=r"^inputs\[2\]: the model's processor cannot take it \(ValueError: absolute "
+                                         r"aspect ratio .*image size 5000x1\)\. Resize or pad the image"):
+        model.encode(["a caption", images[0], wide, {"text": "x", "image": images[1]}])
+    with pytest.raises(InputError, match=r"^inputs\[0\]: the model's processor cannot take it"):
+        model.encode([{"text": "x", "image": wide}])
+
+
+def test_truncation_is_reported_once_per_call(qwen2_path, caplog):
+    model = mmembed.load(str(qwen2_path), max_length=16)
+    inputs = ["short"] * 10
+    inputs[3] = inputs[7] = "word " * 40
+    with caplog.at_level("WARNING", logger="mmembed"):
+        model.encode(inputs)
+        model.encode(["short", "also short"])
+    assert [r.getMessage() for r in caplog.records] == [
+        ("2 of 10 inputs were longer than max_length=16 tokens and were shortened (inputs[3], inputs[7]); load the "
+         "model with a larger max_length to keep them whole.")]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmembed"):
+        model.encode(["word " * 40] * 12)
+    assert [r.getMessage() for r in caplog.records] == [
+        ("12 of 12 inputs were longer than max_length=16 tokens and were shortened (inputs[0], inputs[1], inputs[2], "
+         "inputs[3], inputs[4], inputs[5], inputs[6], inputs[7], inputs[8], inputs[9], ... 2 more); load the model "
+         "with a larger max_length to keep them whole.")]
+
+
+def test_progress_bar_off_unless_a_terminal_or_asked(text_model, capsys):
+    inputs = [f"sentence {i}" for i in range(300)]
+    text_model.encode(inputs, batch_size=64)
+    assert capsys.readouterr().err == ""  # captured stderr is not a terminal: no bar, even for many inputs
+    text_model.encode(inputs, batch_size=64, show_progress_bar=True)
+    err = capsys.readouterr().err
+    assert "Encoding: 100%" in err and err.count("\r") <= 3  # shown when asked; refreshed rarely in a log
+
+
+def test_evaluator_chunks_name_the_input_by_its_overall_index(text_model):
+    from mmembed.eval.encoding import encode_side
+
+    with pytest.raises(InputError, match=r"^inputs\[5\] is an empty string"):
+        encode_side(text_model, ["a", "b", "c", "d", "e", " "], chunk_size=4)

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmembed import cli
 from mmembed.data import synthetic as syn
 from mmembed.data.formats import read_mmeb_train
+from mmembed.errors import OutputPathError
 
 CONFIG = syn.SyntheticConfig(seed=3, image_size=56, n_eval_queries=12, n_candidates=8, n_train_per_task=10,
                              n_muco_images=40, n_mbeir_queries=8)
@@ -95,11 +97,16 @@ def test_same_seed_same_files_other_seed_differs(out, tmp_path):
     assert other["images"]["pixels_sha256"] != first["images"]["pixels_sha256"]
 
 
-def test_refuses_a_foreign_non_empty_folder(tmp_path):
+def test_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    message = (f"'{tmp_path}' is not empty and holds no synthetic-data manifest (mmembed synthetic did not write it): "
+               f"give a new or empty folder.")
+    with pytest.raises(OutputPathError) as caught:
         syn.generate(tmp_path, CONFIG)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert str(caught.value) == message
+    assert cli.main(["synthetic", "-o", str(tmp_path)]) == 2  # one line, no traceback
+    assert capsys.readouterr().err == f"mmembed: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_config_is_validated():

@@ -1,9 +1,14 @@
 """The contrastive collator: rows of ``{"anchor", "positive"[, "negative"]}`` -> one tokenized batch per column.
 
 Each column is rendered with the model's template (and that column's prompt, e.g. a query instruction for the
-anchor) and tokenized by the backbone; several positives or hard negatives per row are flattened row by row. Next to the tokenizer
-/ processor outputs a column batch carries ``keys`` (a 64-bit hash of each input's text and image, for false-negative
-masks) and ``images_per_sample`` (for gradient caching's per-sample slicing).
+anchor) and tokenized by the backbone; several positives or hard negatives per row are flattened row by row. Next to
+the tokenizer / processor outputs a column batch carries ``keys`` (a 64-bit hash of each input's text and image, for
+false-negative masks) and ``images_per_sample`` (for gradient caching's per-sample slicing).
+
+Every row needs the same number of positives; hard negatives may differ from row to row (a row's ``negative`` is a
+list, one input, empty or absent). When they differ, the batch carries ``negative_owners`` (the row of each hard
+negative), which the loss passes on to :class:`~mmembed.losses.InfoNCELoss`: every hard negative is a candidate of
+every query, so rows without one still train against the others' (and against all in-batch positives).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from torch import Tensor
 from ..inputs import Item, load_image
 
 COLUMNS = ("anchor", "positive", "negative")
+#: batch key of the query index of each hard negative, present when the rows of a batch have different numbers
+NEGATIVE_OWNERS = "negative_owners"
 #: per-row numbers a loss may need, passed through as tensors: row field -> batch key (dtype)
 ROW_VALUES = {
     "bank_group": ("bank_groups", torch.long),  # CCP: the memory bank (language / source) of each row
@@ -64,19 +71,19 @@ class ContrastiveCollator:
         batch["images_per_sample"] = torch.tensor([len(r.images) for r in rendered])
         return batch
 
-    def __call__(self, rows: list[dict]) -> dict[str, dict[str, Tensor]]:
-        out = {}
-        for column in COLUMNS:
-            if column not in rows[0] or rows[0][column] is None:
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for column in ("anchor", "positive"):
+            values = [row.get(column) for row in rows]
+            if all(v is None for v in values):
                 continue
-            values = [row[column] for row in rows]
-            if isinstance(values[0], list):  # several positives / hard negatives per row, flattened row by row
-                counts = {len(v) for v in values}
-                if len(counts) != 1:
-                    raise ValueError(f"rows of one batch have {sorted(counts)} {column} inputs each; give every row "
-                                     f"the same number.")
-                values = [n for v in values for n in v]
-            out[column] = self._column(values, column)
+            out[column] = self._column(_flatten(values, column), column)
+        negatives = [_sides(row.get("negative")) for row in rows]
+        counts = [len(n) for n in negatives]
+        if any(counts):  # rows may have different numbers of hard negatives, none included
+            out["negative"] = self._column([n for row in negatives for n in row], "negative")
+            if len(set(counts)) > 1:
+                out[NEGATIVE_OWNERS] = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
         for field_name, (key, dtype) in ROW_VALUES.items():
             if field_name in rows[0]:
                 try:
@@ -85,3 +92,20 @@ class ContrastiveCollator:
                     raise ValueError(f"every row of a batch needs a numeric '{field_name}' when one has it "
                                      f"({exc}).") from exc
         return out
+
+
+def _sides(value: dict | list | None) -> list[dict]:
+    """A row's inputs of one column as a list (a single input, a list of them, or none)."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _flatten(values: list, column: str) -> list[dict]:
+    """The anchors / positives of a batch, several per row flattened row by row (every row the same number)."""
+    per_row = [_sides(v) for v in values]
+    counts = sorted({len(v) for v in per_row})
+    if len(counts) != 1 or counts[0] == 0:
+        raise ValueError(f"rows of one batch have {counts} {column} inputs each; give every row the same number "
+                         f"(at least one).")
+    return [side for row in per_row for side in row]

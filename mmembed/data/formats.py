@@ -5,8 +5,10 @@
 
 Image paths are resolved inside a declared image root (a path that leaves it is an error). A bad record raises
 :class:`DataError` with its file and line (``file:row N`` in a ``.parquet`` file, N counted from 0), or, with
-``skip_bad=True``, is counted and reported in one warning. Files are JSON lines, or Parquet when the name ends in
-``.parquet`` (read with pyarrow).
+``skip_bad=True``, is counted and reported in one warning. Files are JSON lines (UTF-8; a line that is not is a bad
+record), or Parquet when the name ends in ``.parquet`` (read with pyarrow). A record's texts must be strings (a
+number, an object or a lone surrogate such as ``"\\ud800"`` is a bad record), so every row a reader returns can be
+stored and tokenized.
 """
 
 from __future__ import annotations
@@ -14,23 +16,92 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import MMEmbedError
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "READERS",
+    "DataError",
+    "Rows",
+    "iter_jsonl",
+    "read_grace",
+    "read_mmeb_train",
+    "read_multiturn",
+    "read_pairs",
+    "read_sentences",
+    "read_sick_triplets",
+    "read_text",
+    "read_triplets",
+    "resolve_image",
+    "sick_lines",
+    "text_lines",
+]
 
-class DataError(MMEmbedError, ValueError):
-    """A training or evaluation record that cannot be used; the message names its file and line."""
+
+def _decode(raw: bytes, where: str, error: type[DataError] = DataError) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line); "
+                    f"save the file as UTF-8.") from None
+
+
+def text_lines(path: str | Path, error: type[DataError] = DataError) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for every line of a UTF-8 text file, without its line break (``\\n`` or ``\\r\\n``;
+    a byte-order mark at the start is dropped). A missing file, or a line that is not UTF-8, raises ``error`` (a
+    :class:`DataError`) naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist (or is not a file).")
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = _decode(raw, f"{path}:{number}", error).rstrip("\r\n")
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def read_text(path: str | Path, error: type[DataError] = DataError) -> str:
+    """The whole of a UTF-8 text file (a byte-order mark at the start dropped); a missing file or bytes that are not
+    UTF-8 raise ``error`` (a :class:`DataError`) naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist (or is not a file).")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        _decode(data[line_start: exc.end], f"{path}:{number}", error)
+        raise  # pragma: no cover - _decode raised
+
+
+def _text(value: Any, where: str, name: str = "text") -> str | None:
+    """A text field: a string (None when absent, empty or only spaces); anything else is a bad record."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: '{name}' must be a string, got {type(value).__name__} ({value!r:.40}).")
+    if not value.strip():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{where}: '{name}' holds {value[exc.start]!r}, a lone surrogate, which is not text; fix the "
+                        f"JSON escape (a character outside the BMP is a pair such as \\ud83d\\ude00).") from None
+    return value
 
 
 def resolve_image(value: str | None, root: Path | None, where: str) -> str | None:
     """An image path from a record, resolved inside ``root`` (required when the record names an image)."""
     if not value:
         return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: the image path must be a string, got {type(value).__name__} ({value!r:.40}).")
     if root is None:
         raise DataError(f"{where}: the record names image '{value}' but no image root was given (image_root=...).")
     path = (root / value).resolve()
@@ -41,41 +112,46 @@ def resolve_image(value: str | None, root: Path | None, where: str) -> str | Non
     return str(path)
 
 
+SIDE_KEYS = ("text", "image_path", "image")
+
+
 def _side(value: Any, root: Path | None, where: str) -> dict[str, str | None]:
     if isinstance(value, str):
         value = {"text": value}
     if not isinstance(value, dict):
         raise DataError(f"{where}: expected a string or {{'text', 'image_path'}}, got {type(value).__name__}.")
-    text = value.get("text") or None
+    unknown = sorted(set(value) - set(SIDE_KEYS))
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {unknown}; a side is a string or {{'text', 'image_path'}}.")
+    text = _text(value.get("text"), where)
     image = resolve_image(value.get("image_path") or value.get("image"), root, where)
     if text is None and image is None:
         raise DataError(f"{where}: neither text nor image.")
     return {"text": text, "image": image}
 
 
-def _parse_json(line: str, where: str) -> dict:
+def _parse_json(line: str, where: str, error: type[DataError] = DataError) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON ({exc.msg}).") from exc
+        raise error(f"{where}: invalid JSON ({exc.msg}).") from exc
     if not isinstance(record, dict):
-        raise DataError(f"{where}: a record must be a JSON object.")
+        raise error(f"{where}: a record must be a JSON object.")
     return record
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """``(file:line, record)`` for each non-empty line of a JSON-lines file; a line that is not a JSON object raises
-    :class:`DataError` naming its file and line."""
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                where = f"{path}:{number}"
-                yield where, _parse_json(line, where)
+def iter_jsonl(path: str | Path, error: type[DataError] = DataError) -> Iterator[tuple[str, dict]]:
+    """``(file:line, record)`` for each non-empty line of a JSON-lines file; a line that is not UTF-8 or not a JSON
+    object raises ``error`` (a :class:`DataError`) naming its file and line."""
+    for number, line in text_lines(path, error):
+        if line.strip():
+            where = f"{path}:{number}"
+            yield where, _parse_json(line, where, error)
 
 
-def _raw_records(path: Path) -> Iterator[tuple[str, str | dict]]:
-    """``(where, raw)`` per record: a JSON line (parsed by the caller, so that invalid JSON can be skipped) or, for a
-    ``.parquet`` file, a row as a dict (``where`` = ``file:row N``, N from 0)."""
+def _raw_records(path: Path) -> Iterator[tuple[str, bytes | dict]]:
+    """``(where, raw)`` per record: a JSON line's bytes (decoded and parsed by the caller, so that a bad line can be
+    skipped) or, for a ``.parquet`` file, a row as a dict (``where`` = ``file:row N``, N from 0)."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -91,26 +167,50 @@ def _raw_records(path: Path) -> Iterator[tuple[str, str | dict]]:
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{path}: not a readable Parquet file ({exc}).") from exc
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
-                yield f"{path}:{number}", line
+                yield f"{path}:{number}", line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
 
 
-def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) -> list[dict]:
+class Rows(list):
+    """The rows a reader returned (a ``list``, equal to the plain list of the same rows) with ``where``: the
+    ``file:line`` of each row, a parallel list, so that a check made later (:func:`mmembed.data.dataset.uniform_rows`,
+    on a mixture of files) names the line. A slice keeps its rows' ``where``; :meth:`join` concatenates parts."""
+
+    def __init__(self, rows: Iterable[dict] = (), where: Iterable[str | None] = ()) -> None:
+        super().__init__(rows)
+        self.where: list[str | None] = list(where)
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return Rows(item, self.where[index]) if isinstance(index, slice) else item
+
+    @classmethod
+    def join(cls, parts: Sequence[list[dict]]) -> Rows:
+        """The rows of ``parts`` one after another, with the ``where`` of those that have one (None for the
+        others)."""
+        return cls([r for p in parts for r in p],
+                   [w for p in parts for w in (p.where if isinstance(p, Rows) and len(p.where) == len(p)
+                                               else [None] * len(p))])
+
+
+def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) -> Rows:
     """Parse every record of a JSON-lines (or ``.parquet``) file; bad records raise with file:line, or are
-    counted."""
+    counted. The rows keep their file:line (:class:`Rows`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"training file '{path}' does not exist.")
-    rows, bad = [], []
+    rows, bad = Rows(), []
     for where, raw in _raw_records(path):
         try:
-            rows.append(parse(_parse_json(raw, where) if isinstance(raw, str) else raw, where))
+            rows.append(parse(_parse_json(_decode(raw, where), where) if isinstance(raw, bytes) else raw, where))
         except DataError as exc:
             if not skip_bad:
                 raise
             bad.append(str(exc))
+            continue
+        rows.where.append(where)
     if bad:
         logger.warning("%s: skipped %d bad records (asked with skip_bad); first: %s", path, len(bad), bad[0])
     if not rows:
@@ -118,22 +218,37 @@ def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) 
     return rows
 
 
+def _sides(value: Any, root: Path | None, where: str) -> list[dict[str, str | None]]:
+    """One side or a list of them (None -> no side)."""
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    return [_side(v, root, f"{where}[{k}]" if len(values) > 1 else where) for k, v in enumerate(values)]
+
+
 def read_triplets(path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False) -> list[dict]:
     """LCO's JSON lines: ``{"anchor": {"text", "image_path"}, "positive": {...}, "negative": {...}}`` (strings allowed
-    for text-only sides; ``negative`` optional; ``positive`` / ``negative`` may be lists for several per row)."""
+    for text-only sides). ``negative`` is optional (absent, null or ``[]``: in-batch negatives only) and may be a list
+    of any length, different from row to row. ``positive`` may be a list of several, the same number in every row of
+    the file (a list of one is the single positive)."""
     root = Path(image_root) if image_root is not None else None
+    first: list[tuple[int, str]] = []  # (number of positives, where) of the first good row
 
     def parse(record: dict, where: str) -> dict:
         missing = [k for k in ("anchor", "positive") if k not in record]
         if missing:
             raise DataError(f"{where}: missing {missing} (a triplet has 'anchor', 'positive' and 'negative').")
         row = {"anchor": _side(record["anchor"], root, f"{where} anchor")}
-        positive = record["positive"]
-        row["positive"] = ([_side(p, root, f"{where} positive") for p in positive] if isinstance(positive, list)
-                           else _side(positive, root, f"{where} positive"))
-        if record.get("negative") is not None:
-            negatives = record["negative"] if isinstance(record["negative"], list) else [record["negative"]]
-            row["negative"] = [_side(n, root, f"{where} negative") for n in negatives]
+        positives = _sides(record["positive"], root, f"{where} positive")
+        if not positives:
+            raise DataError(f"{where}: 'positive' is empty; give one positive (or a list of them).")
+        if first and len(positives) != first[0][0]:
+            raise DataError(f"{where}: {len(positives)} positives, but {first[0][1]} has {first[0][0]}; every row "
+                            f"of a file needs the same number of positives.")
+        row["positive"] = positives[0] if len(positives) == 1 else positives
+        negatives = _sides(record.get("negative"), root, f"{where} negative")
+        if negatives:
+            row["negative"] = negatives
+        if not first:
+            first.append((len(positives), where))
         return row
 
     return _read(path, parse, skip_bad)
@@ -158,11 +273,8 @@ IMAGE_TOKEN = "<|image_1|>"  # MMEB's Phi-3 image token, removed from texts (the
 
 def _clean_text(value: Any, where: str, name: str) -> str | None:
     """A text field without the Phi-3 image token, stripped; None when absent or empty."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise DataError(f"{where}: '{name}' must be a string, got {type(value).__name__}.")
-    return value.replace(IMAGE_TOKEN, "").strip() or None
+    value = _text(value, where, name)
+    return _text(value.replace(IMAGE_TOKEN, "").strip(), where, name) if value is not None else None
 
 
 def _as_list(value: Any, where: str, name: str) -> list:
@@ -239,6 +351,30 @@ MULTITURN_COLUMNS: dict[str, tuple[str, ...]] = {
 column names of the released M3T parquet are NOT verified: pass ``columns=`` to name others."""
 
 
+def _paraphrases(value: Any, where: str) -> list[str]:
+    """A multi-turn query: one text or a list of paraphrases, each non-empty."""
+    paraphrases = _as_list(value, where, "query")
+    if not paraphrases:
+        raise DataError(f"{where}: empty query.")
+    out = []
+    for k, text in enumerate(paraphrases):
+        cleaned = _clean_text(text, f"{where} paraphrase {k}", "query")
+        if cleaned is None:
+            raise DataError(f"{where}: paraphrase {k} of the query is empty.")
+        out.append(cleaned)
+    return out
+
+
+def _turn(query: Any, positive: Any, kind: Any, where: str) -> dict:
+    """One (query, positive[, kind]) pair of a multi-turn record."""
+    pos = _clean_text(positive, where, "positive")
+    if pos is None:
+        raise DataError(f"{where}: empty positive.")
+    if kind is not None and not isinstance(kind, str):
+        raise DataError(f"{where}: 'kind' must be a string, got {type(kind).__name__}.")
+    return {"query": _paraphrases(query, where), "positive": pos, "kind": kind or None}
+
+
 def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_bad: bool = False, *,
                    columns: dict[str, str | Sequence[str]] | None = None) -> list[dict]:
     """Multi-turn training data (MuCo / M3T): one record = one image and K >= 1 (query, positive) pairs about it.
@@ -270,26 +406,6 @@ def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_
                 return name, record[name]
         return None, None
 
-    def texts(value: Any, where: str) -> list[str]:
-        paraphrases = _as_list(value, where, "query")
-        if not paraphrases:
-            raise DataError(f"{where}: empty query.")
-        out = []
-        for k, text in enumerate(paraphrases):
-            cleaned = _clean_text(text, f"{where} paraphrase {k}", "query")
-            if cleaned is None:
-                raise DataError(f"{where}: paraphrase {k} of the query is empty.")
-            out.append(cleaned)
-        return out
-
-    def pair(query: Any, positive: Any, kind: Any, where: str) -> dict:
-        pos = _clean_text(positive, where, "positive")
-        if pos is None:
-            raise DataError(f"{where}: empty positive.")
-        if kind is not None and not isinstance(kind, str):
-            raise DataError(f"{where}: 'kind' must be a string, got {type(kind).__name__}.")
-        return {"query": texts(query, where), "positive": pos, "kind": kind or None}
-
     def parse(record: dict, where: str) -> dict:
         image_key, image = column(record, "image")
         if "pairs" in record:
@@ -300,7 +416,7 @@ def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_
             for k, p in enumerate(given):
                 if not isinstance(p, dict) or "query" not in p or "positive" not in p:
                     raise DataError(f"{where} pairs[{k}]: a pair is an object with 'query' and 'positive'.")
-                pairs.append(pair(p["query"], p["positive"], p.get("kind"), f"{where} pairs[{k}]"))
+                pairs.append(_turn(p["query"], p["positive"], p.get("kind"), f"{where} pairs[{k}]"))
         else:
             q_key, queries = column(record, "queries")
             p_key, positives = column(record, "positives")
@@ -316,7 +432,7 @@ def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_
                 sizes += f", {len(kinds)} {k_key}" if kinds else ""
                 raise DataError(f"{where}: parallel lists of different lengths ({sizes}).")
             kinds = kinds or [None] * len(queries)
-            pairs = [pair(q, p, c, f"{where} turn {k}")
+            pairs = [_turn(q, p, c, f"{where} turn {k}")
                      for k, (q, p, c) in enumerate(zip(queries, positives, kinds))]
         if not pairs:
             raise DataError(f"{where}: no (query, positive) pairs.")
@@ -331,50 +447,92 @@ def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_
 
 def read_grace(path: str | Path, skip_bad: bool = False) -> list[dict]:
     """GRACE's supervised JSON lines ``{"query", "positive", "negative"[, "source"]}`` (strings; ``negative``
-    optional) as ``{"text": positive, "query", "negative"?}``: the policy writes its rationale for the positive."""
+    optional, but given in every row of a file or in none) as ``{"text": positive, "query", "negative"?}``: the policy
+    writes its rationale for the positive."""
+    first: list[tuple[bool, str]] = []  # (has a negative, where) of the first good row
 
     def parse(record: dict, where: str) -> dict:
         missing = [k for k in ("query", "positive") if not isinstance(record.get(k), str) or not record[k].strip()]
         if missing:
             raise DataError(f"{where}: {missing} missing or not a non-empty string (a GRACE row has 'query', "
                             f"'positive' and optionally 'negative').")
-        row = {"text": record["positive"], "query": record["query"]}
+        row = {"text": _text(record["positive"], where, "positive"), "query": _text(record["query"], where, "query")}
         if record.get("negative") is not None:
-            if not isinstance(record["negative"], str) or not record["negative"].strip():
+            if _text(record["negative"], where, "negative") is None:
                 raise DataError(f"{where}: 'negative' must be a non-empty string.")
             row["negative"] = record["negative"]
+        if first and first[0][0] != ("negative" in row):
+            raise DataError(f"{where}: {'a' if 'negative' in row else 'no'} 'negative', but {first[0][1]} has "
+                            f"{'one' if first[0][0] else 'none'}; a GRACE file gives every row a negative or "
+                            f"none.")
+        if not first:
+            first.append(("negative" in row, where))
         return row
 
     return _read(path, parse, skip_bad)
 
 
 def read_sentences(path: str | Path) -> list[dict]:
-    """One sentence a line (unsupervised: the sentence is its own positive, as SimCSE)."""
-    lines = [s.strip() for s in Path(path).read_text(encoding="utf-8").splitlines() if s.strip()]
+    """One sentence a line (unsupervised: the sentence is its own positive, as SimCSE); blank lines are skipped."""
+    lines = [line.strip() for _, line in text_lines(path) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: no sentences (one sentence a line, UTF-8).")
     return [{"anchor": {"text": s, "image": None}, "positive": {"text": s, "image": None}} for s in lines]
+
+
+SICK_SPLITS = {"train": "SICK_train.txt", "trial": "SICK_trial.txt"}
+#: the header of a SICK file (tab-separated); readers take the columns they need by name
+SICK_COLUMNS = ("pair_ID", "sentence_A", "sentence_B", "relatedness_score", "entailment_judgment")
+
+
+def sick_lines(path: str | Path, columns: Sequence[str],
+               error: type[DataError] = DataError) -> Iterator[tuple[str, list[str]]]:
+    """``(file:line, [the value of each of columns])`` for each non-blank line of a SICK file after its header
+    (tab-separated, :data:`SICK_COLUMNS`, in any order). A header without one of ``columns`` or a line with too few
+    fields raises ``error`` naming the file and line."""
+    lines = text_lines(path, error)
+    header = next(lines, (1, ""))[1].split("\t")
+    absent = [c for c in columns if c not in header]
+    if absent:
+        raise error(f"{path}:1: the header lacks {absent} (SICK: {', '.join(SICK_COLUMNS)}, tab-separated).")
+    index = [header.index(c) for c in columns]
+    for number, line in lines:
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) <= max(index):
+            raise error(f"{path}:{number}: {len(fields)} fields, expected at least {max(index) + 1}.")
+        yield f"{path}:{number}", [fields[i] for i in index]
+
+
+def _sick_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
+    """``(sentence A, sentence B, judgment)`` per line of a SICK file."""
+    for where, (first, second, judgment) in sick_lines(path, ("sentence_A", "sentence_B", "entailment_judgment")):
+        if not first.strip() or not second.strip():
+            raise DataError(f"{where}: empty sentence; remove the line or fill in both sentences.")
+        yield first, second, judgment
 
 
 def read_sick_triplets(folder: str | Path, split: str = "train") -> list[dict]:
     """(sentence, entailed sentence, contradicting sentence) triplets from SICK, on the SimCSE / LCO NLI pattern.
 
-    For each ENTAILMENT pair (A, B): if some sentence contradicts A (CONTRADICTION is symmetric), the triplet is
-    (A, B, that sentence); otherwise, if one contradicts B, (B, A, it). Pairs with no contradiction are left out.
+    ``folder`` holds ``SICK_train.txt`` / ``SICK_trial.txt`` (or is such a file). For each ENTAILMENT pair (A, B): if
+    some sentence contradicts A (CONTRADICTION is symmetric), the triplet is (A, B, that sentence); otherwise, if one
+    contradicts B, (B, A, it). Pairs with no contradiction are left out.
     """
-    path = Path(folder) / {"train": "SICK_train.txt", "trial": "SICK_trial.txt"}[split]
+    if split not in SICK_SPLITS:
+        raise DataError(f"SICK split {split!r}: choose one of {sorted(SICK_SPLITS)}.")
+    path = Path(folder) if Path(folder).is_file() else Path(folder) / SICK_SPLITS[split]
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: give a SICK folder holding {SICK_SPLITS[split]} (or the file).")
     entailments: list[tuple[str, str]] = []
     contradictions: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        a, b, judgment = header.index("sentence_A"), header.index("sentence_B"), header.index("entailment_judgment")
-        for number, line in enumerate(f, start=2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < len(header):
-                raise DataError(f"{path}:{number}: {len(fields)} fields, expected {len(header)}.")
-            if fields[judgment] == "ENTAILMENT":
-                entailments.append((fields[a], fields[b]))
-            elif fields[judgment] == "CONTRADICTION":
-                contradictions.setdefault(fields[a], []).append(fields[b])
-                contradictions.setdefault(fields[b], []).append(fields[a])
+    for first, second, judgment in _sick_pairs(path):
+        if judgment == "ENTAILMENT":
+            entailments.append((first, second))
+        elif judgment == "CONTRADICTION":
+            contradictions.setdefault(first, []).append(second)
+            contradictions.setdefault(second, []).append(first)
     rows = []
     for k, (first, second) in enumerate(entailments):
         anchor, positive = (first, second) if first in contradictions else (second, first)
@@ -382,6 +540,9 @@ def read_sick_triplets(folder: str | Path, split: str = "train") -> list[dict]:
         if negatives:
             rows.append({"anchor": {"text": anchor, "image": None}, "positive": {"text": positive, "image": None},
                          "negative": [{"text": negatives[k % len(negatives)], "image": None}]})
+    if not rows:
+        raise DataError(f"{path}: no triplets (no ENTAILMENT pair has a sentence with a CONTRADICTION); train on "
+                        f"another split or format.")
     return rows
 
 

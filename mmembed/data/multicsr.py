@@ -19,13 +19,16 @@ counted by reason in the report (nothing is dropped silently).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
+from ..errors import DataError, OutputPathError, is_int
 from ..rationale import RationaleConfig, generate_rationales
 
 EXEMPLARS = {
@@ -151,3 +154,26 @@ def generate_triplets(model: nn.Module, tokenizer, sentences: Sequence[str], con
         rows.append({"anchor": sentence, "positive": pos, "negative": neg,
                      "scores": {"positive": pos_score, "negative": neg_score}})
     return rows, {"inputs": len(sentences), **dict(report)}
+
+
+def read_report(out: Path, report_file: Path) -> dict:
+    """The report of an earlier ``recipes/multicsr_data.py`` run writing the triplet file ``out`` (``{"inputs":
+    processed inputs, reason: count...}``; ``{"inputs": 0}`` when there is none), to resume it. An ``out`` that is
+    not empty and has no report was not written by that script: :class:`OutputPathError`; a report that is not JSON
+    or has no ``inputs`` count: :class:`DataError` (one line each, naming both files)."""
+    if not out.is_file():
+        return {"inputs": 0}
+    if not report_file.is_file():
+        if out.stat().st_size == 0:
+            return {"inputs": 0}
+        raise OutputPathError(f"--output_file {out} exists without its report {report_file}, so this script did not "
+                              f"write it: give another --output_file, or delete {out} to start over.")
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{report_file}: not a valid report of {out} (not JSON: {exc}); delete both files to start "
+                        f"over.") from None
+    if not isinstance(report, dict) or not is_int(report.get("inputs")) or report["inputs"] < 0:
+        raise DataError(f"{report_file}: not a valid report of {out} (no 'inputs' count >= 0); delete both files to "
+                        f"start over.")
+    return report

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..inputs import Item, load_image
-from .collator import content_key
+from .collator import NEGATIVE_OWNERS, content_key
 
 EMB_TOKEN = "<|emb|>"
 MASK_TOKEN = "<|mask|>"
@@ -180,10 +180,9 @@ class AuxiliaryCollator:
                                                                           r["positive"].get("image")) for r in rows])}
         negatives = [n for r in rows for n in (r.get("negative") or [])]
         if negatives:
-            counts = {len(r.get("negative") or []) for r in rows}
-            if len(counts) != 1:
-                raise ValueError(f"rows of one batch have {sorted(counts)} hard negatives each; give every row the "
-                                 f"same number.")
+            counts = [len(r.get("negative") or []) for r in rows]
+            if len(set(counts)) > 1:  # rows without (or with more) hard negatives: the loss needs each one's row
+                out[NEGATIVE_OWNERS] = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
             out["negative"] = _tokenize(self.backbone, [
                 conversation([(n.get("text") or "", self.emb_token)],
                              load_image(n["image"], "negative image") if n.get("image") else None, self.system)

@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import OutputPathError
+from ..files import write_text
+
 __all__ = [
     "COLORS", "POSITIONS", "SHAPES", "SIZES", "TASKS", "WORDS", "Scene", "SceneObject", "SyntheticConfig",
     "TaskInfo", "caption", "cell_box", "edit", "generate", "parse_caption", "random_scene", "render",
@@ -899,9 +902,7 @@ def _write_mbeir(out: Path, images: _Images, cfg: SyntheticConfig) -> dict[str, 
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
+    write_text(path, text, newline="\n")  # atomic: an interrupted run leaves no truncated file
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
@@ -924,7 +925,8 @@ def _prepare(out: Path) -> None:
         except (json.JSONDecodeError, AttributeError):
             ours = False
     if not ours and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no synthetic-data manifest: choose an empty folder.")
+        raise OutputPathError(f"'{out}' is not empty and holds no synthetic-data manifest (mmembed synthetic did not "
+                              f"write it): give a new or empty folder.")
     for name in _OWNED:
         path = out / name
         if path.is_dir():
@@ -936,7 +938,8 @@ def _prepare(out: Path) -> None:
 def generate(out: str | Path, config: SyntheticConfig | None = None) -> Path:
     """Write the benchmark and training data under ``out`` (see the module docstring for the layout) and return
     ``out``. The same config gives byte-identical JSON-lines / YAML / TSV files and identical image pixels; an
-    earlier output there is replaced."""
+    earlier output there is replaced, and a non-empty folder it did not write is refused (:class:`OutputPathError`).
+    Text files are written atomically (:mod:`mmembed.files`)."""
     cfg = config or SyntheticConfig()
     out = Path(out)
     _prepare(out)

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .formats import DataError
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +134,11 @@ def pairs_of(rows: Iterable[dict]) -> list[Pair]:
             side = row.get(column)
             if isinstance(side, list):
                 if len(side) != 1:
-                    raise ValueError(f"row {i}: {len(side)} {column} inputs; distillation scores one (anchor, "
+                    raise DataError(f"row {i}: {len(side)} {column} inputs; distillation scores one (anchor, "
                                      f"positive) pair per row.")
                 side = side[0]
             if not isinstance(side, dict) or not side.get("text") or side.get("image"):
-                raise ValueError(f"row {i}: the {column} must be a text (teacher scores are for text pairs).")
+                raise DataError(f"row {i}: the {column} must be a text (teacher scores are for text pairs).")
             sides.append(side["text"])
         pairs.append((sides[0], sides[1]))
     return pairs
@@ -202,7 +202,7 @@ class TeacherScoreCache:
                                 f"'{self.teacher}' (first: {a!r} / {b!r}): give a teacher to compute them, or a "
                                 f"teacher-score file that covers the training pairs.")
             if teacher.name != self.teacher:
-                raise ValueError(f"the cache holds teacher '{self.teacher}' but the teacher given is "
+                raise DataError(f"the cache holds teacher '{self.teacher}' but the teacher given is "
                                  f"'{teacher.name}'.")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for start in range(0, len(todo), chunk_size):

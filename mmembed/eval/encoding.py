@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..errors import InputError
 
 
 def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *, prompt_name: str | None = None,
                 prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
                 chunk_size: int = 4096) -> np.ndarray:
     """L2-normalised float32 embeddings ``(n, dim)``, encoded ``chunk_size`` inputs at a time (so the images of a
-    large pool are never all decoded at once; each chunk is still sorted by length inside ``encode``).
+    large pool are never all decoded at once; each chunk is still sorted by length inside ``encode``). An input
+    error names the input by its index in ``inputs``.
 
     ``side`` ("query" / "document") picks the model's prompt of that name when it has one (as ``encode_queries``
     / ``encode_documents``); an explicit ``prompt_name`` or ``prompt`` wins.
@@ -28,7 +32,13 @@ def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *
         return np.zeros((0, embedder.embedding_dim), dtype=np.float32)
     chunks = []
     for start in range(0, len(inputs), chunk_size):
-        vectors = embedder.encode(list(inputs[start:start + chunk_size]), **kwargs)
+        try:
+            vectors = embedder.encode(list(inputs[start:start + chunk_size]), **kwargs)
+        except InputError as exc:  # name the input by its index in ``inputs``, not in the chunk
+            where = re.match(r"inputs\[(\d+)\]", str(exc))
+            if not start or where is None:
+                raise
+            raise InputError(f"inputs[{start + int(where[1])}]{str(exc)[where.end():]}") from exc
         if isinstance(vectors, list):  # a multi-vector (special-token) pooler: evaluate the first embedding
             vectors = np.stack([v[0] for v in vectors])
         chunks.append(np.asarray(vectors, dtype=np.float32).reshape(-1, embedder.embedding_dim))

@@ -31,6 +31,8 @@ def spearman(predicted: Sequence[float] | np.ndarray, gold: Sequence[float] | np
         raise ValueError(f"spearman: predicted {predicted.shape} and gold {gold.shape} must be equal 1-d shapes.")
     if len(gold) < 2:
         raise ValueError("spearman: needs at least 2 pairs.")
+    if not np.isfinite(gold).all():
+        raise ValueError("spearman: the gold scores hold NaN or infinity; fix or remove those pairs.")
     if np.ptp(predicted) == 0:  # constant predictions: no ranking information (scipy returns nan)
         return 0.0
     return float(spearmanr(predicted, gold).statistic * 100)

@@ -11,7 +11,9 @@ best-F1 threshold never splits tied pairs (as mteb 2's ``_find_best_acc_and_thre
 
 File (MSRP, ``msr-para-{train,val,test}.tsv``): tab-separated with the header
 ``Quality, #1 ID, #2 ID, #1 String, #2 String``; ``Quality`` is 1 for a paraphrase, else 0. Sentences contain quote
-characters, so lines are split on tabs (no CSV quoting); the text is used as it is in the file.
+characters, so lines are split on tabs (no CSV quoting); the text is used as it is in the file. A line that is not
+UTF-8, has another number of fields, a Quality other than 0 / 1 or an empty sentence raises :class:`PairDataError`
+naming the file and line.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError
+from ..data.formats import DataError, text_lines
 from .encoding import EmbeddingCache
 
 MSRP_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
@@ -36,7 +38,7 @@ def read_msrp(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise PairDataError(f"MSRP file {path} not found (tab-separated, header {', '.join(MSRP_HEADER)}).")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = [line for _, line in text_lines(path, PairDataError)]
     if not lines or [f.strip() for f in lines[0].split("\t")] != MSRP_HEADER:
         found = lines[0][:80] if lines else "an empty file"
         raise PairDataError(f"{path}:1: the header must be the tab-separated {', '.join(MSRP_HEADER)} "
@@ -128,10 +130,14 @@ def pair_classification_scores(scores: np.ndarray, labels: np.ndarray, decimals:
 def evaluate_pair_classification(embedder: Any, path: str | Path, *, batch_size: int = 32,
                                  show_progress_bar: bool | None = None, name: str | None = None):
     """Cosine AP x 100 of ``embedder`` on an MSRP-style TSV (every distinct sentence encoded once); returns a
-    :class:`~mmembed.eval.report.Report` with accuracy and F1 at the best thresholds next to it."""
+    :class:`~mmembed.eval.report.Report` with accuracy and F1 at the best thresholds next to it. A file whose pairs
+    all have one label is refused before encoding (AP would not depend on the model)."""
     from .report import Report, describe_model, file_hashes
 
     first, second, labels = read_msrp(path)
+    if labels.min() == labels.max():
+        raise PairDataError(f"{path}: every pair has Quality {labels[0]}; average precision needs paraphrases (1) and "
+                            f"non-paraphrases (0) to rank (with one kind only any model scores {100 * labels[0]}).")
     cache = EmbeddingCache(embedder, None, batch_size=batch_size, show_progress_bar=show_progress_bar)
     cache.get(list(dict.fromkeys(first + second)))
     cosine = (cache.get(first) * cache.get(second)).sum(1)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_path, write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -172,17 +174,21 @@ class Report:
         title = f"{self.suite} · {Path(str(self.model.get('name_or_path', ''))).name}"
         ax.set_title(title + (" (FLAGGED)" if self.flags else ""), fontsize=10)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            with atomic_path(path) as tmp:  # written whole or not at all
+                fig.savefig(tmp, dpi=100, format="png")
+        finally:
+            plt.close(fig)
         return Path(path)
 
     def save(self, folder: str | Path) -> dict[str, Path]:
-        """Write ``<suite>.json``, ``<suite>.md`` and ``<suite>.png`` into ``folder``."""
+        """Write ``<suite>.json``, ``<suite>.md`` and ``<suite>.png`` into ``folder``; each file goes to a temporary
+        name and is renamed when complete, so an interrupted save leaves the older file whole."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{self.suite}.json", "markdown": folder / f"{self.suite}.md"}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        paths["markdown"].write_text(self.to_markdown())
+        write_text(paths["json"], json.dumps(self.to_dict(), indent=2, default=str))
+        write_text(paths["markdown"], self.to_markdown())
         png = self.bar_chart(folder / f"{self.suite}.png")
         if png is not None:
             paths["png"] = png

@@ -8,17 +8,23 @@ Metrics over the exact top-``depth`` ranking: nDCG@10 (main, linear gains), MAP,
 TREC-QA (``qtext,label,atext`` CSV): each question ranks its own candidate sentences; MAP and MRR@10. The usual
 "clean" setting drops questions without any correct answer (AP undefined) and questions whose candidates are all
 correct (every ranking scores 1); both counts are recorded.
+
+The readers check every line before anything is encoded: a line that is not UTF-8, a missing or non-string field,
+an empty query, document or answer sentence, a duplicate id, a relevance score that is not a finite number, or a
+qrels line naming an unknown query or document raises :class:`RetrievalDataError` naming the file and line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError, iter_jsonl
+from ..data.formats import DataError, iter_jsonl, read_text, text_lines
 from .encoding import EmbeddingCache, encode_side
 from .metrics import average_precision, mean, ndcg_at_k, rank, recall_at_k, reciprocal_rank
 from .search import topk_search
@@ -28,16 +34,50 @@ class RetrievalDataError(DataError):
     """A retrieval file that cannot be used; the message names the file and line."""
 
 
-def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def _jsonl(path: Path, required: tuple[str, ...]) -> dict[str, tuple[str, dict]]:
+    """``{id: (file:line, record)}`` of a BEIR JSON-lines file; ids are strings (numbers are written as strings)."""
     if not path.is_file():
         raise RetrievalDataError(f"{path} not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
-    rows = []
-    for where, record in iter_jsonl(path):
+    rows: dict[str, tuple[str, dict]] = {}
+    for where, record in iter_jsonl(path, RetrievalDataError):
         absent = [k for k in required if k not in record]
         if absent:
             raise RetrievalDataError(f"{where}: missing field(s) {absent}.")
-        rows.append(record)
+        for key in ("text", "title"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise RetrievalDataError(f"{where}: '{key}' must be a string, got {type(record[key]).__name__}.")
+        if not isinstance(record["_id"], (str, int)) or isinstance(record["_id"], bool):
+            raise RetrievalDataError(f"{where}: '_id' must be a string, got {type(record['_id']).__name__}.")
+        key = str(record["_id"])
+        if key in rows:
+            raise RetrievalDataError(f"{where}: duplicate _id {key!r} (first at {rows[key][0]}).")
+        rows[key] = (where, record)
     return rows
+
+
+def _qrels(path: Path, queries: dict, corpus: dict) -> dict[str, dict[str, int]]:
+    """``{qid: {doc_id: relevance}}`` from a BEIR qrels TSV (an optional ``query-id`` header first)."""
+    if not path.is_file():
+        raise RetrievalDataError(f"{path} not found.")
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in text_lines(path, RetrievalDataError):
+        parts = line.split("\t")
+        if not line.strip() or (number == 1 and parts[0].strip().lower() == "query-id"):  # the header, if any
+            continue
+        if len(parts) < 3:
+            raise RetrievalDataError(f"{path}:{number}: expected query-id, corpus-id, score.")
+        qid, doc = parts[0], parts[1]
+        try:
+            value = float(parts[2])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise RetrievalDataError(f"{path}:{number}: score {parts[2]!r} is not a finite number.")
+        if qid not in queries or doc not in corpus:
+            raise RetrievalDataError(f"{path}:{number}: {'query ' + qid if qid not in queries else 'document ' + doc}"
+                                     f" is not in {'queries' if qid not in queries else 'corpus'}.jsonl.")
+        qrels.setdefault(qid, {})[doc] = int(value)
+    return qrels
 
 
 def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
@@ -46,28 +86,16 @@ def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], 
     Only queries with at least one judged document are kept (as BEIR and MTEB do).
     """
     folder = Path(folder)
-    corpus = {str(r["_id"]): f"{r.get('title') or ''} {r['text']}".strip()
-              for r in _jsonl(folder / "corpus.jsonl", ("_id", "text"))}
-    queries = {str(r["_id"]): r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise RetrievalDataError(f"{qrels_path} not found.")
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in enumerate(qrels_path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split("\t")
-        if not line.strip() or (number == 1 and parts[0].strip().lower() == "query-id"):  # the header, if any
-            continue
-        if len(parts) < 3:
-            raise RetrievalDataError(f"{qrels_path}:{number}: expected query-id, corpus-id, score.")
-        qid, doc = parts[0], parts[1]
-        try:
-            score = int(float(parts[2]))
-        except ValueError:
-            raise RetrievalDataError(f"{qrels_path}:{number}: score {parts[2]!r} is not a number.") from None
-        if qid not in queries or doc not in corpus:
-            raise RetrievalDataError(f"{qrels_path}:{number}: {'query ' + qid if qid not in queries else 'document ' + doc}"
-                                     f" is not in {'queries' if qid not in queries else 'corpus'}.jsonl.")
-        qrels.setdefault(qid, {})[doc] = score
+    corpus, queries = {}, {}
+    for doc, (where, r) in _jsonl(folder / "corpus.jsonl", ("_id", "text")).items():
+        corpus[doc] = f"{r.get('title') or ''} {r['text'] or ''}".strip()
+        if not corpus[doc]:
+            raise RetrievalDataError(f"{where}: document {doc!r} has neither text nor title; remove it or fill it in.")
+    for qid, (where, r) in _jsonl(folder / "queries.jsonl", ("_id", "text")).items():
+        if not (r["text"] or "").strip():
+            raise RetrievalDataError(f"{where}: query {qid!r} has an empty text; remove it or fill it in.")
+        queries[qid] = r["text"]
+    qrels = _qrels(folder / "qrels" / f"{split}.tsv", queries, corpus)
     queries = {q: t for q, t in queries.items() if q in qrels}
     return queries, corpus, qrels
 
@@ -118,21 +146,31 @@ def evaluate_retrieval(embedder: Any, folder: str | Path, *, split: str = "test"
     )
 
 
+def _csv_rows(reader: csv.DictReader, path: str | Path):
+    """The rows of ``reader``; a malformed line (e.g. a NUL byte) raises with file:line."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise RetrievalDataError(f"{path}:{reader.line_num}: not a readable CSV line ({exc}).") from None
+
+
 def read_trecqa(path: str | Path) -> list[tuple[str, list[str], list[int]]]:
     """``(question, candidate sentences, labels)`` per question, in file order, from a ``qtext,label,atext`` CSV."""
     questions: dict[str, tuple[list[str], list[int]]] = {}
     if not Path(path).is_file():
         raise RetrievalDataError(f"TREC-QA file {path} not found (a CSV with the header qtext,label,atext).")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"qtext", "label", "atext"} <= set(reader.fieldnames):
-            raise RetrievalDataError(f"{path}:1: header must name qtext, label and atext.")
-        for number, row in enumerate(reader, start=2):
-            if row["label"] not in ("0", "1"):
-                raise RetrievalDataError(f"{path}:{number}: label {row['label']!r} must be 0 or 1.")
-            sentences, labels = questions.setdefault(row["qtext"], ([], []))
-            sentences.append(row["atext"])
-            labels.append(int(row["label"]))
+    reader = csv.DictReader(io.StringIO(read_text(path, RetrievalDataError), newline=""))
+    if not reader.fieldnames or not {"qtext", "label", "atext"} <= set(reader.fieldnames):
+        raise RetrievalDataError(f"{path}:1: header must name qtext, label and atext.")
+    for row in _csv_rows(reader, path):
+        where = f"{path}:{reader.line_num}"
+        if row["label"] not in ("0", "1"):
+            raise RetrievalDataError(f"{where}: label {row['label']!r} must be 0 or 1.")
+        if not (row["qtext"] or "").strip() or not (row["atext"] or "").strip():
+            raise RetrievalDataError(f"{where}: empty question or answer sentence; remove the line or fill it in.")
+        sentences, labels = questions.setdefault(row["qtext"], ([], []))
+        sentences.append(row["atext"])
+        labels.append(int(row["label"]))
     return [(q, s, lab) for q, (s, lab) in questions.items()]
 
 

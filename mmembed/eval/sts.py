@@ -11,17 +11,23 @@ STS12-16 use the "all" aggregation (the subsets of a year pooled into one correl
 requested test tasks (the seven by default) and is only given when all of them ran (``avg_present`` otherwise);
 tasks whose files are absent are reported as missing.
 Sentences are whitespace-normalised, as SentEval's word lists joined by spaces are.
+
+Every file is checked before anything is encoded: a line that is not UTF-8, an empty sentence, a gold score that is
+not a finite number (``nan``, ``inf``) or missing (except the empty lines of ``STS.gs.*``, which SentEval defines as
+"no gold"), and a file or STS12-16 subset with fewer than two scored pairs or a single gold value (Spearman is
+undefined there) raise :class:`STSDataError` naming the file and line (or the file).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError
+from ..data.formats import DataError, sick_lines, text_lines
 from .encoding import EmbeddingCache
 from .metrics import mean, spearman
 
@@ -59,6 +65,38 @@ def _normalise(sentence: str) -> str:
     return " ".join(sentence.split())
 
 
+def _lines(path: Path) -> list[str]:
+    return [line for _, line in text_lines(path, STSDataError)]
+
+
+def _pair(first: str, second: str, where: str) -> tuple[str, str]:
+    """The two whitespace-normalised sentences of a pair; an empty one is an error."""
+    first, second = _normalise(first), _normalise(second)
+    if not first or not second:
+        raise STSDataError(f"{where}: empty sentence; remove the line or fill in both sentences.")
+    return first, second
+
+
+def _gold(value: str, where: str, name: str = "gold score") -> float:
+    """A gold score: a finite number."""
+    try:
+        number = float(value)
+    except ValueError:
+        hint = "missing" if not value.strip() else f"{value!r} is not a number"
+        raise STSDataError(f"{where}: {name} {hint}; fix the line or remove the pair.") from None
+    if not math.isfinite(number):
+        raise STSDataError(f"{where}: {name} {value!r} is not a finite number; fix the line or remove the pair.")
+    return number
+
+
+def check_scorable(gold: np.ndarray, where: str) -> None:
+    """Refuse gold scores Spearman cannot be computed on: fewer than two, or all equal."""
+    if len(gold) < 2:
+        raise STSDataError(f"{where}: {len(gold)} pair(s) with a gold score; Spearman needs at least 2.")
+    if np.ptp(gold) == 0:
+        raise STSDataError(f"{where}: every gold score is {gold[0]:g}; Spearman needs at least two different ones.")
+
+
 def read_sts_year(folder: Path, name: str, subsets: list[str]) -> STSTask:
     """One STS12-16 year: every subset's pairs with a gold score, in SentEval's order."""
     first: list[str] = []
@@ -68,8 +106,7 @@ def read_sts_year(folder: Path, name: str, subsets: list[str]) -> STSTask:
     for subset in subsets:
         inputs, scores = folder / f"STS.input.{subset}.txt", folder / f"STS.gs.{subset}.txt"
         files += [inputs, scores]
-        pairs = inputs.read_text(encoding="utf-8").splitlines()
-        golds = scores.read_text(encoding="utf-8").splitlines()
+        pairs, golds = _lines(inputs), _lines(scores)
         if len(pairs) != len(golds):
             raise STSDataError(f"{inputs}: {len(pairs)} pairs but {scores} has {len(golds)} lines.")
         start = len(gold)
@@ -79,46 +116,41 @@ def read_sts_year(folder: Path, name: str, subsets: list[str]) -> STSTask:
             fields = pair.split("\t")
             if len(fields) < 2:
                 raise STSDataError(f"{inputs}:{number}: expected two tab-separated sentences.")
-            try:
-                gold.append(float(value))
-            except ValueError:
-                raise STSDataError(f"{scores}:{number}: gold score {value!r} is not a number.") from None
-            first.append(_normalise(fields[0]))
-            second.append(_normalise(fields[1]))
+            gold.append(_gold(value, f"{scores}:{number}"))
+            a, b = _pair(fields[0], fields[1], f"{inputs}:{number}")
+            first.append(a)
+            second.append(b)
         spans[subset] = slice(start, len(gold))
+        check_scorable(np.array(gold[start:]), f"{scores} ({name} {subset})")
     return STSTask(name, "test", first, second, np.array(gold), files, spans)
 
 
 def read_sts_benchmark(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """STS-B in the SentEval layout: tab-separated ``genre, file, year, id, score, sentence1, sentence2``."""
     first, second, scores = [], [], []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_lines(Path(path)), start=1):
         fields = line.split("\t")
         if len(fields) < 7:
             raise STSDataError(f"{path}:{number}: {len(fields)} fields, expected at least 7.")
-        try:
-            scores.append(float(fields[4]))
-        except ValueError:
-            raise STSDataError(f"{path}:{number}: score {fields[4]!r} is not a number.") from None
-        first.append(_normalise(fields[5]))
-        second.append(_normalise(fields[6]))
+        scores.append(_gold(fields[4], f"{path}:{number}", "score"))
+        a, b = _pair(fields[5], fields[6], f"{path}:{number}")
+        first.append(a)
+        second.append(b)
+    check_scorable(np.array(scores), str(path))
     return first, second, np.array(scores)
 
 
 def read_sick(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """SICK relatedness: a header, then ``pair_ID, sentence_A, sentence_B, relatedness_score, ...``."""
+    """SICK relatedness: a header naming ``sentence_A``, ``sentence_B``, ``relatedness_score`` (tab-separated, as
+    ``pair_ID, sentence_A, sentence_B, relatedness_score, entailment_judgment``), then one pair a line
+    (:func:`~mmembed.data.formats.sick_lines`)."""
     first, second, scores = [], [], []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) < 4:
-            raise STSDataError(f"{path}:{number}: {len(fields)} fields, expected at least 4.")
-        try:
-            scores.append(float(fields[3]))
-        except ValueError:
-            raise STSDataError(f"{path}:{number}: relatedness {fields[3]!r} is not a number.") from None
-        first.append(_normalise(fields[1]))
-        second.append(_normalise(fields[2]))
+    for where, (a, b, score) in sick_lines(path, ("sentence_A", "sentence_B", "relatedness_score"), STSDataError):
+        scores.append(_gold(score, where, "relatedness"))
+        pair = _pair(a, b, where)
+        first.append(pair[0])
+        second.append(pair[1])
+    check_scorable(np.array(scores), str(path))
     return first, second, np.array(scores)
 
 
@@ -215,6 +247,7 @@ def evaluate_sts(embedder: Any, root: str | Path, *, splits: tuple[str, ...] = (
 def spearman_of_pairs(embedder: Any, first: list[str], second: list[str], gold: np.ndarray,
                       batch_size: int = 64) -> float:
     """Spearman x 100 of cos(e(first_i), e(second_i)) against ``gold``."""
+    check_scorable(np.asarray(gold, dtype=np.float64), "spearman_of_pairs")
     cache = EmbeddingCache(embedder, None, batch_size=batch_size)
     return spearman((cache.get(first) * cache.get(second)).sum(1), gold)
 

@@ -3,8 +3,11 @@
 For each query ``q_i`` the candidates are all positives and all hard negatives of the (global) batch; the scores
 ``s_ij = cos(q_i, c_j) / tau``. Layout of the candidate columns after gathering across processes: ``[P_all; N_all]``,
 positives of every rank first (``m`` per query, query ``g``'s at columns ``g*m ... g*m+m-1``), then the negatives
-(``k`` per query). Because positives and negatives are gathered separately, a query's label is its global index
-whatever the number of hard negatives (the label-offset bug sentence-transformers fixed in PR #3453 cannot occur).
+(``k`` per query, or any number per query, none included, with ``negative_owners``: the collator's batches of rows
+with and without hard negatives). Because positives and negatives are gathered separately, a query's label is its
+global index whatever the number of hard negatives (the label-offset bug sentence-transformers fixed in PR #3453
+cannot occur). Every hard negative is a candidate of every query; which query owns it only matters for
+``hard_negative_weight``.
 
 With several positives per query each positive is a target of its own with the query's other positives masked, and
 the loss averages over them. Masks remove false negatives: candidates whose key (e.g. a hash of the text) equals one
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gather import gather, gather_with_grad
+from .gather import gather, gather_with_grad, is_distributed
 from .gradcache import cached_embed
 
 
@@ -101,9 +104,11 @@ class InfoNCELoss(nn.Module):
         extra_negatives: Tensor | None = None,
         extra_exclude: Tensor | None = None,
         reference: dict[str, Tensor] | None = None,
+        negative_owners: Tensor | None = None,
         return_logits: bool = False,
     ) -> dict[str, Tensor]:
-        """Loss of local ``queries (B, d)`` against ``positives (B*m, d)`` and ``negatives (B*k, d)``.
+        """Loss of local ``queries (B, d)`` against ``positives (B*m, d)`` and ``negatives (B*k, d)``, or, with
+        ``negative_owners`` (int64, the local query index of each negative), any number of negatives per query.
 
         ``*_keys`` (int64, one per row) mark identical texts / ids; ``*_groups`` mark rows that must not be each
         other's negatives. ``extra_negatives (M, d)`` are the same on every process (not gathered), ``extra_exclude
@@ -116,9 +121,7 @@ class InfoNCELoss(nn.Module):
         m = positives.shape[0] // b
         if positives.shape[0] != b * m or m < 1:
             raise ValueError(f"{positives.shape[0]} positives for {b} queries: give the same number per query.")
-        k = negatives.shape[0] // b if negatives is not None else 0
-        if negatives is not None and (negatives.shape[0] != b * k or k < 1):
-            raise ValueError(f"{negatives.shape[0]} hard negatives for {b} queries: give the same number per query.")
+        owners = self._owners(b, negatives, negative_owners)
         all_q = None
         if self.view_transform is not None:
             q, all_q, all_p, offset = self._transformed_views(queries, positives, negatives)
@@ -126,7 +129,11 @@ class InfoNCELoss(nn.Module):
         else:
             q, p, n = (F.normalize(x, dim=-1) if x is not None else None for x in (queries, positives, negatives))
             all_p, offset = self._gather(p)
-            all_n, _ = self._gather(n)
+            all_n = self._gather_negatives(n, q)
+        if negatives is None and all_n is not None:  # another process's rows have hard negatives, ours none
+            empty = torch.zeros(0, dtype=torch.long, device=q.device)
+            negative_keys = empty if positive_keys is not None else None
+            negative_groups = empty if positive_groups is not None else None
         columns_list = [all_p] + ([all_n] if all_n is not None else [])
         if extra_negatives is not None:
             columns_list.append(F.normalize(extra_negatives, dim=-1))
@@ -138,10 +145,8 @@ class InfoNCELoss(nn.Module):
         columns = torch.arange(candidates.shape[0], device=q.device)
         targets = (columns[None, :] // m == query_index[:, None]) & (columns[None, :] < all_p.shape[0])
         if self.hard_negative_weight and all_n is not None:
-            own = columns[None, :] - all_p.shape[0]
-            own_negative = (own >= 0) & (own < all_n.shape[0]) & (own.div(k, rounding_mode="floor")
-                                                                   == query_index[:, None])
-            scores = scores + own_negative * self.hard_negative_weight
+            own = self._own_negatives(owners, offset // m, query_index, all_p.shape[0], all_n.shape[0], len(columns))
+            scores = scores + own * self.hard_negative_weight
         row_keys = positive_keys.view(b, m) if positive_keys is not None else None
         n_gathered = all_p.shape[0] + (all_n.shape[0] if all_n is not None else 0)
         exclude = _exclusion_mask(row_keys, col_keys, query_groups, col_groups, targets[:, :n_gathered])
@@ -153,23 +158,8 @@ class InfoNCELoss(nn.Module):
         parts = {"loss_q2c": loss_q2c}
         loss = loss_q2c
         if self.symmetric:
-            p_local = all_p[offset: offset + b * m]
-            if all_q is None:
-                all_q, q_offset = self._gather(q)
-            else:
-                q_offset = offset // m
-            rev_scores = p_local @ all_q.T * self.scale  # local positives against all queries
-            owner = torch.arange(p_local.shape[0], device=q.device) // m + q_offset
-            rev_targets = torch.arange(all_q.shape[0], device=q.device)[None, :] == owner[:, None]
-            rev_exclude = None
-            all_qk = self._gather(query_keys, grad=False)[0] if query_keys is not None else None
-            all_qg = self._gather(query_groups, grad=False)[0] if query_groups is not None else None
-            if all_qg is not None:
-                rev_exclude = _exclusion_mask(None, None, query_groups.repeat_interleave(m), all_qg, rev_targets)
-            if all_qk is not None and query_keys is not None:
-                same = (query_keys.repeat_interleave(m)[:, None] == all_qk[None, :]) & ~rev_targets
-                rev_exclude = same if rev_exclude is None else rev_exclude | same
-            parts["loss_c2q"] = self._multi_positive_ce(rev_scores, rev_targets, rev_exclude)
+            parts["loss_c2q"] = self._reverse_loss(q, all_q, all_p[offset: offset + b * m], offset // m, m,
+                                                   query_keys, query_groups)
             loss = (loss_q2c + parts["loss_c2q"]) / 2
         with torch.no_grad():
             masked = scores.masked_fill(exclude, float("-inf")) if exclude is not None else scores
@@ -179,6 +169,66 @@ class InfoNCELoss(nn.Module):
         if return_logits:
             out["logits"] = masked.detach()
         return out
+
+    def _reverse_loss(self, q: Tensor, all_q: Tensor | None, p_local: Tensor, q_offset: int, m: int,
+                      query_keys: Tensor | None, query_groups: Tensor | None) -> Tensor:
+        """The symmetric direction: each local positive against the queries of every process."""
+        if all_q is None:
+            all_q, q_offset = self._gather(q)
+        rev_scores = p_local @ all_q.T * self.scale  # local positives against all queries
+        owner = torch.arange(p_local.shape[0], device=q.device) // m + q_offset
+        rev_targets = torch.arange(all_q.shape[0], device=q.device)[None, :] == owner[:, None]
+        rev_exclude = None
+        all_qk = self._gather(query_keys, grad=False)[0] if query_keys is not None else None
+        all_qg = self._gather(query_groups, grad=False)[0] if query_groups is not None else None
+        if all_qg is not None:
+            rev_exclude = _exclusion_mask(None, None, query_groups.repeat_interleave(m), all_qg, rev_targets)
+        if all_qk is not None and query_keys is not None:
+            same = (query_keys.repeat_interleave(m)[:, None] == all_qk[None, :]) & ~rev_targets
+            rev_exclude = same if rev_exclude is None else rev_exclude | same
+        return self._multi_positive_ce(rev_scores, rev_targets, rev_exclude)
+
+    @staticmethod
+    def _owners(b: int, negatives: Tensor | None, negative_owners: Tensor | None) -> Tensor | None:
+        """The local query index of each hard negative: ``negative_owners``, or ``k`` per query in row order."""
+        if negatives is None:
+            if negative_owners is not None and negative_owners.numel():
+                raise ValueError("negative_owners given without hard negatives.")
+            return None
+        n = negatives.shape[0]
+        if negative_owners is None:
+            k = n // b
+            if n != b * k or k < 1:
+                raise ValueError(f"{n} hard negatives for {b} queries: give the same number per query, or "
+                                 f"negative_owners (the query of each negative).")
+            return torch.arange(n, device=negatives.device) // k
+        owners = negative_owners.to(device=negatives.device, dtype=torch.long)
+        if owners.shape != (n,) or (n and (int(owners.min()) < 0 or int(owners.max()) >= b)):
+            raise ValueError(f"negative_owners has shape {tuple(owners.shape)}: give each of the {n} hard negatives "
+                             f"the index of its query in [0, {b}).")
+        return owners
+
+    def _gather_negatives(self, n: Tensor | None, q: Tensor) -> Tensor | None:
+        """The (normalised) hard negatives of every process, None when no process has any. A process whose rows
+        have none still takes part (with an empty tensor), so the collective calls of all processes match."""
+        if not (self.gather_across_devices and is_distributed()):
+            return n
+        counts = gather(torch.tensor([0 if n is None else n.shape[0]], device=q.device))
+        if int(counts.sum()) == 0:
+            return None
+        if n is None:
+            n = q.new_zeros((0, q.shape[1])).requires_grad_(q.requires_grad)
+        return gather_with_grad(n)[0]
+
+    def _own_negatives(self, owners: Tensor | None, q_offset: int, query_index: Tensor, n_positives: int,
+                       n_negatives: int, n_columns: int) -> Tensor:
+        """``(B, C)`` True where a candidate is one of the query's own hard negatives (any number per query)."""
+        device = query_index.device
+        local = owners + q_offset if owners is not None else torch.zeros(0, dtype=torch.long, device=device)
+        all_owners = self._gather(local, grad=False)[0]
+        own = torch.zeros(query_index.shape[0], n_columns, dtype=torch.bool, device=device)
+        own[:, n_positives: n_positives + n_negatives] = all_owners[None, :] == query_index[:, None]
+        return own
 
     def _transformed_views(self, queries: Tensor, positives: Tensor, negatives: Tensor | None
                            ) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -215,9 +265,10 @@ class InfoNCELoss(nn.Module):
             ref_q = F.normalize(reference["queries"].detach().float(), dim=-1)
             ref_p = self._gather(F.normalize(reference["positives"].detach().float(), dim=-1), grad=False)[0]
             blocks = [ref_p]
-            if "negatives" in reference and reference["negatives"] is not None:
-                blocks.append(self._gather(F.normalize(reference["negatives"].detach().float(), dim=-1),
-                                           grad=False)[0])
+            if n_gathered > ref_p.shape[0]:  # some process has hard negatives (maybe not this one: then none here)
+                negatives = reference.get("negatives")
+                negatives = ref_q.new_zeros((0, ref_q.shape[1])) if negatives is None else negatives
+                blocks.append(self._gather(F.normalize(negatives.detach().float(), dim=-1), grad=False)[0])
             ref_c = torch.cat(blocks)
             if ref_c.shape[0] != n_gathered:
                 raise ValueError(f"reference embeddings give {ref_c.shape[0]} candidates, the batch {n_gathered}.")
@@ -252,7 +303,8 @@ class ContrastiveLoss(nn.Module):
 
     ``forward(anchor=..., positive=..., negative=...)`` takes the tokenized columns of
     :class:`~mmembed.data.collator.ContrastiveCollator`, embeds them (with gradient caching when ``mini_batch_size``
-    or ``mini_batch_tokens`` is set, :mod:`mmembed.losses.gradcache`) and returns the loss and its logged parts. The
+    or ``mini_batch_tokens`` is set, :mod:`mmembed.losses.gradcache`) and returns the loss and its logged parts; other
+    batch keys (``negative_owners`` for rows with different numbers of hard negatives, groups) go to the engine. The
     Embedder is a submodule, so DDP / DeepSpeed wrap one module whose forward does the whole step.
 
     Args:

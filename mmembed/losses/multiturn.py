@@ -56,7 +56,7 @@ class AuxiliaryContrastiveLoss(ContrastiveLoss):
 
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor], negative: dict[str, Tensor] | None = None,
                 query_keys: Tensor | None = None, positive_keys: Tensor | None = None,
-                negative_keys: Tensor | None = None) -> dict[str, Tensor]:
+                negative_keys: Tensor | None = None, negative_owners: Tensor | None = None) -> dict[str, Tensor]:
         q, q_aux = self._pair(anchor, "query")
         p, p_aux = self._pair(positive, "positive")
         n = self.embed(negative) if negative is not None else None
@@ -65,7 +65,7 @@ class AuxiliaryContrastiveLoss(ContrastiveLoss):
         terms = {"q_p": (q, p), "q_paux": (q, p_aux), "qaux_p": (q_aux, p), "qaux_paux": (q_aux, p_aux)}
         out: dict[str, Tensor] = {}
         for name, (queries, targets) in terms.items():
-            result = self.info_nce(queries, targets, n, **keys)
+            result = self.info_nce(queries, targets, n, negative_owners=negative_owners, **keys)
             out[f"loss_{name}"] = result["loss"]
             out.setdefault("accuracy", result["accuracy"])  # of the base embeddings, what evaluation uses
             out.setdefault("temperature", result["temperature"])

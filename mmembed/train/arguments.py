@@ -1,10 +1,52 @@
-"""Dataclass arguments of the training recipes (parsed from YAML plus command-line overrides by ``TrlParser``)."""
+"""Dataclass arguments of the training recipes (parsed from YAML plus command-line overrides by ``TrlParser``).
+
+Each dataclass checks its values in ``__post_init__`` (:func:`~mmembed.train.checks.check_fields`), so a wrong type
+or an out-of-range value stops the recipe while parsing, with one line naming the key, the value and the rule;
+``DataArguments`` also reads its ``eval_sts_file`` then, so that a bad evaluation file (a missing file, a line that
+is not a scored pair) stops the run before any model is built, not at its end.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
+
+from ..data.formats import READERS
+from ..eval.sts import read_sts_benchmark
+from ..pooling import Pooler
+from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Rule, check_fields, integer, list_of, number, one_of
+from .distributed import pin_memory_field
+
+#: ``pooling`` values (``special_token:<token>`` names the pooled token)
+POOLINGS = tuple(dict.fromkeys(("last", "mean", "mean_excluding_prefix", "cls", *sorted(Pooler.registry))))
+#: ``train_format`` values across the recipes (each recipe accepts its own subset; several comma-separated)
+TRAIN_FORMATS = (*READERS, "sick", "sentences", "documents", "stsb", "sick_relatedness", "teacher_scores")
+
+
+def _is_dtype(value: str) -> bool:
+    return value == "auto" or isinstance(getattr(torch, value, None), torch.dtype)
+
+
+MODEL_RULES = {
+    "pooling": one_of(*POOLINGS, also="special_token:<token>", accept=lambda v: v.startswith("special_token:")),
+    "dtype": Rule(lambda v: isinstance(v, str) and _is_dtype(v), "a torch dtype name (float32, bfloat16, float16, "
+                                                                  "auto)"),
+    "max_length": POSITIVE_INT, "lora_r": POSITIVE_INT, "lora_alpha": integer(gt=0),
+    "lora_dropout": number(ge=0, lt=1)}
+DATA_RULES = {
+    "train_format": Rule(lambda v: isinstance(v, str) and all(f.strip() in TRAIN_FORMATS for f in v.split(",")),
+                         f"one of {', '.join(TRAIN_FORMATS)} (or several, comma-separated)"),
+    "dataset_weights": Rule(lambda v: list_of(NON_NEGATIVE)(v) and sum(v) > 0, "a list of numbers >= 0 with a sum "
+                                                                                "> 0", is_list=True),
+    "max_train_samples": POSITIVE_INT}
+#: the ``TrainingArguments`` values that break a run later when wrong (also checked in GRACE's ``GRPOConfig``)
+TRAINER_RULES = {
+    "per_device_train_batch_size": POSITIVE_INT, "gradient_accumulation_steps": POSITIVE_INT,
+    "max_steps": integer(ge=-1), "num_train_epochs": POSITIVE, "learning_rate": NON_NEGATIVE, "seed": integer(),
+    "data_seed": integer()}
+CONTRASTIVE_RULES = {"temperature": POSITIVE, "mini_batch_size": POSITIVE_INT, "mini_batch_tokens": POSITIVE_INT}
 
 
 @dataclass
@@ -38,6 +80,9 @@ class ModelArguments:
     compile_layers: bool = field(default=False, metadata={
         "help": "torch.compile each transformer layer (GPU: 1.74x the Qwen2-VL-2B LoRA step, bench/RESULTS.md)"})
 
+    def __post_init__(self) -> None:
+        check_fields(self, MODEL_RULES)
+
 
 @dataclass
 class DataArguments:
@@ -57,10 +102,16 @@ class DataArguments:
     eval_sts_file: str | None = field(default=None, metadata={"help": "STS-B file for the final Spearman score"})
     eval_before_training: bool = field(default=False, metadata={"help": "also score the untrained model"})
 
+    def __post_init__(self) -> None:
+        check_fields(self, DATA_RULES)
+        if self.eval_sts_file:  # read now: a bad file stops the run with its file:line, not after the training
+            read_sts_benchmark(self.eval_sts_file)
+
 
 @dataclass
 class ContrastiveTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus the contrastive loss and gradient-caching options."""
+    """``TrainingArguments`` plus the contrastive loss and gradient-caching options; pinned memory only where torch
+    sees an accelerator (a CPU run would only warn)."""
 
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau"})
     learnable_temperature: bool = False
@@ -71,3 +122,8 @@ class ContrastiveTrainingArguments(TrainingArguments):
                                                                            "mini-batch"})
     no_duplicates: bool = field(default=True, metadata={"help": "no input twice in a batch"})
     remove_unused_columns: bool = False
+    dataloader_pin_memory: bool = pin_memory_field()
+
+    def __post_init__(self) -> None:
+        check_fields(self, {**TRAINER_RULES, **CONTRASTIVE_RULES})
+        super().__post_init__()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
 from ..losses import ContrastiveLoss
-from ..losses.elastic import ElasticLoss
+from ..losses.elastic import LAYER_WEIGHTS, ElasticLoss
+from .checks import NON_NEGATIVE, POSITIVE_INT, check_fields, list_of, one_of
 
 ELASTIC = ("none", "starbucks", "2dmse")
 
@@ -27,13 +29,14 @@ class ElasticArguments:
     elastic_kl_temperature: float = field(default=0.3, metadata={"help": "temperature of the KL term (0: off)"})
 
     def __post_init__(self) -> None:
-        if self.elastic not in ELASTIC:
-            raise ValueError(f"elastic={self.elastic!r}; choose one of {ELASTIC}.")
+        check_fields(self, {"elastic": one_of(*ELASTIC), "elastic_layers": list_of(POSITIVE_INT),
+                            "elastic_dims": list_of(POSITIVE_INT), "elastic_layer_weight": one_of(*LAYER_WEIGHTS),
+                            "elastic_kl_weight": NON_NEGATIVE, "elastic_kl_temperature": NON_NEGATIVE})
         if self.elastic == "starbucks" and (self.elastic_layers is None) != (self.elastic_dims is None):
-            raise ValueError("give elastic_layers and elastic_dims together (one dimension per layer), or neither.")
+            raise ConfigError("give elastic_layers and elastic_dims together (one dimension per layer), or neither.")
         if self.elastic_layers is not None and len(self.elastic_layers) != len(self.elastic_dims or []):
-            raise ValueError(f"{len(self.elastic_layers)} elastic_layers for {len(self.elastic_dims or [])} "
-                             f"elastic_dims: give one dimension per layer.")
+            raise ConfigError(f"{len(self.elastic_layers)} elastic_layers for {len(self.elastic_dims or [])} "
+                              f"elastic_dims: give one dimension per layer.")
 
 
 def make_elastic(loss: ContrastiveLoss, args: ElasticArguments, seed: int = 0) -> ContrastiveLoss:
@@ -41,7 +44,7 @@ def make_elastic(loss: ContrastiveLoss, args: ElasticArguments, seed: int = 0) -
     if args.elastic == "none":
         return loss
     if type(loss) is not ContrastiveLoss:
-        raise ValueError(f"elastic training wraps the plain engine (methods unsup, sup, debcse, whitened); "
+        raise ConfigError(f"elastic training wraps the plain engine (methods unsup, sup, debcse, whitened); "
                          f"{type(loss).__name__} keeps state per step (queue, memory bank, reference model).")
     pairs = list(zip(args.elastic_layers, args.elastic_dims)) if args.elastic_layers else None
     random = args.elastic == "2dmse"

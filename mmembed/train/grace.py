@@ -16,20 +16,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 from ..data.formats import read_grace, read_sentences, read_sick_triplets
 from ..embedder import Embedder
+from ..errors import ConfigError, DataError
 from ..inputs import to_items
 from ..rationale import GRACE_SYSTEM_PROMPT
 from ..rewards import GraceReward, GraceRewardConfig
-from .distributed import export_embedder
+from .arguments import TRAINER_RULES
+from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_fields, integer, one_of
+from .distributed import export_embedder, pin_memory_field
+from .logs import use_short_logs
 
 logger = logging.getLogger(__name__)
 
-#: GRPOConfig values that make TRL's GRPO the GRACE objective (the recipe's parser defaults)
+#: GRPOConfig values that make TRL's GRPO the GRACE objective (the recipe's parser defaults); activation
+#: checkpointing stays off without naming the deprecated ``gradient_checkpointing`` (TRL's default True warns)
 GRPO_DEFAULTS = {"num_generations": 8, "beta": 0.0, "scale_rewards": "none", "epsilon": 0.2, "num_iterations": 1,
-                 "gradient_checkpointing": False, "remove_unused_columns": False, "temperature": 1.0}
+                 "gradient_checkpointing": None, "remove_unused_columns": False, "temperature": 1.0}
+#: ``train_format`` values of the GRACE recipe
+GRACE_FORMATS = ("grace", "sentences", "sick")
 
 
 @dataclass
@@ -59,13 +66,36 @@ class GraceArguments:
         "help": "rationale length of the saved model's encode (default: max_completion_length)"})
     eval_sts_file: str | None = field(default=None, metadata={"help": "STS-B file scored before and after"})
     eval_max_pairs: int | None = field(default=None, metadata={"help": "score only the first N STS pairs"})
+    eval_retrieval_dir: str | None = field(default=None, metadata={
+        "help": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) scored before and after"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"train_format": one_of(*GRACE_FORMATS), "max_train_samples": POSITIVE_INT,
+                            "max_prompt_tokens": POSITIVE_INT, "reward_temperature": POSITIVE,
+                            "negative_weight": NON_NEGATIVE, "clustering_weight": NON_NEGATIVE,
+                            "cross_group_weight": NON_NEGATIVE, "reward_batch_size": POSITIVE_INT,
+                            "infonce_weight": NON_NEGATIVE, "infonce_temperature": POSITIVE,
+                            "rationale_max_tokens": POSITIVE_INT, "eval_max_pairs": POSITIVE_INT})
+
+
+@dataclass
+class GraceConfig(GRPOConfig):
+    """``GRPOConfig`` with its values checked at parse time (the trainer's, the sampling ``temperature`` > 0, the
+    rollouts per prompt >= 2, the rationale length >= 1); pinned memory only where torch sees an accelerator."""
+
+    dataloader_pin_memory: bool = pin_memory_field()
+
+    def __post_init__(self) -> None:
+        check_fields(self, {**TRAINER_RULES, "temperature": POSITIVE, "num_generations": integer(ge=2),
+                            "max_completion_length": POSITIVE_INT}, names=())
+        super().__post_init__()
 
 
 def grace_rows(args: GraceArguments) -> list[dict]:
     """``{"text", "query", "negative"?}`` rows: the policy text is the positive (supervised) or the sentence itself,
     whose query is a second rollout of the same text (unsupervised)."""
     if args.train_file is None:
-        raise ValueError("no training data: set train_file (and train_format).")
+        raise ConfigError("no training data: set train_file (and train_format).")
     if args.train_format == "grace":
         rows = read_grace(args.train_file, skip_bad=args.skip_bad_records)
     elif args.train_format == "sick":
@@ -74,7 +104,7 @@ def grace_rows(args: GraceArguments) -> list[dict]:
     elif args.train_format == "sentences":
         rows = [{"text": r["anchor"]["text"], "query": r["anchor"]["text"]} for r in read_sentences(args.train_file)]
     else:
-        raise ValueError(f"train_format={args.train_format!r}; choose grace, sick or sentences.")
+        raise ConfigError(f"train_format={args.train_format!r}; choose grace, sick or sentences.")
     return rows[: args.max_train_samples] if args.max_train_samples else rows
 
 
@@ -90,7 +120,7 @@ def grace_dataset(embedder: Embedder, rows: list[dict], max_prompt_tokens: int) 
         logger.warning("prompt-length filter: dropped %d of %d rows longer than %d tokens", len(rows) - len(kept),
                        len(rows), max_prompt_tokens)
     if not kept:
-        raise ValueError(f"no training rows left after the prompt-length filter (max_prompt_tokens="
+        raise DataError(f"no training rows left after the prompt-length filter (max_prompt_tokens="
                          f"{max_prompt_tokens}).")
     columns: dict[str, list] = {
         "prompt": [([{"role": "system", "content": system}] if system is not None else [])
@@ -98,7 +128,7 @@ def grace_dataset(embedder: Embedder, rows: list[dict], max_prompt_tokens: int) 
         "text": [r["text"] for r in kept], "group": list(range(len(kept))), "query": [r["query"] for r in kept]}
     with_negative = sum("negative" in r for r in kept)
     if 0 < with_negative < len(kept):
-        raise ValueError(f"{with_negative} of {len(kept)} rows have a negative: give every row one (supervised) or "
+        raise DataError(f"{with_negative} of {len(kept)} rows have a negative: give every row one (supervised) or "
                          f"none (the negative term is then left out).")
     if with_negative:
         columns["negative"] = [r["negative"] for r in kept]
@@ -112,7 +142,8 @@ def _text_items(texts: list[str]):
 class GraceTrainer(GRPOTrainer):
     """``GRPOTrainer`` for GRACE: it keeps the reward's handle on the trainer, logs each step's seconds split into
     rollout generation, reward and update (``timing/*_s``; also in ``step_times``), and optionally adds a
-    differentiable InfoNCE term (each rollout's rationale embedding against the prompts of the batch)."""
+    differentiable InfoNCE term (each rollout's rationale embedding against the prompts of the batch). Its logs print
+    as one short line a step (:mod:`mmembed.train.logs`), and it writes no TRL model card."""
 
     def __init__(self, *args, grace_reward: GraceReward, infonce_weight: float = 0.0,
                  infonce_temperature: float = 0.05, **kwargs) -> None:
@@ -123,6 +154,11 @@ class GraceTrainer(GRPOTrainer):
         self.infonce_temperature = infonce_temperature
         self._generation_seconds = 0.0
         self.step_times: list[dict[str, float]] = []
+        use_short_logs(self)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """No TRL card ("a fine-tuned version of None") at each checkpoint: the recipe writes mmembed's own
+        (:mod:`mmembed.train.card`) when the run ends."""
 
     def _generate(self, prompts):
         start = time.perf_counter()

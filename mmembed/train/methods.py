@@ -26,9 +26,10 @@ import numpy as np
 from ..data.collator import ContrastiveCollator
 from ..data.dataset import to_dataset
 from ..data.debcse import IPWConfig, select_pairs
-from ..data.formats import DataError
+from ..data.formats import Rows
 from ..data.views import DUP_RATE, context_pairs, repeat_words
 from ..embedder import Embedder
+from ..errors import ConfigError, DataError
 from ..losses import ContrastiveLoss, InfoNCELoss
 from ..losses.ccp import MemoryBankContrastiveLoss, OneSidedBatchNorm
 from ..losses.momentum import MOMENTUM, QUEUE_FACTOR, MomentumContrastiveLoss
@@ -36,6 +37,7 @@ from ..losses.reference import ReferenceMaskedLoss
 from ..losses.whitening import ShuffledGroupWhitening
 from .arguments import ContrastiveTrainingArguments, DataArguments
 from .build import load_datasets
+from .checks import COSINE, FRACTION, POSITIVE_INT, check_fields, one_of
 from .elastic import ElasticArguments, make_elastic
 from .trainer import EmbeddingTrainer
 
@@ -67,8 +69,11 @@ class MethodArguments:
     bank_size: int = field(default=1024, metadata={"help": "ccp: memory-bank rows per group"})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}; choose one of {METHODS}.")
+        check_fields(self, {"method": one_of(*METHODS), "false_negative_threshold": COSINE, "dup_rate": FRACTION,
+                            "queue_size": POSITIVE_INT, "momentum": FRACTION, "whitening_groups": POSITIVE_INT,
+                            "whitening_views": POSITIVE_INT, "ipw_k": POSITIVE_INT, "ipw_positive_min": COSINE,
+                            "ipw_negative_max": COSINE, "ipw_bins": POSITIVE_INT, "ccp_window": POSITIVE_INT,
+                            "bank_size": POSITIVE_INT})
 
 
 def sentences_of(parts: list[list[dict]]) -> list[str]:
@@ -113,19 +118,28 @@ def read_documents(path: str | Path) -> tuple[list[list[str]], list[int], list[s
     return documents, groups, list(names)
 
 
-def method_rows(method: MethodArguments, data: DataArguments, embedder: Embedder, seed: int = 0) -> list[list[dict]]:
-    """The training rows of the method (a list of mixture parts)."""
+def method_data(method: MethodArguments, data: DataArguments) -> list[list[dict]]:
+    """The rows the method reads from ``train_file`` (a list of mixture parts; ccp: the context pairs of its
+    documents), needing no model: read before the model is built, a bad row stops the run early."""
     if method.method == "ccp":
         if data.train_format != "documents":
-            raise ValueError("method ccp reads documents: set train_format=documents (JSON lines "
+            raise ConfigError("method ccp reads documents: set train_format=documents (JSON lines "
                              "{\"sentences\": [...], \"group\": ...}).")
         documents, groups, _ = read_documents(data.train_file)
         return [context_pairs(documents, method.ccp_window, groups)]
     parts = load_datasets(data)
-    if method.method == "sup":
-        if not all("negative" in row for rows in parts for row in rows):
-            raise ValueError("method sup needs triplets (anchor, positive, negative): e.g. train_format sick, or "
-                             "triplets written by recipes/multicsr_data.py.")
+    if method.method == "sup" and not all("negative" in row for rows in parts for row in rows):
+        raise DataError("method sup needs triplets (anchor, positive, negative): e.g. train_format sick, or "
+                        "triplets written by recipes/multicsr_data.py.")
+    return parts
+
+
+def method_rows(method: MethodArguments, data: DataArguments, embedder: Embedder, seed: int = 0,
+                parts: list[list[dict]] | None = None) -> list[list[dict]]:
+    """The training rows of the method (a list of mixture parts), from ``parts`` (:func:`method_data`; read here
+    when not given)."""
+    parts = method_data(method, data) if parts is None else parts
+    if method.method in ("ccp", "sup"):
         return parts
     sentences = sentences_of(parts)
     if method.method == "unsup":
@@ -160,7 +174,7 @@ def method_loss(method: MethodArguments, embedder: Embedder, args: ContrastiveTr
     if method.method == "ccp":
         engine["view_transform"] = OneSidedBatchNorm()
     if method.false_negative_threshold is not None and method.method in ("esimcse", "ccp"):
-        raise ValueError(f"false_negative_threshold (MultiCSR's masking) works with methods unsup, sup, debcse and "
+        raise ConfigError(f"false_negative_threshold (MultiCSR's masking) works with methods unsup, sup, debcse and "
                          f"whitened, not {method.method}; drop it or change the method.")
     info_nce = InfoNCELoss(**engine)
     caching = {"mini_batch_size": args.mini_batch_size, "mini_batch_tokens": args.mini_batch_tokens}
@@ -176,18 +190,19 @@ def method_loss(method: MethodArguments, embedder: Embedder, args: ContrastiveTr
 
 
 def build_method_trainer(method: MethodArguments, data: DataArguments, args: ContrastiveTrainingArguments,
-                         embedder: Embedder, elastic: ElasticArguments | None = None) -> EmbeddingTrainer:
-    """Rows, loss and trainer of the method for ``embedder`` (already carrying its LoRA adapter); with ``elastic``,
-    the loss is also trained at the elastic (layers, dimensions) pairs."""
-    parts = method_rows(method, data, embedder, seed=args.seed)
+                         embedder: Embedder, elastic: ElasticArguments | None = None,
+                         parts: list[list[dict]] | None = None) -> EmbeddingTrainer:
+    """Rows, loss and trainer of the method for ``embedder`` (already carrying its LoRA adapter), from ``parts``
+    (:func:`method_data`, read before the model; read here when not given); with ``elastic``, the loss is also
+    trained at the elastic (layers, dimensions) pairs."""
+    parts = method_rows(method, data, embedder, seed=args.seed, parts=parts)
     groups = 1 + max(r["bank_group"] for r in parts[0]) if method.method == "ccp" else 1
     loss = method_loss(method, embedder, args, num_bank_groups=groups)
     if elastic is not None:
         loss = make_elastic(loss, elastic, seed=args.seed)
     collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data.query_prompt},
                                    with_prefix_lengths=embedder.needs_prefix_lengths)
-    rows = [r for p in parts for r in p]
-    return EmbeddingTrainer(model=loss, args=args, train_dataset=to_dataset(rows), data_collator=collator,
-                            dataset_sizes=[len(p) for p in parts],
+    return EmbeddingTrainer(model=loss, args=args, train_dataset=to_dataset(Rows.join(parts)),
+                            data_collator=collator, dataset_sizes=[len(p) for p in parts],
                             dataset_weights=data.dataset_weights if len(parts) == len(data.dataset_weights or [])
                             else None)

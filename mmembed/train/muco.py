@@ -22,14 +22,18 @@ from ..data.dataset import to_dataset
 from ..data.multiturn import EMB_TOKEN, MASK_TOKEN, SYSTEM, AuxiliaryCollator, MultiTurnCollator
 from ..defaults import base_model
 from ..embedder import Embedder
+from ..errors import ConfigError
 from ..inputs import PromptTemplate
 from ..losses import AuxiliaryContrastiveLoss, InfoNCELoss, MultiTurnContrastiveLoss
 from ..pooling import Pooler
 from .arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from .build import attach_lora, load_datasets
+from .checks import POSITIVE_INT, check_fields, one_of
 from .trainer import EmbeddingTrainer
 
 logger = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "finetune")
 
 
 @dataclass
@@ -48,6 +52,9 @@ class MuCoArguments:
                                                                       "training (Precision@1)"})
     eval_image_root: str | None = field(default=None, metadata={"help": "image root of eval_mmeb_dir"})
     eval_max_queries: int | None = field(default=None, metadata={"help": "queries per MMEB task (seeded sample)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"stage": one_of(*STAGES), "max_turns": POSITIVE_INT, "eval_max_queries": POSITIVE_INT})
 
 
 def prepare_embedder(embedder: Embedder, model_args: ModelArguments, args: MuCoArguments) -> list[int]:
@@ -74,9 +81,14 @@ def multiturn_dataset(rows: list[dict]):
 
 def build_muco_trainer(model_args: ModelArguments, data_args: DataArguments,
                        training_args: ContrastiveTrainingArguments, args: MuCoArguments) -> EmbeddingTrainer:
-    """The Trainer of a MuCo stage (see the module docstring)."""
+    """The Trainer of a MuCo stage (see the module docstring); the embedder is built after seeding every generator
+    from ``training_args.seed`` (the same LoRA init in every run)."""
+    from transformers import set_seed
+
     import mmembed
 
+    parts = load_datasets(data_args)  # first: a bad row stops the run before the model loads
+    set_seed(training_args.seed)
     system = model_args.system_prompt or SYSTEM
     template = PromptTemplate(text=model_args.template_text, image=model_args.template_image,
                               text_image=model_args.template_text_image, chat=True, system=system, response=EMB_TOKEN)
@@ -86,7 +98,6 @@ def build_muco_trainer(model_args: ModelArguments, data_args: DataArguments,
     prepare_embedder(embedder, model_args, args)
     info_nce = InfoNCELoss(temperature=training_args.temperature, learnable_temperature=training_args.learnable_temperature,
                            symmetric=training_args.symmetric, gather_across_devices=training_args.gather_across_devices)
-    parts = load_datasets(data_args)
     rows = [r for p in parts for r in p]
     seed = training_args.data_seed or training_args.seed
     if args.stage == "pretrain":
@@ -104,6 +115,6 @@ def build_muco_trainer(model_args: ModelArguments, data_args: DataArguments,
         collator = AuxiliaryCollator(embedder.backbone, system=system, seed=seed)
         dataset = to_dataset(rows)
     else:
-        raise ValueError(f"stage={args.stage!r}: choose pretrain or finetune.")
+        raise ConfigError(f"stage={args.stage!r}: choose pretrain or finetune.")
     return EmbeddingTrainer(model=loss, args=training_args, train_dataset=dataset, data_collator=collator,
                             dataset_sizes=[len(p) for p in parts], dataset_weights=data_args.dataset_weights)

@@ -18,11 +18,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 
 from .. import lora
 from ..data.samplers import DatasetMixtureBatchSampler, NoDuplicatesBatchSampler
+from ..files import atomic_path
 from .distributed import export_embedder
+from .logs import use_short_logs
+from .run import resolve_resume
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class EmbeddingTrainer(Trainer):
         self.dataset_sizes = dataset_sizes
         self.dataset_weights = dataset_weights
         self._parts: dict[str, list[float]] = defaultdict(list)
+        use_short_logs(self)
         module = self.accelerator.unwrap_model(self.model)
         trainable, total = lora.count_trainable(module)
         logger.warning("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
@@ -53,11 +57,11 @@ class EmbeddingTrainer(Trainer):
         export_embedder(self, self.embedder, folder)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
-        """``Trainer.train``, except that resuming from a checkpoint that already reached ``max_steps`` loads it and
-        stops: Trainer would run one more step past ``max_steps`` when the run does not end on an epoch boundary."""
-        folder = resume_from_checkpoint
-        if folder is True:
-            folder = get_last_checkpoint(self.args.output_dir)
+        """``Trainer.train``, except that ``resume_from_checkpoint=True`` (or ``"true"``) takes the latest complete
+        checkpoint of ``output_dir`` and raises :class:`~mmembed.errors.RunStateError` when there is none, and that
+        resuming from a checkpoint that already reached ``max_steps`` loads it and stops: Trainer would run one more
+        step past ``max_steps`` when the run does not end on an epoch boundary."""
+        folder = resume_from_checkpoint = resolve_resume(self.args.output_dir, resume_from_checkpoint)
         if isinstance(folder, (str, os.PathLike)) and self.args.max_steps > 0:
             state_file = Path(folder) / TRAINER_STATE_NAME
             state = TrainerState.load_from_json(str(state_file)) if state_file.is_file() else None
@@ -87,6 +91,8 @@ class EmbeddingTrainer(Trainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the loss's parts (averaged since the last log) to the step's log; printed as one short line
+        (:mod:`mmembed.train.logs`), kept whole in ``trainer_state.json``."""
         if "loss" in logs and self._parts:
             logs.update({k: round(sum(v) / len(v), 6) for k, v in self._parts.items()})
             self._parts.clear()
@@ -104,10 +110,23 @@ class EmbeddingTrainer(Trainer):
                 raise ValueError("no_duplicates needs a 'keys' column (see mmembed.data.dataset.to_dataset).")
             sampler = NoDuplicatesBatchSampler(dataset["keys"], batch_size, drop_last=True, seed=seed)
         else:
+            self._batch_sampler = None
             return super().get_train_dataloader()
+        self._batch_sampler = sampler
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
+
+    def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
+        """Trainer's loader that skips the first ``num_batches`` of the resumed epoch, still passing ``set_epoch`` to
+        our batch sampler: under several processes accelerate wraps it twice (skip, then shard) and neither wrapper
+        forwards the epoch, so the resumed epoch would replay epoch 0's order."""
+        loader = super().get_resumed_dataloader(dataloader, num_batches)
+        sampler = getattr(self, "_batch_sampler", None)
+        outer = getattr(loader, "batch_sampler", None)
+        if sampler is not None and outer is not None and not hasattr(outer, "set_epoch"):
+            outer.set_epoch = sampler.set_epoch
+        return loader
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write an mmembed folder: adapter-only when the model has a LoRA adapter, plus the loss's parameters."""
@@ -122,8 +141,10 @@ class EmbeddingTrainer(Trainer):
         # the loss's own state (temperature, queues, momentum averages): everything outside the embedder
         loss_state = {k: v.detach().contiguous() for k, v in state_dict.items() if not k.startswith("model.")}
         if loss_state:
-            save_file(loss_state, str(output_dir / LOSS_WEIGHTS))
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            with atomic_path(output_dir / LOSS_WEIGHTS) as tmp:
+                save_file(loss_state, str(tmp))
+        with atomic_path(output_dir / TRAINING_ARGS_NAME) as tmp:
+            torch.save(self.args, str(tmp))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         module = self.accelerator.unwrap_model(model or self.model)
