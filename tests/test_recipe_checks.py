@@ -186,8 +186,12 @@ def test_training_defaults_have_no_side_effect(monkeypatch):
     from mmembed.train import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    for name in ("ACCELERATE_USE_CPU", "ACCELERATE_USE_DEEPSPEED"):
+        # set before deleting so that monkeypatch records (and restores) the original state: a bare delenv of an
+        # absent variable records nothing, and the value use_cpu_processes sets below would leak into later tests
+        # (ACCELERATE_USE_CPU=true breaks the ZeRO-3 launch of test_trainer)
+        monkeypatch.setenv(name, "false")
+        monkeypatch.delenv(name)
     before = dict(os.environ)
     defaults = distributed.training_defaults()
     assert dict(os.environ) == before and "dataloader_pin_memory" not in defaults
