@@ -62,8 +62,8 @@ def test_shipped_data_is_small_licensed_and_held_apart():
     assert len(queries) == len(corpus) == 135 and all(qrels[q] == {q[2:]: 1} for q in queries)
     train_senses = {r["source"].split(":")[1] for r in _jsonl(DATA / "train.jsonl")}
     assert not train_senses & set(corpus)
-    assert not {r["query"] for r in rows} & set(queries.values())
-    assert not ({r["text"] for r in rows} | {r["negative"] for r in rows}) & set(corpus.values())
+    train_texts = {r[k] for r in rows for k in ("query", "text", "negative")}
+    assert train_texts.isdisjoint(set(queries.values()) | set(corpus.values()))
 
 
 @pytest.mark.skipif(not SOURCE.is_file(), reason="needs ../shared/data/wordnet/definitions.jsonl")

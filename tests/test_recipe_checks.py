@@ -135,6 +135,30 @@ def test_good_values_arrive_normalised(tmp_path):
     assert model.pooling == "special_token:<|emb|>"
 
 
+def test_trainer_bar_only_on_a_terminal(tmp_path, monkeypatch):
+    """The Trainer's progress bar defaults to off where stderr is not a terminal (a log file gets the per-step lines,
+    not a bar redrawn line after line), on where it is one (a real pseudo-terminal here); an explicit value wins."""
+    from trl import TrlParser
+
+    from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
+    from mmembed.train.run import parse_recipe_args
+
+    config = _config(tmp_path, "lco")
+    config.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(config.read_text()).items()
+                                      if k != "disable_tqdm"}))  # the tiny config sets it
+
+    def disable_tqdm(*argv: str) -> bool:
+        parser = TrlParser((ModelArguments, DataArguments, ContrastiveTrainingArguments))
+        return parse_recipe_args(parser, ["--config", str(config), *argv])[2].disable_tqdm
+
+    assert disable_tqdm() is True and disable_tqdm("--disable_tqdm", "false") is False
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert disable_tqdm() is False and disable_tqdm("--disable_tqdm", "true") is True
+    os.close(leader)
+
+
 def test_multicsr_data_checks_its_command_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^filter_type must be one of 15, 2, 13, got 7$"):
         _recipe("multicsr_data").main(["--input_file", "x", "--output_file", str(tmp_path / "o.jsonl"),

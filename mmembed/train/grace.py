@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,7 +170,11 @@ class GraceTrainer(GRPOTrainer):
 
     def training_step(self, *args, **kwargs):
         start, generation, reward = time.perf_counter(), self._generation_seconds, self.grace_reward.seconds
-        loss = super().training_step(*args, **kwargs)
+        with warnings.catch_warnings():
+            # TRL reads transformers' deprecated `is_gradient_checkpointing` around generation
+            # (trl/models/utils.py disable_gradient_checkpointing, TRL 1.16): a FutureWarning mmembed cannot fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            loss = super().training_step(*args, **kwargs)
         times = {"step": time.perf_counter() - start, "generation": self._generation_seconds - generation,
                  "reward": self.grace_reward.seconds - reward}
         times["update"] = times["step"] - times["generation"] - times["reward"]

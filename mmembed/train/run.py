@@ -27,6 +27,7 @@ from transformers import set_seed
 from transformers.hf_argparser import string_to_bool
 
 from ..errors import ConfigError, MMEmbedError, RunStateError, one_line
+from ..progress import interactive_stream
 from . import card, distributed
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,15 @@ def parse_recipe_args(parser: Any, argv: Sequence[str] | None = None) -> tuple:
     start the run (:func:`start_run` on the ``TrainingArguments`` among them). Adds ``--overwrite_output_dir``
     (start over in an output folder that holds an earlier run; transformers 5 has no such argument) unless a
     dataclass of the parser has it. Before parsing (``TrainingArguments`` sets up the devices as it is made), a
-    CPU-only multi-process run is made really distributed (:func:`~mmembed.train.distributed.use_cpu_processes`)."""
+    CPU-only multi-process run is made really distributed (:func:`~mmembed.train.distributed.use_cpu_processes`).
+    ``disable_tqdm`` defaults to on where stderr is not a terminal (the per-step log lines remain)."""
     if not any(action.dest == OVERWRITE for action in parser._actions):
         parser.add_argument(f"--{OVERWRITE}", type=string_to_bool, nargs="?", const=True, default=False,
                             help="start over in an output_dir that holds an earlier run, deleting its checkpoints, "
                                  "final folder(s) and model card (default: refuse)")
+    if any(action.dest == "disable_tqdm" for action in parser._actions):
+        # the Trainer's bar only where it has a live display: in a log file the per-step lines say the same
+        parser.set_defaults(disable_tqdm=not interactive_stream())
     distributed.use_cpu_processes()
     values = list(_parse(parser, argv))
     overwrite = False

@@ -11,7 +11,9 @@ Input: JSON lines ``{"synset", "pos", "lemmas", "definition", "examples"}`` (Wor
   2-3 senses that all have a usage example; a query is a sense's first usage example, the corpus holds the
   definitions of all their senses, the one relevant document is the query's own sense's definition.
 - ``train.jsonl`` (GRACE rows ``{"query", "positive", "negative", "source"}``): query = a usage example, positive =
-  its sense's definition, negative = the definition of another sense of one of its words (a hard negative).
+  its sense's definition, negative = the definition of another sense of one of its words (a hard negative); or, in
+  about half the rows, the other way round (definition -> usage example, another sense's example as the negative),
+  so that the policy learns rationales for both kinds of text the evaluation encodes.
   Training senses share no word with any evaluation sense (lowercased lemmas), so no evaluation word, sense or
   definition is seen in training.
 - ``LICENSE``: the WordNet 3.0 licence, which asks for its notice on all copies.
@@ -91,7 +93,8 @@ def split(synsets: list[dict], rng: random.Random) -> tuple[list[dict], list[dic
 
 
 def train_rows(training: list[dict], rng: random.Random) -> list[dict]:
-    """One row per sampled sense with a hard negative: another training sense of one of its lemmas."""
+    """One row per sampled sense with a hard negative from another training sense of one of its lemmas; half the
+    rows (at random) go from usage example to definition, the others from definition to usage example."""
     senses = defaultdict(list)
     for s in training:
         for lemma in sorted({x.lower() for x in s["lemmas"]}):
@@ -102,8 +105,12 @@ def train_rows(training: list[dict], rng: random.Random) -> list[dict]:
                   if o["synset"] != s["synset"] and o["definition"] != s["definition"]]
         if others:
             negative = others[rng.randrange(len(others))]
-            rows.append({"query": s["examples"][0], "positive": s["definition"],
-                         "negative": negative["definition"], "source": f"wordnet-3.0:{s['synset']}"})
+            if rng.random() < 0.5:
+                rows.append({"query": s["examples"][0], "positive": s["definition"],
+                             "negative": negative["definition"], "source": f"wordnet-3.0:{s['synset']}"})
+            else:
+                rows.append({"query": s["definition"], "positive": s["examples"][0],
+                             "negative": negative["examples"][0], "source": f"wordnet-3.0:{s['synset']}"})
     rng.shuffle(rows)
     return rows[:TRAIN_ROWS]
 
