@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .model_folder import quiet_transformers
+
 CORPUS = [
     "A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
     "A cat sits on the mat.", "Two dogs run in the park.", "Summarize the above text in one word:",
@@ -41,7 +43,7 @@ def build_tokenizer(specials: list[str], image_markup: str = "", vocab_size: int
 
     byte_vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     tokenizer = Qwen2Tokenizer(vocab=byte_vocab, merges=[])
-    tokenizer = tokenizer.train_new_from_iterator(CORPUS * 4, vocab_size=vocab_size)
+    tokenizer = tokenizer.train_new_from_iterator(CORPUS * 4, vocab_size=vocab_size, show_progress=False)
     extra = specials + ([EMB_TOKEN] if emb_token else [])
     tokenizer.add_special_tokens({"additional_special_tokens": extra})
     tokenizer.eos_token = "<|im_end|>"
@@ -60,8 +62,9 @@ def _text_config(tokenizer, **overrides) -> dict:
 
 def _save(model, processor, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    with quiet_transformers():  # no bar, and no DeepSpeed import (which prints on stdout), as in Embedder.save
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
     return folder
 
 
