@@ -161,6 +161,15 @@ def test_output_goes_to_a_new_file_renamed_over_the_old_one(qwen2_path, tmp_path
     assert out.stat().st_ino != first and [p.name for p in out.parent.iterdir()] == ["v.npy"]
 
 
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, even where the test-suite was started in the
+    background (nohup, ``&``), whose processes inherit SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class _InterruptedAt(list):
     """Vectors whose iteration receives a real SIGINT at row ``at``, as when Ctrl-C hits a long write."""
 
@@ -175,7 +184,7 @@ class _InterruptedAt(list):
             yield row
 
 
-def test_interrupted_write_keeps_the_older_file(tmp_path):
+def test_interrupted_write_keeps_the_older_file(tmp_path, sigint_raises):
     out = tmp_path / "big.jsonl"
     out.write_text('{"index": 0}\n' * 5)
     old = out.read_bytes()
@@ -185,7 +194,8 @@ def test_interrupted_write_keeps_the_older_file(tmp_path):
     assert out.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["big.jsonl"]
 
 
-def test_cli_interrupted_while_writing_exits_130_and_keeps_the_older_file(qwen2_path, tmp_path, capsys, monkeypatch):
+def test_cli_interrupted_while_writing_exits_130_and_keeps_the_older_file(qwen2_path, tmp_path, capsys, monkeypatch,
+                                                                          sigint_raises):
     out = tmp_path / "v.jsonl"
     out.write_text("older\n")
     real = cli.write_embeddings
