@@ -491,8 +491,8 @@ def _mixed_worker(rank: int, world: int, port: int, path: str, data: str, out: s
     import gc
     import os
 
-    import torch
     import torch.distributed as dist
+    from test_distributed import save_mean_step
 
     from mmembed.data.collator import ContrastiveCollator
 
@@ -503,15 +503,7 @@ def _mixed_worker(rank: int, world: int, port: int, path: str, data: str, out: s
         dataset = to_dataset(read_triplets(data))
         rows = [dataset[i] for i in ORDER[3 * rank: 3 * rank + 3]]  # rank 0's rows have no hard negative
         result = loss(**ContrastiveCollator(loss.model.backbone)(rows))
-        result["loss"].backward()
-        grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
-        for g in grads.values():
-            dist.all_reduce(g)
-            g /= world
-        losses = [torch.zeros(()) for _ in range(world)]
-        dist.all_gather(losses, result["loss"].detach())
-        if rank == 0:
-            torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
+        save_mean_step(loss, result["loss"], rank, world, out)
     finally:
         gc.collect()
         dist.barrier()

@@ -48,13 +48,19 @@ def _step(rank: int, world: int, path: str, negatives: bool, out: str) -> None:
     local = {col: _slice_columns(b, rank * per, (rank + 1) * per, col) for col, b in batch.items()}
     loss.model.backbone.model.eval()
     result = loss(**local)
-    result["loss"].backward()
+    save_mean_step(loss, result["loss"], rank, world, out)
+
+
+def save_mean_step(loss: torch.nn.Module, value: torch.Tensor, rank: int, world: int, out: str) -> None:
+    """Backward, then DDP's averaging by hand: gradients all-reduced and divided by ``world``, the loss the mean over
+    processes; rank 0 saves both to ``out``."""
+    value.backward()
     grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
     for g in grads.values():
         dist.all_reduce(g)
         g /= world
     losses = [torch.zeros(()) for _ in range(world)]
-    dist.all_gather(losses, result["loss"].detach())
+    dist.all_gather(losses, value.detach())
     if rank == 0:
         torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
 
