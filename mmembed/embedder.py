@@ -7,8 +7,9 @@ Folder layout (``Embedder.save``)::
     2_Normalize/                                                   L2 normalisation (when on)
     mmembed_config.json                                            template, prompts, options of the chain; the
                                                                    files the save wrote (``files``)
-    modules.json, sentence_bert_config.json, ...                   sentence-transformers files, when ST can
-                                                                   reproduce the embeddings
+    modules.json, config_sentence_transformers.json, ...           sentence-transformers files: ST's own modules
+                                                                   when ST can reproduce the embeddings, else
+                                                                   mmembed's module (:mod:`mmembed.st_format`)
 """
 
 from __future__ import annotations
@@ -437,7 +438,8 @@ class Embedder(nn.Module):
         }
 
     def sentence_transformers_compatible(self) -> bool:
-        """Whether sentence-transformers reproduces this model's text embeddings from the saved folder."""
+        """Whether sentence-transformers reproduces this model's embeddings with its own modules (a full save then
+        writes ST's native files; any other gets mmembed's ST module, :mod:`mmembed.st_format`)."""
         backbone = self.backbone
         return (backbone.template.is_plain_prefix and not backbone.supports_images and backbone.layer == -1
                 and self.truncate_dim is None and self.rationale is None
@@ -457,7 +459,8 @@ class Embedder(nn.Module):
         holding files of the same names that mmembed did not write (a base model's own folder, a download) and an
         adapter-only save into its own base model's folder are refused with :class:`~mmembed.errors.OutputPathError`.
         ``state_dict`` (the backbone model's, e.g. consolidated by DeepSpeed) replaces the live weights when given
-        (not with a merged export).
+        (not with a merged export). Every folder loads in sentence-transformers with the vectors of
+        ``mmembed.load(folder)``, or is refused there with the reason (:mod:`mmembed.st_format`).
         """
         folder = Path(folder).expanduser()
         compatible = not adapter_only and self.sentence_transformers_compatible()
@@ -480,11 +483,11 @@ class Embedder(nn.Module):
                 st_format.write(stage, normalize=self.normalize, max_length=self.backbone.max_length,
                                 pooling_config=self.pooler.sentence_transformers_config(self.backbone.hidden_size),
                                 prompts=self.prompts, default_prompt_name=self.default_prompt_name)
+            else:  # ST loads it through mmembed's own module, or refuses it naming the reason
+                st_format.write_module(stage, refusal=st_format.refusal(self), prompts=self.prompts,
+                                       default_prompt_name=self.default_prompt_name)
 
         write_folder(folder, CONFIG_NAME, config, write, [*weights, "tokenizer.json", "tokenizer_config.json"])
-        if not compatible and not adapter_only:
-            logger.info("%s: no sentence-transformers files written (its template, pooler or layer has no ST "
-                        "equivalent); load it with mmembed.load.", folder)
         return folder
 
     #: options that configure the chain (a ``None`` passed to ``load`` clears a saved value)

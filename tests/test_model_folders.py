@@ -93,8 +93,8 @@ def test_a_later_save_removes_only_the_files_an_earlier_save_wrote(qwen2_path, t
         (folder / name).write_bytes(data)
 
     chat = mmembed.load(str(qwen2_path), template=PromptTemplate(chat=True), dtype="float32")
-    chat.save(folder)  # no ST equivalent: the ST files it wrote before go
-    assert not (folder / "modules.json").exists() and not (folder / "1_Pooling" / "config.json").exists()
+    chat.save(folder)  # no ST equivalent: the native ST files it wrote before go (mmembed's ST module instead)
+    assert not (folder / "sentence_bert_config.json").exists() and not (folder / "1_Pooling" / "config.json").exists()
     adapter = _with_random_lora(chat)
     adapter.save(folder, adapter_only=True)  # the merged weights it wrote before go
     assert not (folder / "model.safetensors").exists() and (folder / "adapter_model.safetensors").is_file()
@@ -113,7 +113,7 @@ def test_a_folder_saved_before_files_were_recorded_is_still_overwritten(qwen2_pa
     (folder / "notes.txt").write_text("mine")
     chat = mmembed.load(str(qwen2_path), template=PromptTemplate(chat=True), dtype="float32")
     chat.save(folder)
-    assert not (folder / "modules.json").exists() and (folder / "notes.txt").read_text() == "mine"
+    assert not (folder / "sentence_bert_config.json").exists() and (folder / "notes.txt").read_text() == "mine"
     assert np.array_equal(mmembed.load(str(folder)).encode(TEXTS), chat.encode(TEXTS))
 
 

@@ -30,7 +30,7 @@ def test_save_load_identical_with_template_pooler_and_prompts(qwen2_path, tmp_pa
     again = mmembed.load(str(tmp_path / "saved"))
     assert again.get_config() == model.get_config()
     assert np.array_equal(again.encode_queries(TEXTS), model.encode_queries(TEXTS))
-    assert not (tmp_path / "saved" / "modules.json").exists()  # ST cannot reproduce a chat template
+    assert "MMEmbedModule" in (tmp_path / "saved" / "modules.json").read_text()  # a chat template: mmembed's ST module
 
 
 def test_save_load_identical_vlm(vlm_path, images, tmp_path):
@@ -143,8 +143,9 @@ def test_saving_over_a_folder_removes_stale_files(qwen2_path, tmp_path):
     assert (tmp_path / "m" / "modules.json").is_file()
     chat = mmembed.load(str(qwen2_path), template=PromptTemplate(chat=True), dtype="float32")
     chat.save(tmp_path / "m")
-    assert not (tmp_path / "m" / "modules.json").exists()
-    assert not (tmp_path / "m" / "config_sentence_transformers.json").exists()
+    assert "MMEmbedModule" in (tmp_path / "m" / "modules.json").read_text()  # ST's own modules gave way to mmembed's
+    assert not (tmp_path / "m" / "sentence_bert_config.json").exists()
+    assert not (tmp_path / "m" / "1_Pooling" / "config.json").exists()
     assert np.array_equal(mmembed.load(str(tmp_path / "m")).encode(TEXTS), chat.encode(TEXTS))
 
 

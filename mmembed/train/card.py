@@ -2,8 +2,8 @@
 
 The card says what was trained (base model, recipe and method, LoRA settings), on what (training and evaluation
 files), how long (steps, batch, learning rate, seed), how well (the scores the recipe printed, before -> after) and
-how to load the result (``mmembed.load``; ``sentence_transformers.SentenceTransformer`` when the folder has its
-files). It replaces the generic card TRL's trainers write (``create_model_card``: "a fine-tuned version of None").
+how to load the result (``mmembed.load``; ``sentence_transformers.SentenceTransformer``, with
+``trust_remote_code=True`` where the folder's module is mmembed's, or the reason it refuses the folder). It replaces the generic card TRL's trainers write (``create_model_card``: "a fine-tuned version of None").
 
 :func:`remember_args` keeps the dataclasses a recipe parsed (``mmembed.train.run.parse_recipe_args`` calls it);
 :func:`write_recipe_card` writes the card from them and the recipe's result dict
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import st_format
 from ..files import write_text
 from ..hub import looks_like_hub_id
 
@@ -114,14 +115,17 @@ def _loading(final: str, folder: Path) -> list[str]:
     if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("rationale"):
         lines.append("\nThe model is saved in rationale mode: `encode` first writes a short rationale for each input "
                      "(greedy generation), then embeds text and rationale.")
-    if (folder / "modules.json").is_file():
-        lines += ["", "With sentence-transformers (the folder holds its files):", "", "```python",
-                  "from sentence_transformers import SentenceTransformer", "",
-                  f"model = SentenceTransformer({json.dumps(final)})",
+    module = folder / st_format.MODULE_CONFIG  # mmembed's ST module (else ST's own modules)
+    refusal = json.loads(module.read_text(encoding="utf-8")).get("refusal") if module.is_file() else None
+    if refusal:
+        lines.append(f"\nsentence-transformers cannot load this folder ({refusal}): use `mmembed.load`.")
+    elif (folder / "modules.json").is_file():
+        trust = ", trust_remote_code=True" if module.is_file() else ""
+        lines += ["", "With sentence-transformers (the same vectors" + (
+                      "; the folder's module is mmembed's, so mmembed must be installed" if trust else "") + "):",
+                  "", "```python", "from sentence_transformers import SentenceTransformer", "",
+                  f"model = SentenceTransformer({json.dumps(final)}{trust})",
                   'vectors = model.encode(["a first sentence"])', "```"]
-    else:
-        lines.append("\nsentence-transformers cannot load this folder (its template, pooling or rationale mode has no "
-                     "sentence-transformers equivalent): use `mmembed.load`.")
     return lines
 
 
