@@ -26,13 +26,14 @@ Benchmarks (``--only`` takes a comma-separated subset, in this order):
 - ``gpu``: ``bench/gpu.py --compile --mini-batch 256``, the Qwen2-VL-2B LoRA training step at batch 1,024 (MFU) and
   encode throughput; only where CUDA is available. Elsewhere its section says so and points to the recorded GPU
   run, ``bench/RESULTS.md`` (``--resume`` never keeps such a skipped section).
+- ``serve``: ``bench/serve.py``, ``mmembed serve`` vs a naive server and infinity-emb (1 / 8 / 32 clients).
 
 Settings: ``--quick`` uses small sizes for a smoke run (a few minutes per benchmark; its numbers only show that
 everything runs): encode ``--n 200 --repeats 1``; gradcache ``--steps 1`` and grace ``--steps 1 --prompts 1
 --generations 2 --completion-tokens 8``, both on a tiny random Qwen2 (``mmembed.testing.build_tiny_qwen2``, built in a
 temporary folder: with SmolLM2-135M one gradcache worker alone took over 15 minutes on the shared 2-core machine);
 muco ``--packs 2 --steps 1 --warmup 1 --rounds 1``; elastic 64 sentences, 1 round; retrieval ``--candidates
-100000``. Without ``--quick`` each script runs with its own defaults, except where those take well over 15 minutes
+100000``; serve ``--seconds 2 --clients 1,8``. Without ``--quick`` each script runs with its own defaults, except where those take well over 15 minutes
 on 2 CPU cores: ``encode`` then runs ``--n 1000 --repeats 2`` (its defaults, 2,000 sentences x 3 repeats through
 four SmolLM2 workers, take roughly 15-30 minutes idle, far more on a shared machine); the report says so.
 
@@ -185,6 +186,15 @@ def gpu_headline(out: str) -> tuple[str, bool | None]:
         r["mfu"] >= 0.35
 
 
+def serve_headline(out: str) -> tuple[str, bool | None]:
+    """The ratio lines of bench/serve.py (``  model: what = 1.43x (>= 1.0x: met)``)."""
+    found = re.findall(rf"^  (\S+): (.*?) = {NUM}x \((?:>=|<=) {NUM}x: (met|NOT met)\)", out, re.MULTILINE)
+    if not found:
+        raise ValueError("no ratio lines")
+    text = "; ".join(f"{model} {what} {ratio}x" for model, what, ratio, _, _ in found)
+    return f"serve: {text}", all(verdict == "met" for *_, verdict in found)
+
+
 def safe_headline(bench: Benchmark, out: str) -> tuple[str, bool | None]:
     try:
         return bench.headline(out)
@@ -248,6 +258,13 @@ BENCHMARKS = [
         "MFU >= 35% (issue #9)", ["--compile", "--mini-batch", "256"],
         ["--layers", "2", "--batch", "64", "--mini-batch", "16", "--steps", "1", "--encode-rows", "512"],
         gpu_headline, needs_cuda=True, progress=re.compile(r"^\s*$")),
+    Benchmark(
+        "serve", "bench/serve.py",
+        "`mmembed serve` (dynamic batching) vs a naive server calling `encode` once per request and infinity-emb on "
+        "the same all-MiniLM-L6-v2 folder; 1 / 8 / 32 concurrent openai clients: sentences/s, requests/s, p50 / p99",
+        ">= 1.0x infinity's and >= 3x the naive server's sentences/s at 32 clients; 1-client p50 <= 1.2x encode's",
+        [], ["--seconds", "2", "--clients", "1,8"], serve_headline,
+        short_goal=">= 1.0x infinity, >= 3x naive at 32 clients; p50 <= 1.2x encode"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 

@@ -1,5 +1,5 @@
-"""The ``mmembed`` command line: ``mmembed encode``, ``mmembed eval <suite>``, ``mmembed synthetic`` and
-``mmembed demo``.
+"""The ``mmembed`` command line: ``mmembed encode``, ``mmembed eval <suite>``, ``mmembed synthetic``,
+``mmembed demo`` and ``mmembed serve`` (:mod:`mmembed.serve.cli`; needs the serve extra only when run).
 
 A user error (a bad option, input file, output path, model folder or input) is printed as one line on stderr,
 ``mmembed: error: ...``, and exits with code 2; ``--debug`` prints the traceback as well. Options, output paths and
@@ -362,6 +362,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``mmembed serve``: the model options checked here, the rest in :func:`mmembed.serve.cli.serve_main`."""
+    from .serve.cli import serve_main
+
+    check_model_options(args)
+    return serve_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmembed", description="Embed text and images with (multimodal) LLMs.")
     parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
@@ -393,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.set_defaults(func=cmd_encode)
 
     add_eval_parser(sub, model_args)
+    from .serve.cli import add_serve_parser  # argparse only: the serve extra is imported when the command runs
+
+    add_serve_parser(sub, model_args, cmd_serve)
 
     syn = sub.add_parser("synthetic", help="write the synthetic multimodal benchmark (MMEB, MMEB-train, MuCo, "
                                            "M-BEIR formats), deterministic from a seed")
