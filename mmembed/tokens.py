@@ -105,8 +105,3 @@ def grow_input_embeddings(model: nn.Module, num_tokens: int) -> bool:
 
 def _row_mean(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().to(torch.float32).mean(dim=0)
-
-
-def input_embedding_rows(model: nn.Module) -> int:
-    """How many rows the (language) model's input embeddings have."""
-    return lora.base_model(model).get_input_embeddings().weight.shape[0]

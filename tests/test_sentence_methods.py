@@ -1,14 +1,15 @@
 """The pieces of the SimCSE family against hand-computed values: loss weights and masks of the InfoNCE engine,
-shuffled group whitening, queues and memory banks, and the view constructors."""
+shuffled group whitening, queues and memory banks, the view constructors, DebCSE's inverse propensity weights,
+CCP's one-sided batch norm, MultiCSR's score parsing, and the gathering pieces with two processes (gloo).
+
+On the tiny LLM with LoRA: tests/test_sentence_methods_lora.py; the recipes end to end:
+tests/test_sentence_methods_recipes.py."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,81 @@ def test_context_pairs():
         ("s1", "s2", 0), ("s2", "s1", 0), ("s2", "s3", 0), ("s3", "s2", 0)]
 
 
+# ------------------------------------------------------------------------------------------------ DebCSE, CCP
+
+
+def test_ipw_weights_by_hand():
+    from mmembed.data.debcse import ipw_weights, surface_similarity
+
+    # bins of width 0.2: [0, 0, 2, 4, 4, 4]; shares 2/6, 1/6, 3/6 -> 1/share = 3, 3, 6, 2, 2, 2 (mean 3)
+    w = ipw_weights(np.array([0.1, 0.15, 0.5, 0.9, 0.95, 1.0]), bins=5)
+    np.testing.assert_allclose(w, [1, 1, 2, 2 / 3, 2 / 3, 2 / 3])
+    assert surface_similarity("A cat sleeps.", "the cat sleeps") == pytest.approx(2 / 4)
+
+
+def test_ipw_selection_draws_positives_by_inverse_surface_propensity():
+    from mmembed.data.debcse import IPWConfig, select_pairs
+
+    sentences = ["red apple on table", "red apple on a table", "fruit lies there", "blue sky", "blue sky today",
+                 "blue sky now", "dog", "cat"]
+    e = np.zeros((8, 4))
+    e[0] = [1, 0, 0, 0]
+    e[1] = e[2] = [0.9, np.sqrt(1 - 0.81), 0, 0]  # cos 0.9 with sentence 0
+    e[3] = [0, 0, 1, 0]
+    e[4] = [0, 0, 0.95, np.sqrt(1 - 0.95 ** 2)]
+    e[5] = [0, 0, 0.98, np.sqrt(1 - 0.98 ** 2)]
+    e[6] = [0, 1, 0, 0]
+    e[7] = [0, 0.3, 0, 0.95]
+    config = {"k": 3, "positive_min": 0.85, "negative_max": 0.4, "bins": 2}
+    # positive pairs (cos >= 0.85) and their word overlap, bin 1 = overlap >= 0.5:
+    #   0-1 / 1-0: 0.8 (bin 1); 0-2, 2-0, 1-2, 2-1: 0 (bin 0); all 6 ordered pairs of 3, 4, 5: >= 0.5 (bin 1)
+    # -> bin 1 holds 8 of 12 pairs, bin 0 holds 4: weights 1 / (8/12) = 1.5 and 1 / (4/12) = 3, so anchor 0 picks
+    #    sentence 2 (bin 0) with probability 3 / (3 + 1.5) = 2/3 and sentence 1 with 1/3
+    picks = []
+    for seed in range(600):
+        triplets, pairs = select_pairs(sentences, e, IPWConfig(**config, seed=seed))
+        row = next(r for r in triplets + pairs if r["anchor"]["text"] == sentences[0])
+        picks.append(row["positive"]["text"])
+    assert set(picks) == {sentences[1], sentences[2]}
+    assert picks.count(sentences[2]) / len(picks) == pytest.approx(2 / 3, abs=0.06)
+    triplets, pairs = select_pairs(sentences, e, IPWConfig(**config))
+    assert {r["anchor"]["text"] for r in triplets + pairs} == set(sentences)
+    for r in triplets:  # hard negatives are never above the negative threshold under the reference model
+        i, j = sentences.index(r["anchor"]["text"]), sentences.index(r["negative"]["text"])
+        assert e[i] @ e[j] / np.linalg.norm(e[i]) / np.linalg.norm(e[j]) <= 0.4 + 1e-9
+    lonely = next(r for r in triplets + pairs if r["anchor"]["text"] == "dog")
+    assert lonely["positive"]["text"] == "dog"  # no positive candidate: its own (dropout) view
+
+
+def test_one_sided_batch_norm_normalises_positives_only():
+    from mmembed.losses.ccp import OneSidedBatchNorm
+
+    torch.manual_seed(0)
+    q, p = torch.randn(32, 5, dtype=torch.float64) * 3 + 1, torch.randn(32, 5, dtype=torch.float64) * 2 - 4
+    out_q, out_p = OneSidedBatchNorm(eps=1e-12)([q, p])
+    assert torch.equal(out_q, q)
+    np.testing.assert_allclose(out_p.mean(0).numpy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(out_p.var(0, unbiased=False).numpy(), 1.0, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------- MultiCSR
+
+
+def test_multicsr_scores_roles_and_presets_by_hand():
+    from mmembed.data.multicsr import curate, first_sentence, parse_score, stage1
+
+    assert parse_score("Score: 3.5 out of 5") == 3.5 and parse_score("4") == 4.0
+    assert parse_score("7.0") is None and parse_score("no idea") is None
+    assert first_sentence('\n  "A man plays music."\nmore') == "A man plays music."
+    assert stage1(4.5, 1.0) == "keep" and stage1(1.0, 3.0) == "swap"
+    assert stage1(4.5, 4.2) == "both scores above 4" and stage1(None, 1.0) == "unparsed score"
+    assert curate(3.0, 3.0, 13) is False and curate(4.0, 2.0, 13) is True  # (4, 4, gap)
+    assert curate(3.0, 3.0, 15) is False and curate(3.5, 3.0, 15) is True  # (3, 3, gap): equal scores fail
+    assert curate(4.0, 3.0, 2) is True and curate(3.9, 1.0, 2) is False  # (4, 3)
+    with pytest.raises(ValueError, match="filter_type"):
+        curate(4.0, 1.0, 99)
+
+
 # ------------------------------------------------------------------------------------- two processes (gloo)
 
 
@@ -278,378 +354,3 @@ def test_two_processes_match_one_process_for_every_gathering_piece(tmp_path):
         assert float(two[name]["loss"]) == pytest.approx(float(loss), rel=1e-9), name
         for key, grad in two[name]["grads"].items():
             np.testing.assert_allclose(grad.numpy(), leaves[key].grad.numpy(), atol=1e-10, err_msg=f"{name} {key}")
-
-
-# ------------------------------------------------------------------------------------ on a tiny LLM with LoRA
-
-
-SENTENCES = ["a man is playing a guitar", "two dogs run in the park", "the sun sets over the sea",
-             "a woman slices an onion", "children are playing football", "a cat sleeps on the sofa"]
-
-
-def _embedder(path, dropout=0.0):
-    import mmembed
-    from mmembed import lora
-    from mmembed.inputs import PromptTemplate
-
-    torch.manual_seed(0)
-    embedder = mmembed.load(str(path), dtype="float32", device="cpu",
-                            template=PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True))
-    base = embedder.backbone.model
-    for p in base.parameters():
-        p.requires_grad_(False)
-    embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=dropout,
-                                                                 init_lora_weights=False))
-    embedder.train()
-    return embedder
-
-
-def _esimcse_rows(sentences, seed):
-    rng = random.Random(seed)
-    return [{"anchor": {"text": s, "image": None}, "positive": {"text": repeat_words(s, rng), "image": None}}
-            for s in sentences]
-
-
-def test_momentum_encoder_is_an_ema_of_the_adapter_and_fills_the_queue_in_order(qwen2_path):
-    from mmembed.data.collator import ContrastiveCollator
-    from mmembed.losses.momentum import MomentumContrastiveLoss
-
-    embedder = _embedder(qwen2_path)
-    loss = MomentumContrastiveLoss(embedder, InfoNCELoss(temperature=TAU), queue_size=5, momentum=0.9)
-    trainable = {n: p for n, p in embedder.named_parameters() if p.requires_grad}
-    assert len(loss.ema.names) == len(trainable) and all("lora_" in n for n in trainable)  # adapter only
-    collate = ContrastiveCollator(embedder.backbone)
-    first, second = collate(_esimcse_rows(SENTENCES[:3], 0)), collate(_esimcse_rows(SENTENCES[3:], 1))
-
-    def momentum_view(batch, params):  # the anchors embedded, dropout off, with the given adapter values
-        saved = {n: p.detach().clone() for n, p in trainable.items()}
-        with torch.no_grad():
-            for n, p in trainable.items():
-                p.copy_(params[n])
-            embedder.eval()
-            vectors = embedder(batch)[0]
-            embedder.train()
-            for n, p in trainable.items():
-                p.copy_(saved[n])
-        return vectors
-
-    theta0 = {n: p.detach().clone() for n, p in trainable.items()}
-    out = loss(**first)
-    assert float(out["queue_size"]) == 3  # the first step had no queue; its anchors are queued after the loss
-    np.testing.assert_allclose(loss.queue.negatives().numpy(), momentum_view(first["anchor"], theta0).numpy(),
-                               atol=1e-6)
-    with torch.no_grad():  # an optimizer step
-        for p in trainable.values():
-            p.add_(0.05 * torch.randn_like(p))
-    theta1 = {n: p.detach().clone() for n, p in trainable.items()}
-    queued = loss.queue.negatives().clone()
-    out = loss(**second)
-    with torch.no_grad():  # the second step's loss used the first step's queue as extra negatives
-        q, p = embedder(second["anchor"])[0], embedder(second["positive"])[0]
-    expected = InfoNCELoss(temperature=TAU)(q, p, extra_negatives=queued)["loss"]
-    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
-    ema = {n: 0.9 * theta0[n] + 0.1 * theta1[n] for n in trainable}
-    for i, name in enumerate(loss.ema.names):
-        np.testing.assert_allclose(getattr(loss.ema, f"ema_{i}").numpy(), ema[name].numpy(), atol=1e-7)
-    for n, p in trainable.items():  # the live adapter is restored after the momentum pass
-        assert torch.equal(p.detach(), theta1[n])
-    newest = momentum_view(second["anchor"], ema)
-    fifo = torch.cat([queued, newest])[-5:]  # oldest first; the first anchor of step 1 fell out
-    np.testing.assert_allclose(loss.queue.negatives().numpy(), fifo.numpy(), atol=1e-6)
-
-
-def test_identical_views_warn_and_lora_dropout_makes_them_differ(qwen2_path):
-    from mmembed.data.collator import ContrastiveCollator
-    from mmembed.losses import ContrastiveLoss
-
-    rows = [{"anchor": {"text": s, "image": None}, "positive": {"text": s, "image": None}} for s in SENTENCES[:4]]
-    for dropout, warns in ((0.0, True), (0.1, False)):
-        embedder = _embedder(qwen2_path, dropout=dropout)
-        batch = ContrastiveCollator(embedder.backbone)(rows)
-        loss = ContrastiveLoss(embedder, InfoNCELoss(temperature=TAU))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            loss(**batch)
-        assert any("embed identically" in str(w.message) for w in caught) == warns
-
-
-# ------------------------------------------------------------------------------------------------ DebCSE, CCP
-
-
-def test_ipw_weights_by_hand():
-    from mmembed.data.debcse import ipw_weights, surface_similarity
-
-    # bins of width 0.2: [0, 0, 2, 4, 4, 4]; shares 2/6, 1/6, 3/6 -> 1/share = 3, 3, 6, 2, 2, 2 (mean 3)
-    w = ipw_weights(np.array([0.1, 0.15, 0.5, 0.9, 0.95, 1.0]), bins=5)
-    np.testing.assert_allclose(w, [1, 1, 2, 2 / 3, 2 / 3, 2 / 3])
-    assert surface_similarity("A cat sleeps.", "the cat sleeps") == pytest.approx(2 / 4)
-
-
-def test_ipw_selection_draws_positives_by_inverse_surface_propensity():
-    from mmembed.data.debcse import IPWConfig, select_pairs
-
-    sentences = ["red apple on table", "red apple on a table", "fruit lies there", "blue sky", "blue sky today",
-                 "blue sky now", "dog", "cat"]
-    e = np.zeros((8, 4))
-    e[0] = [1, 0, 0, 0]
-    e[1] = e[2] = [0.9, np.sqrt(1 - 0.81), 0, 0]  # cos 0.9 with sentence 0
-    e[3] = [0, 0, 1, 0]
-    e[4] = [0, 0, 0.95, np.sqrt(1 - 0.95 ** 2)]
-    e[5] = [0, 0, 0.98, np.sqrt(1 - 0.98 ** 2)]
-    e[6] = [0, 1, 0, 0]
-    e[7] = [0, 0.3, 0, 0.95]
-    config = {"k": 3, "positive_min": 0.85, "negative_max": 0.4, "bins": 2}
-    # positive pairs (cos >= 0.85) and their word overlap, bin 1 = overlap >= 0.5:
-    #   0-1 / 1-0: 0.8 (bin 1); 0-2, 2-0, 1-2, 2-1: 0 (bin 0); all 6 ordered pairs of 3, 4, 5: >= 0.5 (bin 1)
-    # -> bin 1 holds 8 of 12 pairs, bin 0 holds 4: weights 1 / (8/12) = 1.5 and 1 / (4/12) = 3, so anchor 0 picks
-    #    sentence 2 (bin 0) with probability 3 / (3 + 1.5) = 2/3 and sentence 1 with 1/3
-    picks = []
-    for seed in range(600):
-        triplets, pairs = select_pairs(sentences, e, IPWConfig(**config, seed=seed))
-        row = next(r for r in triplets + pairs if r["anchor"]["text"] == sentences[0])
-        picks.append(row["positive"]["text"])
-    assert set(picks) == {sentences[1], sentences[2]}
-    assert picks.count(sentences[2]) / len(picks) == pytest.approx(2 / 3, abs=0.06)
-    triplets, pairs = select_pairs(sentences, e, IPWConfig(**config))
-    assert {r["anchor"]["text"] for r in triplets + pairs} == set(sentences)
-    for r in triplets:  # hard negatives are never above the negative threshold under the reference model
-        i, j = sentences.index(r["anchor"]["text"]), sentences.index(r["negative"]["text"])
-        assert e[i] @ e[j] / np.linalg.norm(e[i]) / np.linalg.norm(e[j]) <= 0.4 + 1e-9
-    lonely = next(r for r in triplets + pairs if r["anchor"]["text"] == "dog")
-    assert lonely["positive"]["text"] == "dog"  # no positive candidate: its own (dropout) view
-
-
-def test_one_sided_batch_norm_normalises_positives_only():
-    from mmembed.losses.ccp import OneSidedBatchNorm
-
-    torch.manual_seed(0)
-    q, p = torch.randn(32, 5, dtype=torch.float64) * 3 + 1, torch.randn(32, 5, dtype=torch.float64) * 2 - 4
-    out_q, out_p = OneSidedBatchNorm(eps=1e-12)([q, p])
-    assert torch.equal(out_q, q)
-    np.testing.assert_allclose(out_p.mean(0).numpy(), 0.0, atol=1e-12)
-    np.testing.assert_allclose(out_p.var(0, unbiased=False).numpy(), 1.0, atol=1e-9)
-
-
-def test_memory_bank_loss_uses_the_banks_as_they_were_then_fills_them(qwen2_path):
-    from mmembed.data.collator import ContrastiveCollator
-    from mmembed.data.views import context_pairs
-    from mmembed.losses.ccp import MemoryBankContrastiveLoss
-
-    embedder = _embedder(qwen2_path)
-    loss = MemoryBankContrastiveLoss(embedder, InfoNCELoss(temperature=TAU, symmetric=True), num_groups=2,
-                                     bank_size=4)
-    docs = [SENTENCES[:3], SENTENCES[3:]]
-    rows = context_pairs(docs, window=1, groups=[0, 1])
-    collate = ContrastiveCollator(embedder.backbone)
-    first, second = collate(rows[:4]), collate(rows[4:])
-    assert first["bank_groups"].tolist() == [0, 0, 0, 0] and second["bank_groups"].tolist() == [1, 1, 1, 1]
-    loss(**first)
-    with torch.no_grad():
-        p_first = F.normalize(embedder(first["positive"])[0], dim=-1)
-    rows_0, _ = loss.bank.negatives(torch.tensor([0]))
-    np.testing.assert_allclose(rows_0.numpy(), p_first.numpy(), atol=1e-6)
-    out = loss(**second)  # group-1 queries: the group-0 bank is masked for them, so the loss is the plain one
-    with torch.no_grad():
-        q, p = embedder(second["anchor"])[0], embedder(second["positive"])[0]
-    plain = InfoNCELoss(temperature=TAU, symmetric=True)(q, p, query_keys=second["anchor"]["keys"],
-                                                        positive_keys=second["positive"]["keys"])
-    assert float(out["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
-    mixed = InfoNCELoss(temperature=TAU, symmetric=True)(q, p, query_keys=second["anchor"]["keys"],
-                                                        positive_keys=second["positive"]["keys"],
-                                                        extra_negatives=p_first)
-    assert float(out["loss"]) != pytest.approx(float(mixed["loss"]), rel=1e-5)  # the other group's bank is unused
-
-
-# ---------------------------------------------------------------------------------------------------- MultiCSR
-
-
-def test_multicsr_scores_roles_and_presets_by_hand():
-    from mmembed.data.multicsr import curate, first_sentence, parse_score, stage1
-
-    assert parse_score("Score: 3.5 out of 5") == 3.5 and parse_score("4") == 4.0
-    assert parse_score("7.0") is None and parse_score("no idea") is None
-    assert first_sentence('\n  "A man plays music."\nmore') == "A man plays music."
-    assert stage1(4.5, 1.0) == "keep" and stage1(1.0, 3.0) == "swap"
-    assert stage1(4.5, 4.2) == "both scores above 4" and stage1(None, 1.0) == "unparsed score"
-    assert curate(3.0, 3.0, 13) is False and curate(4.0, 2.0, 13) is True  # (4, 4, gap)
-    assert curate(3.0, 3.0, 15) is False and curate(3.5, 3.0, 15) is True  # (3, 3, gap): equal scores fail
-    assert curate(4.0, 3.0, 2) is True and curate(3.9, 1.0, 2) is False  # (4, 3)
-    with pytest.raises(ValueError, match="filter_type"):
-        curate(4.0, 1.0, 99)
-
-
-def test_multicsr_data_recipe_with_smollm2_accounts_for_every_input_and_resumes(tmp_path):
-    """recipes/multicsr_data.py with the real default instruct model (SmolLM2-135M, offline wheel): every input is
-    kept or counted under a reason, every kept triplet passed both stages, and a second run continues after the
-    inputs the first one finished (chunk by chunk) instead of starting over."""
-    import importlib.util
-    import sys
-
-    from mmembed.data.multicsr import curate
-
-    spec = importlib.util.spec_from_file_location("multicsr_data", Path(__file__).resolve().parents[1] / "recipes"
-                                                  / "multicsr_data.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules["multicsr_data"] = recipe  # dataclasses look their module up
-    spec.loader.exec_module(recipe)
-    inputs = tmp_path / "sentences.txt"
-    inputs.write_text("A man is playing a guitar.\nA woman is slicing an onion.\nTwo children are running.\n")
-    out = tmp_path / "triplets.jsonl"
-    common = ["--input_file", str(inputs), "--output_file", str(out), "--chunk_size", "2", "--max_new_tokens", "24"]
-    first = recipe.main([*common, "--max_sentences", "2"])
-    assert first["inputs"] == 2
-    report = recipe.main(common)  # resumes: only the third sentence is new
-    assert report["inputs"] == 3
-    dropped = sum(v for k, v in report.items() if k not in ("inputs", "kept", "swapped"))
-    assert report.get("kept", 0) + dropped == 3
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == report.get("kept", 0)
-    for row in rows:
-        assert row["positive"] != row["negative"]
-        assert curate(row["scores"]["positive"], row["scores"]["negative"], 15)
-
-
-def test_reference_masked_loss_uses_the_model_without_its_adapter(qwen2_path):
-    from mmembed.data.collator import ContrastiveCollator
-    from mmembed.losses.reference import ReferenceMaskedLoss
-
-    embedder = _embedder(qwen2_path)  # a non-zero adapter: the reference (adapter off) differs from the model
-    rows = [{"anchor": {"text": a, "image": None}, "positive": {"text": b, "image": None},
-             "negative": [{"text": c, "image": None}]}
-            for a, b, c in zip(SENTENCES[:3], SENTENCES[3:], reversed(SENTENCES))]
-    batch = ContrastiveCollator(embedder.backbone)(rows)
-    embedder.eval()
-    with torch.no_grad():
-        with embedder.backbone.model.disable_adapter():
-            ref = {k: embedder(batch[c])[0] for k, c in (("queries", "anchor"), ("positives", "positive"),
-                                                          ("negatives", "negative"))}
-        q, p, n = (embedder(batch[c])[0] for c in ("anchor", "positive", "negative"))
-    assert not torch.allclose(ref["queries"], q, atol=1e-3)
-    scores = F.normalize(ref["queries"], dim=-1) @ F.normalize(torch.cat([ref["positives"], ref["negatives"]]), dim=-1).T
-    phi = float(scores.flatten().sort().values[10])  # some candidates above it, some below
-    engine = InfoNCELoss(temperature=TAU, false_negative_threshold=phi)
-    loss = ReferenceMaskedLoss(embedder, engine, mask_duplicates=False)
-    out = loss(**batch)
-    expected = engine(q, p, n, reference=ref, return_logits=True)
-    assert float(out["loss"]) == pytest.approx(float(expected["loss"]), rel=1e-5)
-    masked = torch.isinf(expected["logits"])
-    targets = torch.eye(3, 6, dtype=torch.bool)
-    assert torch.equal(masked, (scores > phi) & ~targets) and masked.any()
-
-
-# ------------------------------------------------------------------------------------------ the recipe, end to end
-
-
-SICK = Path(__file__).resolve().parents[2] / "shared" / "data" / "sick"
-
-
-def _documents(tmp_path) -> Path:
-    docs = [{"sentences": SENTENCES[:3], "group": "a"}, {"sentences": SENTENCES[3:], "group": "b"},
-            {"sentences": ["the river runs fast", "a boat crosses it", "fish swim below"], "group": "a"},
-            {"sentences": ["snow covers the hills", "skiers go down"], "group": "b"},
-            {"sentences": ["the market opens early", "traders shout prices"], "group": "a"},
-            {"sentences": ["a storm is coming", "the sky turns dark"], "group": "b"}]
-    path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    return path
-
-
-@pytest.mark.parametrize("method", ["unsup", "sup", "esimcse", "debcse", "whitened", "ccp"])
-def test_every_method_learns_on_a_fixed_batch(method, qwen2_path, tmp_path):
-    """Each method's rows, loss and trainer from the recipe's arguments: a few steps lower the method's own loss on
-    a fixed batch (same dropout masks; the queue / bank / momentum state restored for the comparison)."""
-    from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-    from mmembed.train.build import build_embedder
-    from mmembed.train.methods import MethodArguments, build_method_trainer
-
-    data = DataArguments(train_file=str(SICK), train_format="sick", max_train_samples=8)
-    batch_size = 16 if method == "whitened" else 4  # whitening needs rows well above the group width
-    if method == "ccp":
-        data = DataArguments(train_file=str(_documents(tmp_path)), train_format="documents")
-    embedder = build_embedder(ModelArguments(model_name_or_path=str(qwen2_path), template_text="{text}\nIn one word:",
-                                             chat=True, lora_r=4, lora_alpha=8, lora_dropout=0.1))
-    args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=batch_size,
-                                        max_steps=8,
-                                        learning_rate=5e-3, save_strategy="no", report_to="none", logging_steps=1,
-                                        disable_tqdm=True, use_cpu=True, seed=0)
-    ipw = {}
-    if method == "debcse":  # thresholds where this random model's neighbour similarities lie
-        from mmembed.data.formats import read_sick_triplets
-        from mmembed.train.methods import sentences_of
-
-        texts = sentences_of([read_sick_triplets(SICK)[:8]])
-        vectors = torch.tensor(np.asarray(embedder.encode(texts))).reshape(len(texts), -1)
-        sims = F.normalize(vectors, dim=-1) @ F.normalize(vectors, dim=-1).T
-        off = sims[~torch.eye(len(texts), dtype=torch.bool)]
-        ipw = {"ipw_positive_min": float(off.quantile(0.9)), "ipw_negative_max": float(off.quantile(0.5))}
-        embedder.train()
-    trainer = build_method_trainer(MethodArguments(method=method, whitening_groups=32, ipw_k=4, bank_size=8, **ipw),
-                                   data, args, embedder)
-    loss = trainer.model
-    batch = next(iter(trainer.get_train_dataloader()))
-    state = {k: v.clone() for k, v in loss.state_dict().items() if not k.startswith("model.")}
-
-    def fixed_loss():  # the training objective, with the same dropout masks before and after
-        loss.load_state_dict(state, strict=False)
-        torch.manual_seed(123)
-        with torch.no_grad():
-            value = float(loss(**batch)["loss"])
-        loss.load_state_dict(state, strict=False)
-        return value
-
-    before = fixed_loss()
-    trainer.train()
-    assert trainer.state.global_step == 8
-    after = fixed_loss()
-    assert after < before, (method, before, after)
-
-
-@pytest.mark.parametrize("method", ["unsup", "sup", "esimcse", "debcse", "whitened", "ccp"])
-def test_recipe_runs_with_two_processes(method, qwen2_path, tmp_path):
-    """`accelerate launch` (DDP, 2 processes, gloo) of recipes/simcse.py for every method: all gather candidates,
-    and some more (reference masks, the momentum queue, whitening statistics, memory banks); the export loads and
-    embeds."""
-    import subprocess
-    import sys
-
-    import mmembed
-
-    root = Path(__file__).resolve().parents[1]
-    extra = {"sup": ["--false_negative_threshold", "0.95", "--hard_negative_weight", "0.5"],
-             "unsup": [], "debcse": ["--ipw_positive_min", "0.5", "--ipw_negative_max", "0.5"],
-             "esimcse": [], "whitened": ["--per_device_train_batch_size", "8"],
-             "ccp": ["--train_format", "documents", "--train_file", str(_documents(tmp_path))]}[method]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", "ds_configs/accelerate/ddp.yaml",
-           "recipes/simcse.py", "--config", "recipes/configs/simcse_tiny.yaml", "--model_name_or_path",
-           str(qwen2_path), "--train_file", str(SICK), "--method", method, "--output_dir", str(tmp_path / "out"),
-           *extra]
-    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    assert f"'method': '{method}'" in run.stdout and "'steps': 2" in run.stdout
-    assert mmembed.load(str(tmp_path / "out" / "final")).encode(["a cat", "a dog"]).shape == (2, 64)
-
-
-def test_whitening_composes_with_gradient_caching(qwen2_path):
-    """WhitenedCSE's statistics are those of the full batch also when the embeddings come from gradient-cached
-    mini-batches: the loss and the adapter gradients equal the uncached ones."""
-    from mmembed.data.collator import ContrastiveCollator
-    from mmembed.losses import ContrastiveLoss
-
-    rows = [{"anchor": {"text": s, "image": None}, "positive": [{"text": s, "image": None}] * 2}
-            for s in SENTENCES]
-    results = []
-    for mini_batch_size in (None, 2):
-        embedder = _embedder(qwen2_path)
-        embedder.eval()  # no dropout: the two runs see the same views
-        loss = ContrastiveLoss(embedder, InfoNCELoss(temperature=TAU, view_transform=ShuffledGroupWhitening(
-            num_groups=32, seed=1)), mini_batch_size=mini_batch_size)
-        batch = ContrastiveCollator(embedder.backbone)(rows)
-        out = loss(**batch)
-        out["loss"].backward()
-        grads = {n: p.grad.clone() for n, p in embedder.named_parameters() if p.grad is not None}
-        results.append((float(out["loss"]), grads))
-    (uncached, g0), (cached, g1) = results
-    assert cached == pytest.approx(uncached, rel=1e-5) and g0.keys() == g1.keys() and g0
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6)
