@@ -14,8 +14,8 @@ optimizer:
 A training step is collation (image loading, processor, tokenizer) + forward + backward + AdamW step; the step time
 includes collation, and the model-only time (forward + backward + optimizer) is reported too. Pairs/s = 7·B / step.
 
-Data: synthetic scenes of 3-4 objects and a word (``mmembed.data.synthetic``: ``random_scene``, ``render``), each
-with 6 question pairs from the generator's own pair builder (``_muco_pairs``: counts, colours, the word) and the
+Data: synthetic scenes of 3-4 objects and a word (``mmembed.synthetic``: ``random_scene``, ``render``), each
+with 6 question pairs from the generator's own pair builder (``muco_pairs``: counts, colours, the word) and the
 exact caption (the Caption-I2T pair) as the 7th. Rows are taken in order, B per step, a fresh set of packs every step
 (the same on both sides). Images: ``--image-size`` px squares (tiny: 112 px, the tiny processor's maximum, 16 visual
 tokens; 2B: 640 px, MuCo's shortest side, with MuCo's processor limits 256·28² .. 1280·28² pixels: 529 visual tokens).
@@ -125,14 +125,14 @@ def prepare_rows(out: Path, n: int, image_size: int, seed: int) -> list[dict]:
     """``n`` rows of one image + 7 (query, positive) pairs (see the module docstring)."""
     import numpy as np
 
-    from mmembed.data import synthetic
+    from mmembed import synthetic
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     while len(rows) < n:
         scene = synthetic.random_scene(rng, int(rng.integers(3, 5)), word_prob=1.0, unique=True)
-        pairs = synthetic._muco_pairs(scene, rng, K - 1)
+        pairs = synthetic.muco_pairs(scene, rng, K - 1)
         if pairs is None:
             continue
         caption = {"query": synthetic.TASKS_BY_NAME["Caption-I2T"].instruction, "positive": synthetic.caption(scene)}

@@ -328,7 +328,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
-    from .data.synthetic import SyntheticConfig, generate
+    from .synthetic import SyntheticConfig, generate
 
     check_output_folder(args.output, what="--output")
     config = SyntheticConfig(seed=args.seed, image_size=args.image_size, n_eval_queries=args.eval_queries,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmembed.data import synthetic as syn
+from mmembed import synthetic as syn
 from mmembed.data.dataset import to_dataset
 from mmembed.data.formats import (
     READERS,

@@ -177,7 +177,7 @@ def test_recipe_runs_two_steps_with_two_processes_under_zero2(tmp_path):
     import sys
     from pathlib import Path
 
-    from mmembed.data.synthetic import SyntheticConfig, generate
+    from mmembed.synthetic import SyntheticConfig, generate
 
     root = Path(__file__).resolve().parents[1]
     model = testing.build_tiny_qwen2_vl(tmp_path / "vl")  # no <|emb|> yet: the recipe adds it
@@ -202,7 +202,7 @@ def test_recipe_runs_two_steps_with_two_processes_under_zero2(tmp_path):
 def test_finetune_stage_trains_on_mmeb_rows_with_captions(tmp_path):
     """The fine-tuning stage end to end (one process): MMEB-train rows with captions and a hard negative, two
     embeddings per conversation, the four-term loss decreasing over a few steps on a fixed batch."""
-    from mmembed.data.synthetic import SyntheticConfig, generate
+    from mmembed.synthetic import SyntheticConfig, generate
     from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
     from mmembed.train.muco import MuCoArguments, build_muco_trainer
 

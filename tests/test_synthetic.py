@@ -1,4 +1,4 @@
-"""The synthetic benchmark (mmembed.data.synthetic): determinism, formats, and that every task is learnable from
+"""The synthetic benchmark (mmembed.synthetic): determinism, formats, and that every task is learnable from
 the image while a text-only guess stays at chance."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from mmembed import cli
-from mmembed.data import synthetic as syn
+from mmembed import synthetic as syn
 from mmembed.data.formats import read_mmeb_train
 from mmembed.errors import OutputPathError
 
@@ -191,7 +191,7 @@ def test_retrieval_gold_is_not_special_among_its_candidates():
     n, k = 1200, 8
     hits = {"shortest": 0.0, "central": 0.0}
     for _ in range(n):
-        captions = [syn.caption(s) for s in syn._caption_scenes(rng, k)]
+        captions = [syn.caption(s) for s in syn.caption_scenes(rng, k)]
         words = [Counter(c.split()) for c in captions]
         hits["shortest"] += _expected_hit([-len(c) for c in captions])
         hits["central"] += _expected_hit([sum(sum((w & v).values()) for v in words) for w in words])

@@ -14,18 +14,21 @@ stored and tokenized.
 from __future__ import annotations
 
 import ast
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..textio import SICK_COLUMNS, iter_jsonl, read_text, resolve_image, sick_lines, text_lines
+from ..textio import decode_line as _decode
+from ..textio import parse_json_object as _parse_json
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "READERS",
+    "SICK_COLUMNS",
     "DataError",
     "Rows",
     "iter_jsonl",
@@ -41,43 +44,6 @@ __all__ = [
     "sick_lines",
     "text_lines",
 ]
-
-
-def _decode(raw: bytes, where: str, error: type[DataError] = DataError) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line); "
-                    f"save the file as UTF-8.") from None
-
-
-def text_lines(path: str | Path, error: type[DataError] = DataError) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` for every line of a UTF-8 text file, without its line break (``\\n`` or ``\\r\\n``;
-    a byte-order mark at the start is dropped). A missing file, or a line that is not UTF-8, raises ``error`` (a
-    :class:`DataError`) naming the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path} does not exist (or is not a file).")
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            line = _decode(raw, f"{path}:{number}", error).rstrip("\r\n")
-            yield number, line.removeprefix("\ufeff") if number == 1 else line
-
-
-def read_text(path: str | Path, error: type[DataError] = DataError) -> str:
-    """The whole of a UTF-8 text file (a byte-order mark at the start dropped); a missing file or bytes that are not
-    UTF-8 raise ``error`` (a :class:`DataError`) naming the file (and line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path} does not exist (or is not a file).")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        number = data.count(b"\n", 0, exc.start) + 1
-        line_start = data.rfind(b"\n", 0, exc.start) + 1
-        _decode(data[line_start: exc.end], f"{path}:{number}", error)
-        raise  # pragma: no cover - _decode raised
 
 
 def _text(value: Any, where: str, name: str = "text") -> str | None:
@@ -96,22 +62,6 @@ def _text(value: Any, where: str, name: str = "text") -> str | None:
     return value
 
 
-def resolve_image(value: str | None, root: Path | None, where: str) -> str | None:
-    """An image path from a record, resolved inside ``root`` (required when the record names an image)."""
-    if not value:
-        return None
-    if not isinstance(value, str):
-        raise DataError(f"{where}: the image path must be a string, got {type(value).__name__} ({value!r:.40}).")
-    if root is None:
-        raise DataError(f"{where}: the record names image '{value}' but no image root was given (image_root=...).")
-    path = (root / value).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DataError(f"{where}: image path '{value}' leaves the image root {root}.")
-    if not path.is_file():
-        raise DataError(f"{where}: image file '{path}' does not exist.")
-    return str(path)
-
-
 SIDE_KEYS = ("text", "image_path", "image")
 
 
@@ -128,25 +78,6 @@ def _side(value: Any, root: Path | None, where: str) -> dict[str, str | None]:
     if text is None and image is None:
         raise DataError(f"{where}: neither text nor image.")
     return {"text": text, "image": image}
-
-
-def _parse_json(line: str, where: str, error: type[DataError] = DataError) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise error(f"{where}: invalid JSON ({exc.msg}).") from exc
-    if not isinstance(record, dict):
-        raise error(f"{where}: a record must be a JSON object.")
-    return record
-
-
-def iter_jsonl(path: str | Path, error: type[DataError] = DataError) -> Iterator[tuple[str, dict]]:
-    """``(file:line, record)`` for each non-empty line of a JSON-lines file; a line that is not UTF-8 or not a JSON
-    object raises ``error`` (a :class:`DataError`) naming its file and line."""
-    for number, line in text_lines(path, error):
-        if line.strip():
-            where = f"{path}:{number}"
-            yield where, _parse_json(line, where, error)
 
 
 def _raw_records(path: Path) -> Iterator[tuple[str, bytes | dict]]:
@@ -381,7 +312,7 @@ def read_multiturn(path: str | Path, image_root: str | Path | None = None, skip_
 
     Two layouts, JSON lines or ``.parquet``:
 
-    - ours (what ``mmembed.data.synthetic`` writes): ``{"image": str | null, "pairs": [{"query": str | [str, ...],
+    - ours (what ``mmembed.synthetic`` writes): ``{"image": str | null, "pairs": [{"query": str | [str, ...],
       "positive": str, "kind": str (optional)}, ...]}``;
     - M3T-style parallel lists: the image under ``image`` / ``image_path`` / ``img_path``, the queries under
       ``queries`` / ``qry``, the positives under ``positives`` / ``pos`` / ``pos_text``, optional kinds under
@@ -481,30 +412,6 @@ def read_sentences(path: str | Path) -> list[dict]:
 
 
 SICK_SPLITS = {"train": "SICK_train.txt", "trial": "SICK_trial.txt"}
-#: the header of a SICK file (tab-separated); readers take the columns they need by name
-SICK_COLUMNS = ("pair_ID", "sentence_A", "sentence_B", "relatedness_score", "entailment_judgment")
-
-
-def sick_lines(path: str | Path, columns: Sequence[str],
-               error: type[DataError] = DataError) -> Iterator[tuple[str, list[str]]]:
-    """``(file:line, [the value of each of columns])`` for each non-blank line of a SICK file after its header
-    (tab-separated, :data:`SICK_COLUMNS`, in any order). A header without one of ``columns`` or a line with too few
-    fields raises ``error`` naming the file and line."""
-    lines = text_lines(path, error)
-    header = next(lines, (1, ""))[1].split("\t")
-    absent = [c for c in columns if c not in header]
-    if absent:
-        raise error(f"{path}:1: the header lacks {absent} (SICK: {', '.join(SICK_COLUMNS)}, tab-separated).")
-    index = [header.index(c) for c in columns]
-    for number, line in lines:
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) <= max(index):
-            raise error(f"{path}:{number}: {len(fields)} fields, expected at least {max(index) + 1}.")
-        yield f"{path}:{number}", [fields[i] for i in index]
-
-
 def _sick_pairs(path: Path) -> Iterator[tuple[str, str, str]]:
     """``(sentence A, sentence B, judgment)`` per line of a SICK file."""
     for where, (first, second, judgment) in sick_lines(path, ("sentence_A", "sentence_B", "entailment_judgment")):

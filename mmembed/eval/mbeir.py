@@ -28,14 +28,17 @@ import json
 import logging
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError, iter_jsonl, resolve_image
+from ..errors import DataError
+from ..textio import iter_jsonl, resolve_image
 from .encoding import encode_side
 from .metrics import hit_at_k, mean
+from .resume import load_state, save_state
 from .search import NpyFile, topk_search
 
 logger = logging.getLogger(__name__)
@@ -146,9 +149,9 @@ class _Pools:
         folder.mkdir(parents=True, exist_ok=True)
         array_path, state_path = folder / f"{name}.npy", folder / f"{name}.progress.json"
         key = _hash([self.model_key, *dids])
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-        if state.get("key") != key or not array_path.is_file():
-            if state:
+        state, stale = load_state(state_path, key)
+        if state is None or not array_path.is_file():
+            if state is not None or stale:
                 logger.info("%s holds embeddings of another model or pool: computing them again", array_path)
             state = {"key": key, "done": 0}
             np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32,
@@ -159,8 +162,7 @@ class _Pools:
                 out[start:start + self.chunk] = self._encode(dids[start:start + self.chunk])
                 out.flush()
                 state["done"] = min(len(dids), start + self.chunk)
-                state_path.with_suffix(".tmp").write_text(json.dumps(state))
-                state_path.with_suffix(".tmp").replace(state_path)  # atomic
+                save_state(state_path, state)
             del out
         else:
             logger.info("reusing the embeddings of %s in %s", name, array_path)
@@ -171,6 +173,131 @@ def _hash(dids: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(dids).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one M-BEIR run and what every task shares (the candidate store, the global pool)."""
+
+    embedder: Any
+    root: Path
+    split: str
+    pools: tuple[str, ...]
+    image_root: Path
+    instruction_path: Path
+    table: dict[str, list[str]] | None  # None: no instructions
+    seed: int
+    k_values: tuple[int, ...]
+    max_queries: int | None
+    batch_size: int
+    block_size: int
+    device: str | None
+    show_progress_bar: bool | None
+    store: _Pools
+    global_dids: list[str] | None
+    global_vectors: np.ndarray | NpyFile | None
+
+
+def _instruction(run: _Run, table: dict[str, list[str]], q: dict, listed: list[str], positives: set[str], where: str,
+                 rng: np.random.Generator) -> str:
+    """A seeded choice among the instructions of (dataset id, query modality, modality of the positive candidates)."""
+    # UniIR: the positive of the query's own dataset names the candidate modality (OVEN / INFOSEEK)
+    dataset = str(q.get("qid", "")).split(":")[0]
+    own = [d for d in listed if d.split(":")[0] == dataset and d in run.store.records] or sorted(positives)
+    key = f"{dataset}, {q.get('query_modality')}, {run.store.records[own[0]].get('modality')}"
+    if key not in table:
+        raise MBEIRDataError(f"{where}: no instruction for '{key}' in {run.instruction_path}.")
+    return table[key][rng.integers(len(table[key]))]
+
+
+def _queries(run: _Run, records: list[tuple[str, dict]], qrels: dict[str, set[str]] | None,
+             rng: np.random.Generator) -> tuple[list[dict], list[set[str]]]:
+    """The model inputs of the query records (instructed, normalised text; image) and their positive candidates."""
+    inputs, relevant = [], []
+    for where, q in records:
+        listed = list(q.get("pos_cand_list") or [])
+        positives = (qrels.get(q.get("qid")) if qrels is not None else None) or set(listed)
+        if not positives:
+            raise MBEIRDataError(f"{where}: query {q.get('qid')} has no positive candidate.")
+        unknown = [d for d in positives if d not in run.store.records]
+        if unknown:
+            raise MBEIRDataError(f"{where}: positive candidate(s) {unknown[:3]} are in no loaded pool.")
+        text = q.get("query_txt") or ""
+        if run.table is not None:
+            text = f"{_instruction(run, run.table, q, listed, positives, where, rng)} {text}"
+        item: dict[str, Any] = {}
+        if format_string(text):
+            item["text"] = format_string(text)
+        if q.get("query_img_path"):
+            item["image"] = resolve_image(q["query_img_path"], run.image_root, where)
+        if not item:
+            raise MBEIRDataError(f"{where}: query has neither text nor image.")
+        inputs.append(item)
+        relevant.append(positives)
+    return inputs, relevant
+
+
+def _rank(run: _Run, query_vectors: np.ndarray, dids: list[str], vectors: np.ndarray | NpyFile,
+          rng: np.random.Generator) -> list[list[str]]:
+    """The top candidates (dids) of each query, the pool scored in a seeded random order."""
+    blocks = _shuffled_blocks(len(dids), run.block_size, rng)  # ties never favour the pool file's order
+    order = np.concatenate([start + perm for start, perm in blocks])
+    shuffled = (np.asarray(vectors[start:start + len(perm)])[perm] for start, perm in blocks)
+    _, index = topk_search(query_vectors, shuffled, k=max(max(run.k_values), 10), block_size=run.block_size,
+                           device=run.device,
+                           show_progress_bar=run.show_progress_bar is not False and len(dids) >= 200_000)
+    return [[dids[order[j]] for j in row] for row in index.tolist()]
+
+
+def _evaluate_task(run: _Run, name: str, results: dict[str, dict[str, Any]], missing: dict[str, str],
+                   files_read: list[Path]) -> None:
+    """Score one task on each of its pools: adds ``"<task> [<pool>]"`` entries to ``results`` (or ``missing``)."""
+    root, split = run.root, run.split
+    query_path = root / "query" / split / f"mbeir_{name}_{split}.jsonl"
+    if not query_path.is_file():
+        missing[name] = f"{query_path} not found"
+        return
+    local_path = root / "cand_pool" / "local" / f"mbeir_{name}_cand_pool.jsonl"
+    local_dids = run.store.load(local_path) if "local" in run.pools and local_path.is_file() else None
+    scored = {"local": local_dids, "global": run.global_dids}
+    for pool_name in run.pools:
+        if scored[pool_name] is None:
+            missing[f"{name} [{pool_name}]"] = f"no {pool_name} candidate pool file"
+    if local_dids is None and run.global_dids is None:
+        return
+    qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
+    qrels = read_qrels(qrels_path) if qrels_path.is_file() else None
+    files_read.extend(p for p in (query_path, local_path, qrels_path) if p.is_file())
+    records = list(iter_jsonl(query_path))
+    rng = np.random.default_rng([run.seed, zlib.crc32(name.encode())])  # per task: independent of the task list
+    if run.max_queries is not None and len(records) > run.max_queries:
+        records = [records[i] for i in sorted(rng.choice(len(records), run.max_queries, replace=False))]
+    inputs, relevant = _queries(run, records, qrels, rng)
+    query_vectors = encode_side(run.embedder, inputs, "query", batch_size=run.batch_size,
+                                show_progress_bar=run.show_progress_bar)
+    k_main = recall_k(name)
+    for pool_index, pool_name in enumerate(("local", "global")):
+        dids = scored[pool_name]
+        if pool_name not in run.pools or dids is None:
+            continue
+        vectors = run.store.embed(f"local_{name}", dids) if pool_name == "local" else run.global_vectors
+        ranked = _rank(run, query_vectors, dids, vectors,
+                       np.random.default_rng([run.seed, zlib.crc32(name.encode()), pool_index]))
+        recalls = {f"recall@{k}": 100 * float(np.mean([hit_at_k(r, rel, k) for r, rel in zip(ranked, relevant)]))
+                   for k in sorted(set(run.k_values) | {k_main})}
+        results[f"{name} [{pool_name}]"] = {"score": recalls[f"recall@{k_main}"], "metric": f"recall@{k_main}",
+                                            "pool": pool_name, "n": len(records), "pool_size": len(dids), **recalls}
+
+
+def _summary(results: dict[str, dict[str, Any]], pools: tuple[str, ...], names: list[str]) -> dict[str, Any]:
+    """Per pool: the average over every task (None unless all ran), over the tasks present, and how many ran."""
+    summary: dict[str, Any] = {}
+    for pool in pools:
+        scores = [r["score"] for r in results.values() if r["pool"] == pool]
+        summary[f"{pool}_avg"] = mean(scores) if len(scores) == len(names) else None  # only over every task
+        summary[f"{pool}_avg_present"] = mean(scores)
+        summary[f"{pool}_tasks_present"] = f"{len(scores)}/{len(names)}"
+    return summary
 
 
 def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | None = None,
@@ -188,98 +315,28 @@ def evaluate_mbeir(embedder: Any, data_root: str | Path, *, tasks: list[str] | N
     if not names:
         raise MBEIRDataError(f"no query files {root}/query/{split}/mbeir_<task>_{split}.jsonl found.")
     instruction_path = root / "instructions" / "query_instructions.tsv"
-    table = read_instructions(instruction_path) if instructions else {}
+    table = read_instructions(instruction_path) if instructions else None
     model_info = describe_model(embedder)
     model_key = json.dumps([model_info, str(image_root.resolve())], sort_keys=True, default=str)
-    pool_store = _Pools(embedder, image_root, batch_size, Path(embeddings_dir) if embeddings_dir else None,
-                        model_key=model_key, show_progress_bar=show_progress_bar)
+    store = _Pools(embedder, image_root, batch_size, Path(embeddings_dir) if embeddings_dir else None,
+                   model_key=model_key, show_progress_bar=show_progress_bar)
     files_read = [instruction_path] if instructions else []
     global_path = root / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl"
-    global_dids = pool_store.load(global_path) if "global" in pools and global_path.is_file() else None
+    global_dids = store.load(global_path) if "global" in pools and global_path.is_file() else None
     if global_dids is not None:
         files_read.append(global_path)
+    global_vectors = store.embed(f"global_{split}", global_dids) if global_dids is not None else None
+    run = _Run(embedder, root, split, pools, image_root, instruction_path, table, seed, k_values, max_queries,
+               batch_size, block_size, device, show_progress_bar, store, global_dids, global_vectors)
     results: dict[str, dict[str, Any]] = {}
     missing: dict[str, str] = {}
-    depth = max(max(k_values), 10)
-    global_vectors = pool_store.embed(f"global_{split}", global_dids) if global_dids is not None else None
     for name in names:
-        query_path = root / "query" / split / f"mbeir_{name}_{split}.jsonl"
-        if not query_path.is_file():
-            missing[name] = f"{query_path} not found"
-            continue
-        local_path = root / "cand_pool" / "local" / f"mbeir_{name}_cand_pool.jsonl"
-        local_dids = pool_store.load(local_path) if "local" in pools and local_path.is_file() else None
-        scored = {"local": local_dids, "global": global_dids}
-        for pool_name in pools:
-            if scored[pool_name] is None:
-                missing[f"{name} [{pool_name}]"] = f"no {pool_name} candidate pool file"
-        if local_dids is None and global_dids is None:
-            continue
-        qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
-        qrels = read_qrels(qrels_path) if qrels_path.is_file() else None
-        files_read += [p for p in (query_path, local_path, qrels_path) if p.is_file()]
-        records = list(iter_jsonl(query_path))
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])  # per task: independent of the task list
-        if max_queries is not None and len(records) > max_queries:
-            records = [records[i] for i in sorted(rng.choice(len(records), max_queries, replace=False))]
-        inputs, relevant = [], []
-        for where, q in records:
-            listed = list(q.get("pos_cand_list") or [])
-            positives = (qrels.get(q.get("qid")) if qrels is not None else None) or set(listed)
-            if not positives:
-                raise MBEIRDataError(f"{where}: query {q.get('qid')} has no positive candidate.")
-            unknown = [d for d in positives if d not in pool_store.records]
-            if unknown:
-                raise MBEIRDataError(f"{where}: positive candidate(s) {unknown[:3]} are in no loaded pool.")
-            text = q.get("query_txt") or ""
-            if instructions:
-                # UniIR: the positive of the query's own dataset names the candidate modality (OVEN / INFOSEEK)
-                dataset = str(q.get("qid", "")).split(":")[0]
-                own = [d for d in listed if d.split(":")[0] == dataset and d in pool_store.records] or sorted(positives)
-                key = f"{dataset}, {q.get('query_modality')}, {pool_store.records[own[0]].get('modality')}"
-                if key not in table:
-                    raise MBEIRDataError(f"{where}: no instruction for '{key}' in {instruction_path}.")
-                text = f"{table[key][rng.integers(len(table[key]))]} {text}"
-            item: dict[str, Any] = {}
-            if format_string(text):
-                item["text"] = format_string(text)
-            if q.get("query_img_path"):
-                item["image"] = resolve_image(q["query_img_path"], image_root, where)
-            if not item:
-                raise MBEIRDataError(f"{where}: query has neither text nor image.")
-            inputs.append(item)
-            relevant.append(positives)
-        query_vectors = encode_side(embedder, inputs, "query", batch_size=batch_size,
-                                    show_progress_bar=show_progress_bar)
-        k_main = recall_k(name)
-        for pool_index, pool_name in enumerate(("local", "global")):
-            dids = scored[pool_name]
-            if pool_name not in pools or dids is None:
-                continue
-            vectors = pool_store.embed(f"local_{name}", dids) if pool_name == "local" else global_vectors
-            pool_rng = np.random.default_rng([seed, zlib.crc32(name.encode()), pool_index])
-            blocks = _shuffled_blocks(len(dids), block_size, pool_rng)  # ties never favour the pool file's order
-            order = np.concatenate([start + perm for start, perm in blocks])
-            shuffled = (np.asarray(vectors[start:start + len(perm)])[perm] for start, perm in blocks)
-            _, index = topk_search(query_vectors, shuffled, k=depth, block_size=block_size, device=device,
-                                   show_progress_bar=show_progress_bar is not False and len(dids) >= 200_000)
-            ranked = [[dids[order[j]] for j in row] for row in index.tolist()]
-            recalls = {f"recall@{k}": 100 * float(np.mean([hit_at_k(r, rel, k) for r, rel in zip(ranked, relevant)]))
-                       for k in sorted(set(k_values) | {k_main})}
-            results[f"{name} [{pool_name}]"] = {"score": recalls[f"recall@{k_main}"], "metric": f"recall@{k_main}",
-                                                "pool": pool_name, "n": len(records), "pool_size": len(dids),
-                                                **recalls}
+        _evaluate_task(run, name, results, missing, files_read)
     if not results:
         raise MBEIRDataError(f"no M-BEIR task could be scored under {root}: " + "; ".join(missing.values()))
-    summary: dict[str, Any] = {}
-    for pool in pools:
-        scores = [r["score"] for r in results.values() if r["pool"] == pool]
-        summary[f"{pool}_avg"] = mean(scores) if len(scores) == len(names) else None  # only over every task
-        summary[f"{pool}_avg_present"] = mean(scores)
-        summary[f"{pool}_tasks_present"] = f"{len(scores)}/{len(names)}"
     return Report(
         suite="mbeir", metric="recall@5 (recall@10 for Fashion200K, FashionIQ) x 100", tasks=results,
-        summary=summary, missing=missing, model=model_info,
+        summary=_summary(results, pools, names), missing=missing, model=model_info,
         protocol={"recall": "hit: any positive in the top k (UniIR)", "instructions": instructions,
                   "instruction_choice": "seeded random among the (dataset, query modality, candidate modality) ones",
                   "text_normalisation": "UniIR format_string", "similarity": "cosine", "search": "exact, blocked",

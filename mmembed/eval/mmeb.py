@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError, iter_jsonl, resolve_image
+from ..errors import DataError
+from ..textio import iter_jsonl, resolve_image
 from .encoding import EmbeddingCache
 from .metrics import gold_rank_range, mean, single_gold_metric
+from .resume import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -143,21 +145,91 @@ def _to_input(key: tuple[str | None, str | None]) -> dict:
 
 def _load_state(path: str | Path | None, key: str) -> dict[str, Any]:
     """Finished tasks of an earlier run with the same key (model, weights, settings), else an empty state."""
-    if path is not None and Path(path).is_file():
-        state = json.loads(Path(path).read_text())
-        if state.get("key") == key:
-            logger.info("resuming from %s: %d finished task(s)", path, len(state["tasks"]))
-            return state
+    state, stale = load_state(path, key)
+    if state is not None:
+        logger.info("resuming from %s: %d finished task(s)", path, len(state["tasks"]))
+        return state
+    if stale:
         logger.info("%s belongs to another model or settings: starting over", path)
     return {"key": key, "tasks": {}}
 
 
-def _save_state(path: str | Path, state: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(state, default=str))
-    temporary.replace(path)  # atomic: an interruption never leaves half a file
+def _select(task_list: list[MMEBTask], tasks: list[str] | None, tasks_file: Path | str | None) -> list[MMEBTask]:
+    """The tasks of ``task_list`` named in ``tasks`` (all of them when None); an unknown name raises."""
+    if not tasks:
+        return task_list
+    unknown = sorted(set(tasks) - {t.name for t in task_list})
+    if unknown:
+        raise MMEBDataError(f"task(s) {unknown} are not in the task list ({tasks_file or 'MMEB v1'}).")
+    return [t for t in task_list if t.name in tasks]
+
+
+def _sample(rows: list[MMEBRow], task: MMEBTask, max_queries: int | None, seed: int) -> list[MMEBRow]:
+    """A seeded sample of ``max_queries`` rows, from a per-task stream: independent of the task list."""
+    if max_queries is None or len(rows) <= max_queries:
+        return rows
+    rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
+    return [rows[i] for i in sorted(rng.choice(len(rows), max_queries, replace=False))]
+
+
+def _score_task(task: MMEBTask, rows: list[MMEBRow], n_total: int, queries: EmbeddingCache,
+                candidates: EmbeddingCache) -> tuple[dict[str, Any], str | None]:
+    """A task's report entry (score, chance level, ties, spread of the embeddings) and its collapse flag (None when
+    the embeddings are not (near) constant)."""
+    from .probes import average_cosine
+
+    query_vectors = queries.get([r.query for r in rows])
+    keys = list(dict.fromkeys(c for r in rows for c in r.candidates))
+    candidate_vectors = dict(zip(keys, candidates.get(keys)))
+    credits, tied = [], 0
+    for row, q in zip(rows, query_vectors):
+        scores = np.stack([candidate_vectors[c] for c in row.candidates]) @ q
+        first, last = gold_rank_range(scores, gold=0)
+        tied += int(first == 1 and last > 1)  # the gold shares the top with others
+        credits.append(single_gold_metric(scores, task.metric, gold=0))
+    spread = average_cosine(np.concatenate([query_vectors, np.stack(list(candidate_vectors.values()))]),
+                            n_pairs=None)  # exact
+    entry: dict[str, Any] = {
+        "score": 100 * float(np.mean(credits)), "metric": task.metric, "meta_task": task.meta_task,
+        "distribution": task.distribution, "n": len(rows), "n_total": n_total,
+        "n_candidates": float(np.mean([len(r.candidates) for r in rows])),
+        "chance": 100 * float(np.mean([single_gold_metric(np.zeros(len(r.candidates)), task.metric)
+                                       for r in rows])),
+        "tied_queries": tied, "mean_pairwise_cosine": spread,
+    }
+    if not (spread > COLLAPSE_COSINE or tied > len(rows) / 2):
+        return entry, None
+    entry["collapsed"] = True
+    flag = (f"{task.name}: embeddings are (near) constant (mean pairwise cosine {spread:.5f}, "
+            f"{tied}/{len(rows)} queries with the gold tied at the top); its score "
+            f"{entry['score']:.2f} is at chance level {entry['chance']:.2f}, not a real result.")
+    logger.warning(flag)
+    return entry, flag
+
+
+def _summary(task_list: list[MMEBTask], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Unweighted averages per meta-task, IND / OOD and overall (only when every task ran) over the tasks present."""
+
+    def avg(selected: list[MMEBTask]) -> float | None:
+        return mean([results[t.name]["score"] for t in selected if t.name in results])
+
+    summary: dict[str, Any] = {f"{m}": avg([t for t in task_list if t.meta_task == m]) for m in META_TASKS}
+    summary.update({"IND": avg([t for t in task_list if t.distribution == "IND"]),
+                    "OOD": avg([t for t in task_list if t.distribution == "OOD"]),
+                    "overall": avg(task_list) if len(results) == len(task_list) else None,
+                    "overall_present": avg(task_list), "tasks_present": f"{len(results)}/{len(task_list)}"})
+    return summary
+
+
+def _protocol(max_queries: int | None, queries: EmbeddingCache, candidates: EmbeddingCache) -> dict[str, Any]:
+    return {"query": "qry_text + qry_img_path", "candidate": "tgt_text[i] + tgt_img_path[i]",
+            "image_token_removed": IMAGE_TOKEN, "similarity": "cosine", "pool": "per-query candidate list",
+            "tie_breaking": "random (expected credit 1/t among t tied best)", "max_queries": max_queries,
+            "encoded_queries": len(queries), "encoded_candidates": len(candidates),
+            "prompts": "the model's 'query' / 'document' prompts when it has them (VLM2Vec adds none: the "
+                       "instruction is in qry_text)",
+            "averages": "unweighted; per meta-task and IND / OOD over the tasks present, 'overall' only "
+                        "when every task ran ('overall_present' otherwise)"}
 
 
 def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Path | None = None,
@@ -173,7 +245,6 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     """
     from tqdm.auto import tqdm
 
-    from .probes import average_cosine
     from .report import Report, describe_model, file_hashes
 
     root = Path(data_root)
@@ -182,12 +253,7 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     image_root = Path(image_root) if image_root is not None else root
     if tasks_file is None and (root / "tasks.yaml").is_file():
         tasks_file = root / "tasks.yaml"
-    task_list = load_task_list(tasks_file)
-    if tasks:
-        unknown = sorted(set(tasks) - {t.name for t in task_list})
-        if unknown:
-            raise MMEBDataError(f"task(s) {unknown} are not in the task list ({tasks_file or 'MMEB v1'}).")
-        task_list = [t for t in task_list if t.name in tasks]
+    task_list = _select(load_task_list(tasks_file), tasks, tasks_file)
     queries = EmbeddingCache(embedder, "query", _to_input, batch_size=batch_size, show_progress_bar=show_progress_bar)
     candidates = EmbeddingCache(embedder, "document", _to_input, batch_size=batch_size,
                                 show_progress_bar=show_progress_bar)
@@ -215,65 +281,21 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
         if not rows:
             missing[task.name] = f"{files[0]} has no rows"
             continue
-        n_total = len(rows)
-        if max_queries is not None and n_total > max_queries:  # a per-task stream: independent of the task list
-            rng = np.random.default_rng([seed, zlib.crc32(task.name.encode())])
-            rows = [rows[i] for i in sorted(rng.choice(n_total, max_queries, replace=False))]
-        query_vectors = queries.get([r.query for r in rows])
-        keys = list(dict.fromkeys(c for r in rows for c in r.candidates))
-        candidate_vectors = dict(zip(keys, candidates.get(keys)))
-        credits, tied = [], 0
-        for row, q in zip(rows, query_vectors):
-            scores = np.stack([candidate_vectors[c] for c in row.candidates]) @ q
-            first, last = gold_rank_range(scores, gold=0)
-            tied += int(first == 1 and last > 1)  # the gold shares the top with others
-            credits.append(single_gold_metric(scores, task.metric, gold=0))
-        spread = average_cosine(np.concatenate([query_vectors, np.stack(list(candidate_vectors.values()))]),
-                                n_pairs=None)  # exact
-        entry: dict[str, Any] = {
-            "score": 100 * float(np.mean(credits)), "metric": task.metric, "meta_task": task.meta_task,
-            "distribution": task.distribution, "n": len(rows), "n_total": n_total,
-            "n_candidates": float(np.mean([len(r.candidates) for r in rows])),
-            "chance": 100 * float(np.mean([single_gold_metric(np.zeros(len(r.candidates)), task.metric)
-                                           for r in rows])),
-            "tied_queries": tied, "mean_pairwise_cosine": spread,
-        }
-        if spread > COLLAPSE_COSINE or tied > len(rows) / 2:
-            entry["collapsed"] = True
-            flags.append(f"{task.name}: embeddings are (near) constant (mean pairwise cosine {spread:.5f}, "
-                         f"{tied}/{len(rows)} queries with the gold tied at the top); its score "
-                         f"{entry['score']:.2f} is at chance level {entry['chance']:.2f}, not a real result.")
-            logger.warning(flags[-1])
-        results[task.name] = entry
+        results[task.name], flag = _score_task(task, _sample(rows, task, max_queries, seed), len(rows), queries,
+                                               candidates)
+        flags += [flag] if flag else []
         if resume_file is not None:
-            state["tasks"][task.name] = {"files": hashes, "entry": entry, "flag": flags[-1] if "collapsed" in entry
-                                         else None}
-            _save_state(resume_file, state)
+            state["tasks"][task.name] = {"files": hashes, "entry": results[task.name], "flag": flag}
+            save_state(resume_file, state)
     if not results:
         present = sorted(p.name for p in root.iterdir())[:8]
         raise MMEBDataError(f"none of the {len(task_list)} tasks of {tasks_file or 'MMEB v1'} is under {root} (a task "
                             f"is <name>.jsonl, <name>.parquet or a folder <name>/, e.g. {task_list[0].name}.jsonl); "
                             f"the folder holds {present}. Pass --tasks-file for another task list.")
-
-    def avg(selected: list[MMEBTask]) -> float | None:
-        return mean([results[t.name]["score"] for t in selected if t.name in results])
-
-    summary: dict[str, Any] = {f"{m}": avg([t for t in task_list if t.meta_task == m]) for m in META_TASKS}
-    summary.update({"IND": avg([t for t in task_list if t.distribution == "IND"]),
-                    "OOD": avg([t for t in task_list if t.distribution == "OOD"]),
-                    "overall": avg(task_list) if len(results) == len(task_list) else None,
-                    "overall_present": avg(task_list), "tasks_present": f"{len(results)}/{len(task_list)}"})
     return Report(
-        suite="mmeb", metric="precision@1 x 100 (or the task's metric)", tasks=results, summary=summary, missing=missing, flags=flags,
-        model=model_info,
-        protocol={"query": "qry_text + qry_img_path", "candidate": "tgt_text[i] + tgt_img_path[i]",
-                  "image_token_removed": IMAGE_TOKEN, "similarity": "cosine", "pool": "per-query candidate list",
-                  "tie_breaking": "random (expected credit 1/t among t tied best)", "max_queries": max_queries,
-                  "encoded_queries": len(queries), "encoded_candidates": len(candidates),
-                  "prompts": "the model's 'query' / 'document' prompts when it has them (VLM2Vec adds none: the "
-                             "instruction is in qry_text)",
-                  "averages": "unweighted; per meta-task and IND / OOD over the tasks present, 'overall' only "
-                              "when every task ran ('overall_present' otherwise)"},
+        suite="mmeb", metric="precision@1 x 100 (or the task's metric)", tasks=results,
+        summary=_summary(task_list, results), missing=missing, flags=flags, model=model_info,
+        protocol=_protocol(max_queries, queries, candidates),
         data={"root": str(root), "image_root": str(image_root), "tasks_file": str(tasks_file or "MMEB v1 (36 tasks)"),
               "files": data_files},
         seeds={"query_sample": seed},

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError, text_lines
+from ..errors import DataError
+from ..textio import text_lines
 from .encoding import EmbeddingCache
 
 MSRP_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError, iter_jsonl, read_text, text_lines
+from ..errors import DataError
+from ..textio import iter_jsonl, read_text, text_lines
 from .encoding import EmbeddingCache, encode_side
 from .metrics import average_precision, mean, ndcg_at_k, rank, recall_at_k, reciprocal_rank
 from .search import topk_search

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.formats import DataError, sick_lines, text_lines
+from ..errors import DataError
+from ..textio import sick_lines, text_lines
 from .encoding import EmbeddingCache
 from .metrics import mean, spearman
 
@@ -143,7 +144,7 @@ def read_sts_benchmark(path: str | Path) -> tuple[list[str], list[str], np.ndarr
 def read_sick(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """SICK relatedness: a header naming ``sentence_A``, ``sentence_B``, ``relatedness_score`` (tab-separated, as
     ``pair_ID, sentence_A, sentence_B, relatedness_score, entailment_judgment``), then one pair a line
-    (:func:`~mmembed.data.formats.sick_lines`)."""
+    (:func:`~mmembed.textio.sick_lines`)."""
     first, second, scores = [], [], []
     for where, (a, b, score) in sick_lines(path, ("sentence_A", "sentence_B", "relatedness_score"), STSDataError):
         scores.append(_gold(score, where, "relatedness"))
