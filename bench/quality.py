@@ -58,8 +58,7 @@ COLUMNS = [("STS-B dev", "sts", "spearman"), ("TREC-QA MAP", "trecqa", "map"),
 def load_row(name: str, models: dict[str, str]) -> tuple[Any, dict[str, Any]]:
     """The embedder of a row and how it was loaded (recorded with its results)."""
     import mmembed
-    from mmembed.data.teacher_scores import offline_model_path
-    from mmembed.defaults import gguf_path
+    from mmembed.defaults import gguf_path, offline_model_path
     from mmembed.inputs import PromptTemplate
 
     if name == "untrained":

@@ -37,7 +37,7 @@ from mmembed.eval.encoding import EmbeddingCache
 from mmembed.eval.sts import SICK_FILES, read_sick, read_sts_benchmark, sts_benchmark_spearman
 from mmembed.losses import InfoNCELoss
 from mmembed.losses.distill import ALPHA, TASKS, DistillationLoss
-from mmembed.train import distributed
+from mmembed.train import distributed, teachers
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.build import build_embedder, read_rows
 from mmembed.train.checks import FRACTION, POSITIVE_INT, check_fields, integer, one_of
@@ -56,7 +56,7 @@ class DistillArguments:
     teacher: str | None = field(default=None, metadata={
         "help": "embedding model (mmembed.load path, all-mpnet-base-v2, all-MiniLM-L6-v2) or CrossEncoder folder; "
                 "none: every pair's score must be in teacher_scores_file"})
-    teacher_kind: str = field(default="auto", metadata={"help": f"one of {', '.join(ts.TEACHER_KINDS)} (auto: a "
+    teacher_kind: str = field(default="auto", metadata={"help": f"one of {', '.join(teachers.TEACHER_KINDS)} (auto: a "
                                                                 "ForSequenceClassification folder is a cross-encoder)"})
     teacher_name: str | None = field(default=None, metadata={
         "help": "the teacher's name in the cache (default '<kind>:<teacher>')"})
@@ -70,7 +70,7 @@ class DistillArguments:
         "help": "training pairs on which the student's MSE to the teacher is reported before / after (0: off)"})
 
     def __post_init__(self) -> None:
-        check_fields(self, {"teacher_kind": one_of(*ts.TEACHER_KINDS), "teacher_batch_size": POSITIVE_INT,
+        check_fields(self, {"teacher_kind": one_of(*teachers.TEACHER_KINDS), "teacher_batch_size": POSITIVE_INT,
                             "teacher_chunk_size": POSITIVE_INT, "alpha": FRACTION, "task": one_of(*TASKS),
                             "distill_eval_pairs": integer(ge=0)})
 
@@ -126,7 +126,7 @@ def score_rows(rows: list[dict], args: DistillArguments, training_args: Contrast
         raise ConfigError("no teacher scores: give a teacher (teacher=...) or a teacher_scores_file that covers the "
                          "training pairs.")
     path = args.teacher_scores_file or f"{training_args.output_dir}/teacher_scores.jsonl"
-    name = args.teacher_name or (ts.teacher_name(args.teacher, args.teacher_kind) if args.teacher else None)
+    name = args.teacher_name or (teachers.teacher_name(args.teacher, args.teacher_kind) if args.teacher else None)
     pairs = ts.pairs_of(rows)
     if name is None:  # a precomputed file, whoever made it
         found = ts.read_teacher_scores(path)
@@ -138,8 +138,8 @@ def score_rows(rows: list[dict], args: DistillArguments, training_args: Contrast
     cache = ts.TeacherScoreCache(path, name)
     teacher = None
     if cache.missing(pairs) and args.teacher is not None:
-        teacher = ts.load_teacher(args.teacher, args.teacher_kind, name=name, batch_size=args.teacher_batch_size,
-                               device=str(training_args.device))
+        teacher = teachers.load_teacher(args.teacher, args.teacher_kind, name=name,
+                                        batch_size=args.teacher_batch_size, device=str(training_args.device))
     scores = cache.score(pairs, teacher, chunk_size=args.teacher_chunk_size)
     del teacher
     gc.collect()

@@ -16,8 +16,9 @@ import torch
 import mmembed
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.data.formats import DataError
-from mmembed.data.teacher_scores import EmbedderTeacher, TeacherScoreCache, load_teacher, pair_key, read_teacher_scores
+from mmembed.data.teacher_scores import TeacherScoreCache, pair_key, read_teacher_scores
 from mmembed.losses import DistillationLoss, InfoNCELoss
+from mmembed.train.teachers import EmbedderTeacher, load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 TAU = 0.05

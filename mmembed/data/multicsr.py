@@ -15,6 +15,10 @@ Project's choices: the prompts go through the model's chat template (an instruct
 Flan-T5's plain text), the scoring prompt comes after two scored exemplars (zero-shot, SmolLM2-135M writes prose
 instead of a number), greedy decoding, the first line of a generation is the sentence, and every dropped input is
 counted by reason in the report (nothing is dropped silently).
+
+:func:`write_triplets` works in chunks: kept triplets are appended and the count of processed inputs is saved after
+each chunk (``<output>.report.json``, written whole or not at all), so an interrupted run continues where it stopped
+(:func:`read_report`). An output file without its report was not written by it: it is refused, never emptied.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
+from tqdm import tqdm
 
 from ..errors import DataError, OutputPathError, is_int
+from ..files import write_text
 from ..rationale import RationaleConfig, generate_rationales
 
 EXEMPLARS = {
@@ -176,4 +182,22 @@ def read_report(out: Path, report_file: Path) -> dict:
     if not isinstance(report, dict) or not is_int(report.get("inputs")) or report["inputs"] < 0:
         raise DataError(f"{report_file}: not a valid report of {out} (no 'inputs' count >= 0); delete both files to "
                         f"start over.")
+    return report
+
+
+def write_triplets(model: nn.Module, tokenizer, sentences: Sequence[str], out: Path, report: dict,
+                   config: MultiCSRConfig, chunk_size: int = 64) -> dict:
+    """Generate the triplets of ``sentences`` after the first ``report["inputs"]`` (those an earlier run finished;
+    see :func:`read_report`) chunk by chunk: kept rows are appended to ``out`` (emptied first when nothing is done
+    yet) and the counts added to ``report``, saved whole as ``<out>.report.json`` after each chunk. Returns it."""
+    report_file = Path(f"{out}.report.json")
+    if report["inputs"] == 0:
+        write_text(out, "")
+    for start in tqdm(range(report["inputs"], len(sentences), chunk_size), desc="MultiCSR chunks"):
+        rows, counts = generate_triplets(model, tokenizer, sentences[start:start + chunk_size], config)
+        with out.open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        for key, value in counts.items():
+            report[key] = report.get(key, 0) + value
+        write_text(report_file, json.dumps(report, indent=1))
     return report

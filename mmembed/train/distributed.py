@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..parallel import is_zero3
+
 
 def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -64,12 +66,6 @@ def bf16_available() -> bool:
     """Whether bf16 mixed precision can run here (a CUDA device that supports it); TRL's configs default to bf16
     and refuse to start on a CPU-only host otherwise."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def is_zero3(trainer) -> bool:
-    """Whether ``trainer`` (a ``transformers.Trainer``) runs under DeepSpeed ZeRO-3 (weights sharded)."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
 
 
 def export_embedder(trainer, embedder, folder) -> None:

@@ -4,16 +4,28 @@
 The policy *is* the embedder's backbone model (LoRA attached in place), so the reward embeds with the current
 weights and the saved folder is an Embedder in rationale mode. Optionally, a differentiable InfoNCE term on the
 rationale embeddings is added to the GRPO loss (``infonce_weight``; off by default).
+
+GRACE (generative representation learning via contrastive policy optimisation, ICLR 2026; ``recipes/grace.py``):
+the LLM writes a rationale (within <think></think>) for each text; the mean of its last hidden states over text +
+rationale (system prompt left out) is the embedding; contrastive similarities of those embeddings are the GRPO
+rewards (8 rollouts per prompt, no KL, no reward-std scaling, clip 0.2, LoRA). The negative and cross-group terms
+are computed on each rollout's own embedding, so GRPO's group-mean subtraction does not cancel them (it does in the
+public code). :func:`train_grace` saves the model as an Embedder in rationale mode (``<output_dir>/final``:
+``mmembed.load`` encodes with a greedy rationale) and the reward curve as ``<output_dir>/reward_curve.png``;
+:func:`held_apart_scores` scores the untrained and the trained model on ``eval_retrieval_dir`` (a BEIR folder: MRR@10
+and accuracy@1) and ``eval_sts_file`` (STS-B Spearman) when given.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -22,6 +34,8 @@ from trl import GRPOConfig, GRPOTrainer
 from ..data.formats import read_grace, read_sentences, read_sick_triplets
 from ..embedder import Embedder
 from ..errors import ConfigError, DataError
+from ..eval.retrieval import evaluate_retrieval
+from ..eval.sts import read_sts_benchmark, spearman_of_pairs
 from ..inputs import to_items
 from ..rationale import GRACE_SYSTEM_PROMPT
 from ..rewards import GraceReward, GraceRewardConfig
@@ -29,6 +43,7 @@ from .arguments import TRAINER_RULES
 from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_fields, integer, one_of
 from .distributed import export_embedder, pin_memory_field
 from .logs import use_short_logs
+from .plots import save_curve
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +248,57 @@ def build_grace_trainer(embedder: Embedder, args: GraceArguments, training_args)
     return GraceTrainer(model=embedder.backbone.model, args=training_args, train_dataset=dataset,
                         processing_class=embedder.backbone.tokenizer, grace_reward=reward,
                         infonce_weight=args.infonce_weight, infonce_temperature=args.infonce_temperature)
+
+
+def sts_spearman(embedder: Embedder, args: GraceArguments) -> float:
+    """STS-B Spearman x 100 on ``args.eval_sts_file`` (on a fixed random subset of ``eval_max_pairs`` pairs when set:
+    the file is in genre order)."""
+    first, second, gold = read_sts_benchmark(args.eval_sts_file)
+    keep = np.arange(len(gold))
+    if args.eval_max_pairs and args.eval_max_pairs < len(gold):
+        keep = np.sort(np.random.default_rng(0).permutation(len(gold))[: args.eval_max_pairs])
+    return round(spearman_of_pairs(embedder, [first[i] for i in keep], [second[i] for i in keep], gold[keep],
+                                   batch_size=16), 2)
+
+
+def held_apart_scores(embedder: Embedder, args: GraceArguments, before: dict | None = None) -> dict:
+    """The held-apart scores x 100: retrieval MRR@10 and accuracy@1, STS-B Spearman (those whose data is set),
+    logged as the untrained model's, or with ``before`` (the untrained model's) as ``untrained -> trained``."""
+    out = {}
+    if args.eval_retrieval_dir:
+        task = next(iter(evaluate_retrieval(embedder, args.eval_retrieval_dir, batch_size=16).tasks.values()))
+        out.update(retrieval_mrr10=round(task["mrr@10"], 2), retrieval_acc1=round(task["recall@1"], 2))
+    if args.eval_sts_file:
+        out["sts_spearman"] = sts_spearman(embedder, args)
+    if before is None and out:
+        logger.warning("held-apart scores x100 of the untrained model (rationale mode): %s",
+                       ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+    for key in before or {}:
+        logger.warning("%s x100 on held-apart data: %.2f (untrained) -> %.2f (trained)", key, before[key], out[key])
+    return out
+
+
+def train_grace(trainer: GraceTrainer, training_args: GraceConfig, before: dict) -> tuple[dict, Path]:
+    """Train (resuming from ``resume_from_checkpoint``), save the Embedder to ``<output_dir>/final`` and, on the
+    main process, the reward history (``reward_history.json``) and curve (``reward_curve.png``). Returns the
+    summary (seconds, steps, ``before``'s scores as ``<key>_before``, mean seconds of a step's parts, first and last
+    mean reward, the curve's file) and the final folder."""
+    start = time.time()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result: dict = {"train_seconds": round(time.time() - start, 1), "steps": trainer.state.global_step}
+    result.update({f"{k}_before": v for k, v in before.items()})
+    if trainer.step_times:
+        result["seconds_per_step"] = {k: round(float(np.mean([t[k] for t in trainer.step_times])), 2)
+                                      for k in ("step", "generation", "reward", "update")}
+    output_dir = Path(training_args.output_dir)
+    final = output_dir / "final"
+    trainer.save_embedder(final)
+    history = trainer.grace_reward.history
+    if trainer.is_world_process_zero() and history:
+        result["reward_first"], result["reward_last"] = round(history[0]["reward"], 3), round(history[-1]["reward"], 3)
+        (output_dir / "reward_history.json").write_text(json.dumps(history, indent=1))
+        curve = save_curve([h["reward"] for h in history], output_dir / "reward_curve.png",
+                           title="GRACE mean reward", xlabel="generation batch", ylabel="mean reward")
+        if curve is not None:
+            result["reward_curve"] = str(curve)
+    return result, final
