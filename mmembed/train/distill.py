@@ -1,0 +1,215 @@
+"""Distilled Sentence Embedding (DSE): a bi-encoder student learns a teacher's pair scores (``recipes/distill.py``).
+
+The student's cosine of each (anchor, positive) pair is pulled toward the teacher's score,
+``loss = (1 - alpha) * task + alpha * mean((cos - teacher)^2)`` (``mmembed.losses.distill``; DSE: alpha 0.5).
+The teacher is an embedding model (any ``mmembed.load`` path, a trained mmembed folder, or the offline names
+all-mpnet-base-v2 / all-MiniLM-L6-v2), a sentence-transformers CrossEncoder folder (sigmoid scores), or a file of
+precomputed scores (``--train_format teacher_scores``, or ``--teacher_scores_file`` without ``--teacher``).
+Teacher scores are computed once, before training, and cached in ``teacher_scores_file`` (JSON lines,
+``data_cards/teacher_scores.md``): a rerun, or a run interrupted while scoring, computes only what is missing.
+
+Data (``--train_format``): ``stsb`` (an STS-B csv; gold score / 5 as the ``cosine`` task's target),
+``sick_relatedness`` (SICK folder or ``SICK_train.txt``; (relatedness - 1) / 4), ``teacher_scores`` (a teacher-score
+file: its pairs and scores), or the trainer's formats (``pairs``, ``triplets``, ``sick``: positive pairs for
+``--task infonce``). Graded files mix: ``--train_file a.csv,sick --train_format stsb,sick_relatedness``.
+``--task cosent`` ranks a batch's pairs by their gold scores (CoSENT) instead of regressing on them. At the end the
+model is saved and, with ``eval_sts_file``, scored on STS-B (Spearman x 100); ``distill_eval_pairs`` training pairs
+measure the student's MSE to the teacher before and after training.
+
+- :func:`scored_rows`: the training rows (:func:`training_rows`) with their teacher scores (:func:`score_rows`);
+- :func:`score_before` / :func:`score_final`: the student's MSE to the teacher and STS-B score before training and
+  of the exported model;
+- :func:`build_distill_trainer`: the :class:`~mmembed.losses.distill.DistillationLoss` (InfoNCE engine), the
+  collator and the :class:`~mmembed.train.trainer.EmbeddingTrainer`.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data import teacher_scores as ts
+from ..data.collator import ContrastiveCollator
+from ..data.dataset import to_dataset
+from ..embedder import Embedder
+from ..errors import ConfigError, DataError
+from ..eval.encoding import EmbeddingCache
+from ..eval.sts import SICK_FILES, read_sick, read_sts_benchmark, sts_benchmark_spearman
+from ..losses import InfoNCELoss
+from ..losses.distill import ALPHA, TASKS, DistillationLoss
+from . import teachers
+from .arguments import ContrastiveTrainingArguments, DataArguments
+from .build import read_rows
+from .checks import FRACTION, POSITIVE_INT, check_fields, integer, one_of
+from .trainer import EmbeddingTrainer
+
+GRADED_FORMATS = ("stsb", "sick_relatedness")
+
+
+@dataclass
+class DistillArguments:
+    """The teacher, its score cache and DSE's loss."""
+
+    teacher: str | None = field(default=None, metadata={
+        "help": "embedding model (mmembed.load path, all-mpnet-base-v2, all-MiniLM-L6-v2) or CrossEncoder folder; "
+                "none: every pair's score must be in teacher_scores_file"})
+    teacher_kind: str = field(default="auto", metadata={"help": f"one of {', '.join(teachers.TEACHER_KINDS)} (auto: a "
+                                                                "ForSequenceClassification folder is a cross-encoder)"})
+    teacher_name: str | None = field(default=None, metadata={
+        "help": "the teacher's name in the cache (default '<kind>:<teacher>')"})
+    teacher_scores_file: str | None = field(default=None, metadata={
+        "help": "JSON-lines cache of teacher scores (default <output_dir>/teacher_scores.jsonl)"})
+    teacher_batch_size: int = 64
+    teacher_chunk_size: int = field(default=512, metadata={"help": "pairs scored between two appends to the cache"})
+    alpha: float = field(default=ALPHA, metadata={"help": "weight of the distillation term (DSE: 0.5)"})
+    task: str = field(default="infonce", metadata={"help": f"task loss: one of {', '.join(TASKS)}"})
+    distill_eval_pairs: int = field(default=256, metadata={
+        "help": "training pairs on which the student's MSE to the teacher is reported before / after (0: off)"})
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"teacher_kind": one_of(*teachers.TEACHER_KINDS), "teacher_batch_size": POSITIVE_INT,
+                            "teacher_chunk_size": POSITIVE_INT, "alpha": FRACTION, "task": one_of(*TASKS),
+                            "distill_eval_pairs": integer(ge=0)})
+
+
+def _side(text: str) -> dict:
+    return {"text": text, "image": None}
+
+
+def graded_rows(path: str, train_format: str) -> list[dict]:
+    """STS-B or SICK-R pairs with the gold score mapped to [0, 1] (``score``)."""
+    if train_format == "stsb":
+        first, second, gold = read_sts_benchmark(path)
+        gold = gold / 5.0
+    else:
+        file = Path(path) / SICK_FILES["train"] if Path(path).is_dir() else Path(path)
+        first, second, gold = read_sick(file)
+        gold = (gold - 1.0) / 4.0
+    return [{"anchor": _side(a), "positive": _side(b), "score": float(g)} for a, b, g in zip(first, second, gold)]
+
+
+def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
+    """The rows to train on (``teacher_scores`` format: already carrying their ``teacher_score``)."""
+    if data.train_file is None:
+        raise ConfigError("no training data: set train_file (and train_format).")
+    formats = data.train_format.split(",")
+    if set(formats) <= set(GRADED_FORMATS):  # graded files may be mixed: one format per comma-separated file
+        files = data.train_file.split(",")
+        formats = formats * len(files) if len(formats) == 1 else formats
+        if len(formats) != len(files):
+            raise ConfigError(f"{len(files)} train files but {len(formats)} train formats: give one format, or one "
+                             f"per file.")
+        rows = [row for file, fmt in zip(files, formats) for row in graded_rows(file, fmt)]
+    elif data.train_format == "teacher_scores":
+        scores = ts.read_teacher_scores(data.train_file, args.teacher_name)
+        rows = [{"anchor": _side(a), "positive": _side(b), "teacher_score": s} for (a, b), s in scores.items()]
+    else:
+        rows = read_rows(data.train_file, data)
+    rows = rows[: data.max_train_samples] if data.max_train_samples else rows
+    if not rows:
+        raise DataError(f"{data.train_file}: no training rows.")
+    if args.task in ("cosine", "cosent") and args.alpha < 1 and any("score" not in r for r in rows):
+        raise ConfigError(f"task {args.task} needs a gold score per row: train_format {data.train_format!r} has none; use "
+                         f"stsb or sick_relatedness, task infonce (positive pairs), or alpha 1.")
+    return rows
+
+
+def score_rows(rows: list[dict], args: DistillArguments, training_args: ContrastiveTrainingArguments
+                   ) -> tuple[list[dict], dict]:
+    """The rows with their teacher scores, from the cache, scoring the missing pairs with the teacher."""
+    if all("teacher_score" in r for r in rows):
+        return rows, {"teacher_scored": 0}
+    if args.teacher is None and args.teacher_scores_file is None:
+        raise ConfigError("no teacher scores: give a teacher (teacher=...) or a teacher_scores_file that covers the "
+                         "training pairs.")
+    path = args.teacher_scores_file or f"{training_args.output_dir}/teacher_scores.jsonl"
+    name = args.teacher_name or (teachers.teacher_name(args.teacher, args.teacher_kind) if args.teacher else None)
+    pairs = ts.pairs_of(rows)
+    if name is None:  # a precomputed file, whoever made it
+        found = ts.read_teacher_scores(path)
+        missing = [p for p in pairs if p not in found]
+        if missing:
+            raise DataError(f"{path}: no teacher score for {len(missing)} of {len(pairs)} training pairs (first: "
+                             f"{missing[0][0]!r} / {missing[0][1]!r}): give a teacher to compute them.")
+        return ts.attach_teacher_scores(rows, [found[p] for p in pairs]), {"teacher_scored": 0}
+    cache = ts.TeacherScoreCache(path, name)
+    teacher = None
+    if cache.missing(pairs) and args.teacher is not None:
+        teacher = teachers.load_teacher(args.teacher, args.teacher_kind, name=name,
+                                        batch_size=args.teacher_batch_size, device=str(training_args.device))
+    scores = cache.score(pairs, teacher, chunk_size=args.teacher_chunk_size)
+    del teacher
+    gc.collect()
+    return ts.attach_teacher_scores(rows, scores), {"teacher_scored": cache.computed, "teacher_scores_file": path}
+
+
+def scored_rows(data_args: DataArguments, args: DistillArguments, training_args: ContrastiveTrainingArguments
+                ) -> tuple[list[dict], dict]:
+    """The training rows with their teacher scores (one process scores, the others read the cache) and the start of
+    the run's result: ``task``, ``alpha``, ``rows``, ``teacher_scored`` (and ``teacher_scores_file``)."""
+    rows = training_rows(data_args, args)
+    with training_args.main_process_first(desc="teacher scores"):  # one process scores, the others read the cache
+        rows, result = score_rows(rows, args, training_args)
+    return rows, {"task": args.task, "alpha": args.alpha, "rows": len(rows), **result}
+
+
+def teacher_mse(embedder, rows: list[dict]) -> float:
+    """Mean of (cos(student(anchor), student(positive)) - teacher score)^2 over ``rows``."""
+    pairs = ts.pairs_of(rows)
+    cache = EmbeddingCache(embedder, None, batch_size=64)
+    cache.get([t for p in pairs for t in p])
+    cosine = (cache.get([a for a, _ in pairs]) * cache.get([b for _, b in pairs])).sum(1)
+    return float(np.mean((cosine - np.array([r["teacher_score"] for r in rows])) ** 2))
+
+
+def _scores(embedder, probe: list[dict], sts_file: str | None, suffix: str) -> dict:
+    result = {}
+    if probe:
+        result[f"teacher_mse{suffix}"] = round(teacher_mse(embedder, probe), 6)
+    if sts_file:
+        result[f"sts_spearman{suffix}"] = round(sts_benchmark_spearman(embedder, sts_file), 2)
+    return result
+
+
+def score_before(embedder: Embedder, rows: list[dict], args: DistillArguments, data_args: DataArguments,
+                 training_args: ContrastiveTrainingArguments) -> dict:
+    """On the main process, the untrained student's ``teacher_mse_before`` on the first ``distill_eval_pairs`` rows
+    and, with ``eval_before_training``, its ``sts_spearman_before``; ``{}`` elsewhere or when both are off."""
+    probe = rows[: args.distill_eval_pairs]
+    sts_file = data_args.eval_sts_file if data_args.eval_before_training else None
+    if training_args.process_index != 0 or not (probe or sts_file):
+        return {}
+    embedder.eval()
+    result = _scores(embedder, probe, sts_file, "_before")
+    embedder.train()
+    return result
+
+
+def score_final(final: str, rows: list[dict], args: DistillArguments, data_args: DataArguments,
+                training_args: ContrastiveTrainingArguments) -> dict:
+    """The exported model's (LoRA merged) ``teacher_mse`` and, with ``eval_sts_file``, ``sts_spearman``; call it on
+    the main process only."""
+    probe = rows[: args.distill_eval_pairs]
+    if not (probe or data_args.eval_sts_file):
+        return {}
+    import mmembed
+
+    return _scores(mmembed.load(final, device=str(training_args.device)), probe, data_args.eval_sts_file, "")
+
+
+def build_distill_trainer(embedder: Embedder, rows: list[dict], args: DistillArguments, data_args: DataArguments,
+                          training_args: ContrastiveTrainingArguments) -> EmbeddingTrainer:
+    """The trainer of ``embedder`` on the teacher-scored ``rows``: :class:`DistillationLoss` over an InfoNCE engine
+    (the temperature learnable only for ``task infonce``), the anchors prompted with ``query_prompt``."""
+    engine = InfoNCELoss(temperature=training_args.temperature,
+                         learnable_temperature=training_args.learnable_temperature and args.task == "infonce",
+                         symmetric=training_args.symmetric, gather_across_devices=training_args.gather_across_devices)
+    loss = DistillationLoss(embedder, engine, alpha=args.alpha, task=args.task,
+                            mini_batch_size=training_args.mini_batch_size,
+                            mini_batch_tokens=training_args.mini_batch_tokens)
+    collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
+                                   with_prefix_lengths=embedder.needs_prefix_lengths)
+    return EmbeddingTrainer(model=loss, args=training_args, train_dataset=to_dataset(rows), data_collator=collator)
