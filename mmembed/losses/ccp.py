@@ -34,7 +34,10 @@ class MemoryBankContrastiveLoss(ContrastiveLoss):
     """:class:`ContrastiveLoss` with CCP's per-group memory banks as extra negatives.
 
     Rows carry ``bank_group`` (0 .. ``num_groups`` - 1), collated into ``bank_groups``. Each step the loss is computed
-    against the banks as they were, then the step's positives enter their groups' banks.
+    against the banks as they were, then the step's positives enter their groups' banks. The banks hold the full
+    model's embeddings: a pass on narrower embeddings (a sub-model of :class:`~mmembed.losses.elastic.ElasticLoss`)
+    reads their first dimensions, and only the step's first pass writes (through
+    :meth:`~mmembed.losses.base.EmbeddingLoss.write_state`).
     """
 
     def __init__(self, model: nn.Module, info_nce: InfoNCELoss | None = None, *, num_groups: int, bank_size: int,
@@ -48,13 +51,14 @@ class MemoryBankContrastiveLoss(ContrastiveLoss):
         if bank_groups is None:
             raise ValueError("memory-bank training needs a bank_group on every row (e.g. its language id).")
         q, p, n, keys = self.embed_columns(anchor, positive, negative)
-        bank_rows, bank_exclude = self.bank.negatives(bank_groups)
+        bank_rows, bank_exclude = self.bank.negatives(bank_groups)  # full width, cut to this pass's width
         out = self.info_nce(q, p, n, **keys, **groups,
-                            extra_negatives=bank_rows.to(q) if bank_rows is not None else None,
+                            extra_negatives=bank_rows[:, :q.shape[1]].to(q) if bank_rows is not None else None,
                             extra_exclude=bank_exclude)
-        if self.training:  # bank rows as the loss saw this step's positives (after the one-sided normalisation)
+        if self.updates_state:  # bank rows as the loss saw this step's positives (after the one-sided normalisation)
             rows = p.detach()
             if self.info_nce.view_transform is not None:
                 rows = self.info_nce.view_transform([q.detach(), rows])[1]
-            self.bank.push(F.normalize(rows, dim=-1), bank_groups)
+            rows = F.normalize(rows, dim=-1)
+            self.write_state(lambda: self.bank.push(rows, bank_groups))
         return out

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import EmbeddingLoss
 from .gather import gather, gather_with_grad, is_distributed
-from .gradcache import cached_embed
 
 
 def _exclusion_mask(row_keys: Tensor | None, col_keys: Tensor | None, row_groups: Tensor | None,
@@ -48,6 +49,44 @@ def _exclusion_mask(row_keys: Tensor | None, col_keys: Tensor | None, row_groups
     if mask is not None:
         mask = mask & ~targets
     return mask
+
+
+@dataclass
+class InfoNCEInputs:
+    """The engine's optional inputs besides the embeddings.
+
+    ``*_keys`` (int64, one per row) mark identical texts / ids; ``*_groups`` mark rows that must not be each other's
+    negatives. ``extra_negatives (M, d)`` are the same on every process (not gathered), ``extra_exclude (B, M)``
+    masks some of them per query. ``reference`` holds a frozen model's embeddings of the same rows (``"queries"``,
+    ``"positives"``[, ``"negatives"``]) for ``false_negative_threshold``. ``negative_owners`` (int64): the local
+    query index of each hard negative (any number per query).
+    """
+
+    query_keys: Tensor | None = None
+    positive_keys: Tensor | None = None
+    negative_keys: Tensor | None = None
+    query_groups: Tensor | None = None
+    positive_groups: Tensor | None = None
+    negative_groups: Tensor | None = None
+    extra_negatives: Tensor | None = None
+    extra_exclude: Tensor | None = None
+    reference: dict[str, Tensor] | None = None
+    negative_owners: Tensor | None = None
+
+
+@dataclass
+class _Columns:
+    """The normalised local queries and the gathered candidate columns of one engine call."""
+
+    q: Tensor  # local queries
+    all_q: Tensor | None  # every process's queries (view_transform only)
+    all_p: Tensor
+    all_n: Tensor | None
+    offset: int  # of this process's positives in all_p
+    candidates: Tensor  # [P_all; N_all; extra]
+    keys: Tensor | None  # per gathered column
+    groups: Tensor | None
+    n_gathered: int  # columns of P_all and N_all
 
 
 class InfoNCELoss(nn.Module):
@@ -89,39 +128,29 @@ class InfoNCELoss(nn.Module):
             return x, 0
         return gather_with_grad(x) if grad else (gather(x), 0)
 
-    def forward(
-        self,
-        queries: Tensor,
-        positives: Tensor,
-        negatives: Tensor | None = None,
-        *,
-        query_keys: Tensor | None = None,
-        positive_keys: Tensor | None = None,
-        negative_keys: Tensor | None = None,
-        query_groups: Tensor | None = None,
-        positive_groups: Tensor | None = None,
-        negative_groups: Tensor | None = None,
-        extra_negatives: Tensor | None = None,
-        extra_exclude: Tensor | None = None,
-        reference: dict[str, Tensor] | None = None,
-        negative_owners: Tensor | None = None,
-        return_logits: bool = False,
-    ) -> dict[str, Tensor]:
+    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None, *,
+                return_logits: bool = False, **inputs: Tensor | dict[str, Tensor] | None) -> dict[str, Tensor]:
         """Loss of local ``queries (B, d)`` against ``positives (B*m, d)`` and ``negatives (B*k, d)``, or, with
-        ``negative_owners`` (int64, the local query index of each negative), any number of negatives per query.
+        ``negative_owners``, any number of negatives per query; ``inputs`` are :class:`InfoNCEInputs`' fields.
 
-        ``*_keys`` (int64, one per row) mark identical texts / ids; ``*_groups`` mark rows that must not be each
-        other's negatives. ``extra_negatives (M, d)`` are the same on every process (not gathered), ``extra_exclude
-        (B, M)`` masks some of them per query. ``reference`` holds a frozen model's embeddings of the same rows
-        (``"queries"``, ``"positives"``[, ``"negatives"``]) for ``false_negative_threshold``. Returns ``{"loss",
-        "loss_q2c"[, "loss_c2q"], "accuracy", "temperature"}`` (and ``"logits"``, the masked ``(B, C)`` scores
-        after the weights, with ``return_logits``).
+        Returns ``{"loss", "loss_q2c"[, "loss_c2q"], "accuracy", "temperature"}`` (and ``"logits"``, the masked
+        ``(B, C)`` scores after the weights, with ``return_logits``).
         """
+        options = InfoNCEInputs(**inputs)
         b = queries.shape[0]
         m = positives.shape[0] // b
         if positives.shape[0] != b * m or m < 1:
             raise ValueError(f"{positives.shape[0]} positives for {b} queries: give the same number per query.")
-        owners = self._owners(b, negatives, negative_owners)
+        owners = self._owners(b, negatives, options.negative_owners)
+        cols, options = self._columns(queries, positives, negatives, options)
+        query_index = torch.arange(b, device=cols.q.device) + cols.offset // m  # global indices of the local queries
+        scores, targets = self._scores(cols, owners, query_index, m)
+        exclude = self._exclusions(cols, options, targets, m)
+        return self._result(cols, options, scores, targets, exclude, m, return_logits)
+
+    def _columns(self, queries: Tensor, positives: Tensor, negatives: Tensor | None, options: InfoNCEInputs
+                 ) -> tuple[_Columns, InfoNCEInputs]:
+        """Normalise and gather the columns: ``[P_all; N_all; extra]`` with their keys and groups."""
         all_q = None
         if self.view_transform is not None:
             q, all_q, all_p, offset = self._transformed_views(queries, positives, negatives)
@@ -132,39 +161,55 @@ class InfoNCELoss(nn.Module):
             all_n = self._gather_negatives(n, q)
         if negatives is None and all_n is not None:  # another process's rows have hard negatives, ours none
             empty = torch.zeros(0, dtype=torch.long, device=q.device)
-            negative_keys = empty if positive_keys is not None else None
-            negative_groups = empty if positive_groups is not None else None
+            options = replace(options, negative_keys=empty if options.positive_keys is not None else None,
+                              negative_groups=empty if options.positive_groups is not None else None)
         columns_list = [all_p] + ([all_n] if all_n is not None else [])
-        if extra_negatives is not None:
-            columns_list.append(F.normalize(extra_negatives, dim=-1))
+        if options.extra_negatives is not None:
+            columns_list.append(F.normalize(options.extra_negatives, dim=-1))
         candidates = torch.cat(columns_list) if len(columns_list) > 1 else all_p
-        col_keys = self._cat_gathered(positive_keys, negative_keys, all_n is not None)
-        col_groups = self._cat_gathered(positive_groups, negative_groups, all_n is not None)
-        query_index = torch.arange(b, device=q.device) + offset // m  # global indices of the local queries
-        scores = q @ candidates.T * self.scale
-        columns = torch.arange(candidates.shape[0], device=q.device)
-        targets = (columns[None, :] // m == query_index[:, None]) & (columns[None, :] < all_p.shape[0])
-        if self.hard_negative_weight and all_n is not None:
-            own = self._own_negatives(owners, offset // m, query_index, all_p.shape[0], all_n.shape[0], len(columns))
-            scores = scores + own * self.hard_negative_weight
-        row_keys = positive_keys.view(b, m) if positive_keys is not None else None
+        keys = self._cat_gathered(options.positive_keys, options.negative_keys, all_n is not None)
+        groups = self._cat_gathered(options.positive_groups, options.negative_groups, all_n is not None)
         n_gathered = all_p.shape[0] + (all_n.shape[0] if all_n is not None else 0)
-        exclude = _exclusion_mask(row_keys, col_keys, query_groups, col_groups, targets[:, :n_gathered])
-        exclude = self._extend(exclude, b, n_gathered, candidates.shape[0], extra_exclude, q.device)
-        if reference is not None and self.false_negative_threshold is not None:
-            false_negatives = self._reference_mask(reference, targets, n_gathered) & ~targets
+        return _Columns(q, all_q, all_p, all_n, offset, candidates, keys, groups, n_gathered), options
+
+    def _scores(self, cols: _Columns, owners: Tensor | None, query_index: Tensor, m: int) -> tuple[Tensor, Tensor]:
+        """Scaled cosines ``(B, C)`` (plus the hard-negative weight) and the targets (each query's positives)."""
+        scores = cols.q @ cols.candidates.T * self.scale
+        columns = torch.arange(cols.candidates.shape[0], device=cols.q.device)
+        targets = (columns[None, :] // m == query_index[:, None]) & (columns[None, :] < cols.all_p.shape[0])
+        if self.hard_negative_weight and cols.all_n is not None:
+            own = self._own_negatives(owners, cols.offset // m, query_index, cols.all_p.shape[0],
+                                      cols.all_n.shape[0], len(columns))
+            scores = scores + own * self.hard_negative_weight
+        return scores, targets
+
+    def _exclusions(self, cols: _Columns, options: InfoNCEInputs, targets: Tensor, m: int) -> Tensor | None:
+        """True where a candidate is masked: same key or group, excluded extra column, or reference false negative."""
+        b = cols.q.shape[0]
+        row_keys = options.positive_keys.view(b, m) if options.positive_keys is not None else None
+        n = cols.n_gathered
+        exclude = _exclusion_mask(row_keys, cols.keys, options.query_groups, cols.groups, targets[:, :n])
+        exclude = self._extend(exclude, b, n, cols.candidates.shape[0], options.extra_exclude, cols.q.device)
+        if options.reference is not None and self.false_negative_threshold is not None:
+            false_negatives = self._reference_mask(options.reference, targets, n) & ~targets
             exclude = false_negatives if exclude is None else exclude | false_negatives
+        return exclude
+
+    def _result(self, cols: _Columns, options: InfoNCEInputs, scores: Tensor, targets: Tensor,
+                exclude: Tensor | None, m: int, return_logits: bool) -> dict[str, Tensor]:
+        """The loss (both directions when ``symmetric``), its parts, the accuracy and the temperature."""
+        b, q_offset = cols.q.shape[0], cols.offset // m
         loss_q2c = self._multi_positive_ce(scores, targets, exclude)
         parts = {"loss_q2c": loss_q2c}
         loss = loss_q2c
         if self.symmetric:
-            parts["loss_c2q"] = self._reverse_loss(q, all_q, all_p[offset: offset + b * m], offset // m, m,
-                                                   query_keys, query_groups)
+            parts["loss_c2q"] = self._reverse_loss(cols.q, cols.all_q, cols.all_p[cols.offset: cols.offset + b * m],
+                                                   q_offset, m, options.query_keys, options.query_groups)
             loss = (loss_q2c + parts["loss_c2q"]) / 2
         with torch.no_grad():
             masked = scores.masked_fill(exclude, float("-inf")) if exclude is not None else scores
             best = masked.argmax(1)
-            accuracy = targets[torch.arange(b, device=q.device), best].float().mean()
+            accuracy = targets[torch.arange(b, device=cols.q.device), best].float().mean()
         out = {"loss": loss, **parts, "accuracy": accuracy, "temperature": (1.0 / self.scale).detach()}
         if return_logits:
             out["logits"] = masked.detach()
@@ -298,14 +343,13 @@ class InfoNCELoss(nn.Module):
         return F.cross_entropy(expanded, cols)
 
 
-class ContrastiveLoss(nn.Module):
-    """What ``Trainer`` trains: an Embedder and an :class:`InfoNCELoss` over the collator's columns.
+class ContrastiveLoss(EmbeddingLoss):
+    """An :class:`~mmembed.losses.base.EmbeddingLoss` with the :class:`InfoNCELoss` engine over the collator's columns.
 
     ``forward(anchor=..., positive=..., negative=...)`` takes the tokenized columns of
     :class:`~mmembed.data.collator.ContrastiveCollator`, embeds them (with gradient caching when ``mini_batch_size``
     or ``mini_batch_tokens`` is set, :mod:`mmembed.losses.gradcache`) and returns the loss and its logged parts; other
-    batch keys (``negative_owners`` for rows with different numbers of hard negatives, groups) go to the engine. The
-    Embedder is a submodule, so DDP / DeepSpeed wrap one module whose forward does the whole step.
+    batch keys (``negative_owners`` for rows with different numbers of hard negatives, groups) go to the engine.
 
     Args:
         model: the :class:`~mmembed.embedder.Embedder` to train.
@@ -316,22 +360,9 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, model: nn.Module, info_nce: InfoNCELoss | None = None, mini_batch_size: int | None = None,
                  mini_batch_tokens: int | None = None, mask_duplicates: bool = True) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, mini_batch_size, mini_batch_tokens, mask_duplicates)
         self.info_nce = info_nce or InfoNCELoss()
-        self.mini_batch_size = mini_batch_size
-        self.mini_batch_tokens = mini_batch_tokens
-        self.mask_duplicates = mask_duplicates
         self._views_checked = False
-
-    @property
-    def config(self):
-        """The language model's config (DeepSpeed's "auto" bucket sizes read ``config.hidden_size``)."""
-        return self.model.backbone.config.get_text_config()
-
-    def embed(self, batch: dict[str, Tensor]) -> Tensor:
-        vectors, _ = cached_embed(self.model, batch, self.mini_batch_size, self.mini_batch_tokens)
-        return vectors
 
     def embed_columns(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
                       negative: dict[str, Tensor] | None = None
@@ -340,11 +371,7 @@ class ContrastiveLoss(nn.Module):
         q, p = self.embed(anchor), self.embed(positive)
         self.check_views(anchor, positive, q, p)
         n = self.embed(negative) if negative is not None else None
-        keys = {}
-        if self.mask_duplicates:
-            keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
-                    "negative_keys": negative["keys"] if negative is not None else None}
-        return q, p, n, keys
+        return q, p, n, self.content_keys(anchor, positive, negative)
 
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
                 negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
@@ -361,11 +388,3 @@ class ContrastiveLoss(nn.Module):
             warnings.warn("the two views of each sentence embed identically: the model has no active dropout, so "
                           "SimCSE-style self-positives teach nothing. Set lora_dropout > 0 (or another stochastic "
                           "view, e.g. method esimcse's word repetition).", stacklevel=2)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Activation checkpointing inside the backbone (Trainer calls this for ``gradient_checkpointing=True``)."""
-        base = self.model.backbone.model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
-                                           or {"use_reentrant": False})
-        if hasattr(base, "enable_input_require_grads"):
-            base.enable_input_require_grads()

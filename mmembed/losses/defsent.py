@@ -23,7 +23,6 @@ paper does.
 
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -35,8 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.definitions import Entry
-from .contrastive import ContrastiveLoss
-from .gradcache import cached_embed
+from .base import EmbeddingLoss
 
 if TYPE_CHECKING:
     from ..embedder import Embedder
@@ -123,7 +121,7 @@ def _unnormalized_embed(embedder: Embedder, batch: dict[str, Tensor]) -> tuple[T
     return embedder.postprocess(vectors, normalize=False), counts
 
 
-class EntryClassificationLoss(ContrastiveLoss):
+class EntryClassificationLoss(EmbeddingLoss):
     """DefSent+'s objective: cross-entropy of each definition's scores against every entry of a frozen matrix.
 
     ``forward(anchor=..., entry_ids=...)`` takes the collator's tokenized definitions and their entry indices and
@@ -136,7 +134,9 @@ class EntryClassificationLoss(ContrastiveLoss):
         similarity: ``"cosine"`` (``cos / temperature``, the project's default) or ``"dot"`` (the paper's raw dot
             product of unnormalised vectors).
         temperature: divides the cosine scores (unused with ``"dot"``).
-        mini_batch_size / mini_batch_tokens: gradient-caching mini-batches, as in :class:`ContrastiveLoss`.
+        mini_batch_size / mini_batch_tokens: gradient-caching mini-batches, as in
+            :class:`~mmembed.losses.base.EmbeddingLoss` (which it derives from: there is no InfoNCE engine, the
+            targets are the entries, not other rows of the batch).
     """
 
     def __init__(self, model: nn.Module, entry_embeddings: Tensor, *, similarity: str = "cosine",
@@ -144,7 +144,6 @@ class EntryClassificationLoss(ContrastiveLoss):
                  mini_batch_tokens: int | None = None) -> None:
         super().__init__(model, mini_batch_size=mini_batch_size, mini_batch_tokens=mini_batch_tokens,
                          mask_duplicates=False)
-        self.info_nce = None  # the targets are the entries, not other rows of the batch
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity={similarity!r}; choose one of {SIMILARITIES}.")
         if temperature <= 0:
@@ -164,16 +163,16 @@ class EntryClassificationLoss(ContrastiveLoss):
     def num_entries(self) -> int:
         return self.entry_embeddings.shape[0]
 
-    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+    def embed_function(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The Embedder's vectors; unnormalised with ``similarity="dot"``."""
         if self.similarity == "cosine":
-            return super().embed(batch)
-        embed = functools.partial(_unnormalized_embed, self.model)
-        vectors, _ = cached_embed(embed, batch, self.mini_batch_size, self.mini_batch_tokens)
-        return vectors
+            return super().embed_function(batch)
+        return _unnormalized_embed(self.model, batch)
 
     def logits(self, embeddings: Tensor) -> Tensor:
-        """Scores ``(B, entries)`` of definition embeddings against every entry."""
-        targets = self.entry_embeddings
+        """Scores ``(B, entries)`` of definition embeddings against every entry (narrower embeddings, a sub-model of
+        :class:`~mmembed.losses.elastic.ElasticLoss`, against the entries' first dimensions)."""
+        targets = self.entry_embeddings[:, :embeddings.shape[1]]
         h = embeddings.to(targets.dtype)
         if self.similarity == "dot":
             return h @ targets.T

@@ -100,8 +100,8 @@ class DistillationLoss(ContrastiveLoss):
             raise ValueError("the distillation loss needs teacher scores: give every row a 'teacher_score' (see "
                              "mmembed.data.teacher_scores), or set alpha=0 for the task loss alone.")
         if self.uses_task and self.task in ("cosine", "cosent") and scores is None:
-            raise ValueError(f"task={self.task!r} needs a gold 'score' on every row (in [-1, 1]); use task='infonce' for "
-                             "positive pairs, or alpha=1 for distillation alone.")
+            raise ValueError(f"task={self.task!r} needs a gold 'score' on every row (in [-1, 1]); use task='infonce' "
+                             "for positive pairs, or alpha=1 for distillation alone.")
         if self.uses_task and self.task == "infonce":
             q, p, n, keys = self.embed_columns(anchor, positive, negative)
         else:  # no in-batch negatives: the hard negatives (if any) are not embedded

@@ -1,4 +1,4 @@
-"""Elastic embeddings: the engine's loss at several (layer, dimension) pairs of one forward pass.
+"""Elastic embeddings: any embedding loss at several (layer, dimension) pairs of one forward pass.
 
 An elastic model can be cut at inference in depth and width: ``mmembed.load(path, layer=L, dim=D)`` runs only its
 first ``L`` layers (early exit) and keeps the first ``D`` dimensions. Training makes those cuts good
@@ -19,14 +19,27 @@ sub)`` with the full side not detached, as in sentence-transformers' ``AdaptiveL
 follow a step counter saved with the loss, so a resumed run draws what the uninterrupted one would have, and every
 process draws the same pairs. Gradient caching is not supported (as in sentence-transformers' 2D loss): the loss
 needs every layer's states of the whole batch at once.
+
+:class:`ElasticLoss` wraps a loss, as sentence-transformers' ``MatryoshkaLoss`` wraps any loss: each column is embedded
+once, at every needed layer, and the wrapped loss runs once per pair with its embedding step
+(:meth:`~mmembed.losses.base.EmbeddingLoss.embedding_source`) returning the column's pooled vectors at that layer,
+cut to that width (pooled, not normalised: the wrapped loss normalises as it does for the Embedder's vectors; the KL
+term covers every column it embeds). Losses with state run their passes inside
+:meth:`~mmembed.losses.base.EmbeddingLoss.shared_step`: the full model's pass does the step's work (ESimCSE's EMA
+update and momentum pass, MultiCSR's reference pass), every pass reads the state as it was (a queue or memory bank of
+full-model vectors, cut to the pass's width; the reference model's masks), and the state is written once, after the
+last pass.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import EmbeddingLoss
 from .contrastive import ContrastiveLoss, InfoNCELoss
 
 #: Starbucks' list for BERT-base as fractions of depth and width: (2, 32), (4, 64) ... (12, 768)
@@ -54,12 +67,55 @@ def geometric_dims(dim: int, base: int = 8) -> list[int]:
     return dims or [dim]
 
 
-class ElasticLoss(ContrastiveLoss):
-    """The InfoNCE engine at the full model and at chosen (layers, dimensions) pairs, plus a KL alignment term.
+class LayerCache:
+    """Each column's pooled vectors at several layers from one forward pass, handed out as embedding sources.
+
+    :meth:`compute` (the full model's pass) runs the backbone up to the deepest layer and pools every layer;
+    :meth:`cut` returns what a sub-model would have given: the vectors at ``layers``, first ``width`` dimensions.
+    Columns are recognised by identity (the wrapped loss gets the same batch dicts in every pass).
+    """
+
+    def __init__(self, model: nn.Module, layers: list[int]) -> None:
+        self.model = model
+        self.layers = layers
+        self.entries: list[tuple[dict[str, Tensor], dict[int, Tensor], Tensor]] = []  # (batch, vectors, counts)
+
+    def compute(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Pooled vectors (not normalised) of ``batch`` at the last layer; every layer is kept for :meth:`cut`."""
+        states = self.model.backbone.states_at(batch, self.layers)
+        moved = {k: v.to(states[0].device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        pooled = [self.model.pooler(hidden, moved) for hidden in states]
+        vectors = {layer: p[0] for layer, p in zip(self.layers, pooled)}
+        self.entries.append((batch, vectors, pooled[-1][1]))
+        return vectors[self.layers[-1]], pooled[-1][1]
+
+    def cut(self, layers: int, width: int) -> Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]]:
+        """An embedding source giving each column's vectors at ``layers``, first ``width`` dimensions."""
+        def source(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            for seen, vectors, counts in self.entries:
+                if seen is batch:
+                    return vectors[layers][:, :width], counts
+            raise ValueError("the wrapped loss embedded a column in a sub-model's pass that its full pass did not: "
+                             "ElasticLoss needs the same columns in every pass.")
+        return source
+
+    def rows(self, layers: int, width: int | None = None) -> Tensor:
+        """Every column's vectors at ``layers`` (first ``width`` dimensions), stacked in embedding order."""
+        return torch.cat([vectors[layers][:, :width] for _, vectors, _ in self.entries])
+
+
+class ElasticLoss(nn.Module):
+    """Any embedding loss at the full model and at chosen (layers, dimensions) pairs, plus a KL alignment term.
+
+    The wrapped loss's submodules (the Embedder as ``model``, its engine, queue, banks ...) are this module's
+    submodules under the same names, so its state (``step`` added) saves and loads as the unwrapped loss's does.
+    ``forward`` takes the wrapped loss's batch and returns ``{"loss", "loss_full"[, "accuracy"], "loss_LxD" ...,
+    "kl_LxD" ...}``.
 
     Args:
-        model: the Embedder to train.
-        info_nce: the engine (any of its options: hard negatives, reference masks, whitening ...).
+        loss: the :class:`~mmembed.losses.base.EmbeddingLoss` to train at every pair (without gradient caching), or
+            an Embedder: then the plain :class:`~mmembed.losses.contrastive.ContrastiveLoss` with ``info_nce``.
+        info_nce: with an Embedder, the engine (any of its options: hard negatives, reference masks, whitening ...).
         pairs: ``mode="fixed"``: the (layers, dimensions) pairs (default: :func:`starbucks_pairs`); the full pair
             ``(num_layers, hidden)`` is the last-layer loss and is not counted twice.
         mode: ``"fixed"`` (Starbucks: all pairs every step) or ``"random"`` (2DMSE: one layer and width a step).
@@ -68,38 +124,69 @@ class ElasticLoss(ContrastiveLoss):
         last_weight: weight of the full model's loss.
         kl_weight / kl_temperature: the alignment term (0 turns it off).
         seed: of the random pairs.
+        mask_duplicates: with an Embedder, the plain loss's option.
     """
 
-    def __init__(self, model: nn.Module, info_nce: InfoNCELoss | None = None, *,
+    def __init__(self, loss: nn.Module, info_nce: InfoNCELoss | None = None, *,
                  pairs: list[tuple[int, int]] | None = None, mode: str = "fixed", dims: list[int] | None = None,
                  layer_weight: str | None = None, last_weight: float = 1.0, kl_weight: float = 1.0,
                  kl_temperature: float = 0.3, seed: int = 0, mask_duplicates: bool = True) -> None:
-        super().__init__(model, info_nce, mask_duplicates=mask_duplicates)
+        super().__init__()
+        if not isinstance(loss, EmbeddingLoss):
+            loss = ContrastiveLoss(loss, info_nce, mask_duplicates=mask_duplicates)
+        elif info_nce is not None:
+            raise ValueError("give info_nce to the wrapped loss, not to ElasticLoss.")
+        self._wrapped = (loss,)  # not a submodule: its submodules are ours (no second copy of the Embedder)
+        for name, child in loss.named_children():
+            self.add_module(name, child)
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; choose one of {MODES}.")
         layer_weight = layer_weight or ("constant" if mode == "fixed" else "inverse")
         if layer_weight not in LAYER_WEIGHTS:
             raise ValueError(f"layer_weight={layer_weight!r}; choose one of {LAYER_WEIGHTS}.")
-        backbone = model.backbone
+        self.mode, self.layer_weight, self.last_weight, self.seed = mode, layer_weight, last_weight, seed
+        self.kl_weight, self.kl_temperature = kl_weight, kl_temperature
+        self._set_pairs(pairs, dims)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def _set_pairs(self, pairs: list[tuple[int, int]] | None, dims: list[int] | None) -> None:
+        backbone = self.model.backbone
         self.num_layers, self.dim = backbone.num_layers, backbone.hidden_size
         if backbone.layer != -1:
             raise ValueError(f"elastic training needs the full model, but the embedder exits at layer "
                              f"{backbone.layer}: load it without layer=.")
-        self.mode = mode
         self.pairs = [(int(a), int(b)) for a, b in pairs] if pairs else starbucks_pairs(self.num_layers, self.dim)
         self.dims = list(dims) if dims else geometric_dims(self.dim)
         for layers, width in self.pairs + [(self.num_layers, d) for d in self.dims]:
             if not (1 <= layers <= self.num_layers and 1 <= width <= self.dim):
                 raise ValueError(f"pair ({layers}, {width}) is outside the model's {self.num_layers} layers x "
                                  f"{self.dim} dimensions.")
-        if mode == "random" and self.num_layers < 2:
+        if self.mode == "random" and self.num_layers < 2:
             raise ValueError("mode='random' draws a layer below the last one; this model has a single layer.")
-        self.layer_weight = layer_weight
-        self.last_weight = last_weight
-        self.kl_weight = kl_weight
-        self.kl_temperature = kl_temperature
-        self.seed = seed
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def loss(self) -> EmbeddingLoss:
+        """The wrapped loss."""
+        return self._wrapped[0]
+
+    @property
+    def config(self):
+        """The language model's config (DeepSpeed's "auto" bucket sizes read ``config.hidden_size``)."""
+        return self.loss.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing inside the backbone (as the wrapped loss)."""
+        self.loss.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def train(self, mode: bool = True) -> ElasticLoss:
+        super().train(mode)
+        self.loss.train(mode)  # the wrapped loss's own flag (its submodules are ours)
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.loss._apply(fn, *args, **kwargs)  # tensors held by the wrapped loss itself (e.g. DefSent+'s targets)
+        return self
 
     def step_pairs(self) -> list[tuple[int, int]]:
         """The pairs this step trains besides the full model (the random mode draws from ``seed + step``)."""
@@ -122,40 +209,29 @@ class ElasticLoss(ContrastiveLoss):
         return F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), reduction="batchmean",
                         log_target=True) * t
 
-    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
-                negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
-        if self.mini_batch_size or self.mini_batch_tokens:
+    def forward(self, *args: Tensor | dict[str, Tensor], **batch: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+        inner = self.loss
+        if inner.mini_batch_size or inner.mini_batch_tokens:
             raise ValueError("ElasticLoss does not support gradient caching; drop mini_batch_size / "
                              "mini_batch_tokens.")
         chosen = self.step_pairs()
         if self.training:
             self.step += 1
-        layers = sorted({self.num_layers} | {layers for layers, _ in chosen})
-        columns = [anchor, positive] + ([negative] if negative is not None else [])
-        pooled = [self.model.pooled_layers(column, layers) for column in columns]
-        at = {layer: [p[i] for p in pooled] for i, layer in enumerate(layers)}
-        keys = {}
-        if self.mask_duplicates:
-            keys = {"query_keys": anchor["keys"], "positive_keys": positive["keys"],
-                    "negative_keys": negative["keys"] if negative is not None else None}
-        full = at[self.num_layers]
-        self.check_views(anchor, positive, full[0], full[1])
-
-        def engine(vectors: list[Tensor]) -> dict[str, Tensor]:
-            q, p, *n = vectors
-            return self.info_nce(q, p, n[0] if n else None, **keys, **groups)
-
-        out = engine(full)
-        loss = self.last_weight * out["loss"]
-        parts = {"loss_full": out["loss"].detach(), "accuracy": out["accuracy"]}
-        full_rows = torch.cat(full)
-        for layers, width in chosen:
-            vectors = [v[:, :width] for v in at[layers]]
-            part = engine(vectors)["loss"]
-            loss = loss + self.weight(layers) * part
-            parts[f"loss_{layers}x{width}"] = part.detach()
-            if self.kl_weight and self.kl_temperature > 0 and layers < self.num_layers:
-                kl = self.kl(torch.cat(vectors), full_rows, width)
-                loss = loss + self.kl_weight * kl
-                parts[f"kl_{layers}x{width}"] = kl.detach()
+        cache = LayerCache(self.model, sorted({self.num_layers} | {layers for layers, _ in chosen}))
+        with inner.shared_step() as repeat:
+            with inner.embedding_source(cache.compute):
+                out = inner(*args, **batch)
+            loss = self.last_weight * out["loss"]
+            parts = {"loss_full": out["loss"].detach(), **({"accuracy": out["accuracy"]} if "accuracy" in out else {})}
+            full_rows = cache.rows(self.num_layers)
+            for layers, width in chosen:
+                repeat()
+                with inner.embedding_source(cache.cut(layers, width)):
+                    part = inner(*args, **batch)["loss"]
+                loss = loss + self.weight(layers) * part
+                parts[f"loss_{layers}x{width}"] = part.detach()
+                if self.kl_weight and self.kl_temperature > 0 and layers < self.num_layers:
+                    kl = self.kl(cache.rows(layers, width), full_rows, width)
+                    loss = loss + self.kl_weight * kl
+                    parts[f"kl_{layers}x{width}"] = kl.detach()
         return {"loss": loss, **parts}

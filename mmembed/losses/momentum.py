@@ -70,6 +70,11 @@ class ParameterEMA(nn.Module):
 class MomentumContrastiveLoss(ContrastiveLoss):
     """:class:`ContrastiveLoss` plus ESimCSE's queue of momentum-encoded anchors as extra negatives.
 
+    The queue holds the full model's (normalised) embeddings; a pass on narrower embeddings (a sub-model of
+    :class:`~mmembed.losses.elastic.ElasticLoss`) reads their first dimensions, which the engine normalises. The EMA
+    update and the momentum pass run once a step (:attr:`~mmembed.losses.base.EmbeddingLoss.updates_state`), the
+    push through :meth:`~mmembed.losses.base.EmbeddingLoss.write_state`.
+
     Args:
         model: the Embedder (its trainable parameters are averaged).
         info_nce: the engine.
@@ -88,15 +93,15 @@ class MomentumContrastiveLoss(ContrastiveLoss):
         # the momentum pass first: it swaps values into the live parameters, which must not change once the
         # step's graph holds them (the loss is still against the queue as it was)
         incoming = None
-        if self.training:
+        if self.updates_state:
             self.ema.update(self.model)
             incoming = self.momentum_embed(anchor)
         q, p, n, keys = self.embed_columns(anchor, positive, negative)
-        queued = self.queue.negatives()
+        queued = self.queue.negatives()  # full-width vectors, cut to the width of this pass's embeddings
         out = self.info_nce(q, p, n, **keys, **groups,
-                            extra_negatives=queued.to(q) if queued is not None else None)
+                            extra_negatives=queued[:, :q.shape[1]].to(q) if queued is not None else None)
         if incoming is not None:
-            self.queue.push(incoming)
+            self.write_state(lambda: self.queue.push(incoming))
         out["queue_size"] = torch.tensor(float(len(self.queue)))
         return out
 

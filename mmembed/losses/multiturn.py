@@ -16,7 +16,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from .contrastive import ContrastiveLoss
-from .gradcache import cached_embed
 
 
 class MultiTurnContrastiveLoss(ContrastiveLoss):
@@ -24,11 +23,12 @@ class MultiTurnContrastiveLoss(ContrastiveLoss):
 
     def embed_turns(self, batch: dict[str, Tensor], turns: Tensor, side: str) -> Tensor:
         """One embedding per ``<|emb|>``, checked against the number of turns the collator packed."""
-        vectors, counts = cached_embed(self.model, batch, self.mini_batch_size, self.mini_batch_tokens)
+        vectors, counts = self.embed_with_counts(batch)
         if counts.shape != turns.shape or bool((counts.to(turns.device) != turns).any()):
             bad = int((counts.to(turns.device) != turns).nonzero()[0]) if counts.shape == turns.shape else 0
-            raise ValueError(f"{side} conversation {bad} has {int(counts[bad])} embedding tokens but {int(turns[bad])} "
-                             f"turns were packed: it was truncated (raise max_length) or its text holds the token.")
+            raise ValueError(f"{side} conversation {bad} has {int(counts[bad])} embedding tokens but "
+                             f"{int(turns[bad])} turns were packed: it was truncated (raise max_length) or its text "
+                             f"holds the token.")
         return vectors
 
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor], turns: Tensor,
@@ -38,8 +38,7 @@ class MultiTurnContrastiveLoss(ContrastiveLoss):
         q = self.embed_turns(anchor, turns, "query")
         p = self.embed_turns(positive, turns, "target")
         n = self.embed(negative) if negative is not None else None
-        keys = {"query_keys": query_keys, "positive_keys": positive_keys, "negative_keys": negative_keys} \
-            if self.mask_duplicates else {}
+        keys = self.content_keys(query_keys, positive_keys, negative_keys)
         return self.info_nce(q, p, n, query_groups=query_groups, positive_groups=positive_groups,
                              negative_groups=negative_groups if n is not None else None, **keys)
 
@@ -48,20 +47,20 @@ class AuxiliaryContrastiveLoss(ContrastiveLoss):
     """MuCo fine-tuning: the four InfoNCE terms of base and auxiliary embeddings (summed, as MuCo does)."""
 
     def _pair(self, batch: dict[str, Tensor], side: str) -> tuple[Tensor, Tensor]:
-        vectors, counts = cached_embed(self.model, batch, self.mini_batch_size, self.mini_batch_tokens)
+        vectors, counts = self.embed_with_counts(batch)
         if bool((counts != 2).any()):
             raise ValueError(f"every {side} conversation needs exactly 2 embedding tokens (base and auxiliary); "
                              f"got {counts.tolist()}: truncated (raise max_length) or the token is in the text.")
         return vectors[0::2], vectors[1::2]
 
-    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor], negative: dict[str, Tensor] | None = None,
+    def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
+                negative: dict[str, Tensor] | None = None,
                 query_keys: Tensor | None = None, positive_keys: Tensor | None = None,
                 negative_keys: Tensor | None = None, negative_owners: Tensor | None = None) -> dict[str, Tensor]:
         q, q_aux = self._pair(anchor, "query")
         p, p_aux = self._pair(positive, "positive")
         n = self.embed(negative) if negative is not None else None
-        keys = {"query_keys": query_keys, "positive_keys": positive_keys, "negative_keys": negative_keys} \
-            if self.mask_duplicates else {}
+        keys = self.content_keys(query_keys, positive_keys, negative_keys)
         terms = {"q_p": (q, p), "q_paux": (q, p_aux), "qaux_p": (q_aux, p), "qaux_paux": (q_aux, p_aux)}
         out: dict[str, Tensor] = {}
         for name, (queries, targets) in terms.items():

@@ -22,13 +22,19 @@ FALSE_NEGATIVE_THRESHOLD = 0.95  # MultiCSR's phi
 
 
 class ReferenceMaskedLoss(ContrastiveLoss):
-    """:class:`ContrastiveLoss` whose false negatives are found by a frozen reference model."""
+    """:class:`ContrastiveLoss` whose false negatives are found by a frozen reference model.
+
+    The reference embeddings are the frozen full model's, whatever the width of the trained embeddings: a wrapper's
+    repeated passes of one step (:class:`~mmembed.losses.elastic.ElasticLoss`'s sub-models) reuse the first pass's
+    (the same rows, so the same false negatives) instead of running the reference again.
+    """
 
     def __init__(self, model: nn.Module, info_nce: InfoNCELoss | None = None, **kwargs) -> None:
         info_nce = info_nce or InfoNCELoss(false_negative_threshold=FALSE_NEGATIVE_THRESHOLD)
         if info_nce.false_negative_threshold is None:
             raise ValueError("give the InfoNCELoss a false_negative_threshold (MultiCSR: 0.95).")
         super().__init__(model, info_nce, **kwargs)
+        self._step_reference: dict[str, Tensor | None] | None = None
         self._frozen = [] if lora.has_adapter(model.backbone.model) else [copy.deepcopy(model).eval()]
         for p in (self._frozen[0].parameters() if self._frozen else ()):
             p.requires_grad_(False)
@@ -50,6 +56,10 @@ class ReferenceMaskedLoss(ContrastiveLoss):
     def forward(self, anchor: dict[str, Tensor], positive: dict[str, Tensor],
                 negative: dict[str, Tensor] | None = None, **groups: Tensor) -> dict[str, Tensor]:
         q, p, n, keys = self.embed_columns(anchor, positive, negative)
-        reference = {"queries": self.reference_embed(anchor), "positives": self.reference_embed(positive),
-                     "negatives": self.reference_embed(negative) if negative is not None else None}
+        if self.repeat_pass and self._step_reference is not None:  # the same rows as the step's first pass
+            reference = self._step_reference
+        else:
+            reference = {"queries": self.reference_embed(anchor), "positives": self.reference_embed(positive),
+                         "negatives": self.reference_embed(negative) if negative is not None else None}
+        self._step_reference = reference if self.in_shared_step else None
         return self.info_nce(q, p, n, **keys, **groups, reference=reference)

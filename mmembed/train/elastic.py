@@ -1,11 +1,11 @@
-"""Recipe options for elastic (2D Matryoshka / Starbucks) training of any stateless method of the SimCSE family."""
+"""Recipe options for elastic (2D Matryoshka / Starbucks) training of any method's loss (stateful ones included)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..losses import ContrastiveLoss
+from ..losses.base import EmbeddingLoss
 from ..losses.elastic import LAYER_WEIGHTS, ElasticLoss
 from .checks import NON_NEGATIVE, POSITIVE_INT, check_fields, list_of, one_of
 
@@ -39,16 +39,15 @@ class ElasticArguments:
                               f"elastic_dims: give one dimension per layer.")
 
 
-def make_elastic(loss: ContrastiveLoss, args: ElasticArguments, seed: int = 0) -> ContrastiveLoss:
-    """The method's loss trained at the elastic pairs too (the same engine and caching settings)."""
+def make_elastic(loss: EmbeddingLoss, args: ElasticArguments, seed: int = 0) -> EmbeddingLoss | ElasticLoss:
+    """The method's loss, wrapped to train at the elastic pairs too (``loss`` itself with ``elastic: none``)."""
     if args.elastic == "none":
         return loss
-    if type(loss) is not ContrastiveLoss:
-        raise ConfigError(f"elastic training wraps the plain engine (methods unsup, sup, debcse, whitened); "
-                         f"{type(loss).__name__} keeps state per step (queue, memory bank, reference model).")
+    if loss.mini_batch_size or loss.mini_batch_tokens:
+        raise ConfigError("elastic training needs every layer's states of the whole batch at once: drop "
+                          "mini_batch_size / mini_batch_tokens (gradient caching), or set elastic: none.")
     pairs = list(zip(args.elastic_layers, args.elastic_dims)) if args.elastic_layers else None
     random = args.elastic == "2dmse"
-    return ElasticLoss(loss.model, loss.info_nce, pairs=None if random else pairs, mode="random" if random else "fixed",
+    return ElasticLoss(loss, pairs=None if random else pairs, mode="random" if random else "fixed",
                        dims=args.elastic_dims if random else None, layer_weight=args.elastic_layer_weight,
-                       kl_weight=args.elastic_kl_weight, kl_temperature=args.elastic_kl_temperature, seed=seed,
-                       mask_duplicates=loss.mask_duplicates)
+                       kl_weight=args.elastic_kl_weight, kl_temperature=args.elastic_kl_temperature, seed=seed)
