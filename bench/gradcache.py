@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _measure import peak_rss_kb, proc_kb, reset_peak_rss
+from mmembed.measure import peak_rss_kb, proc_kb, reset_peak_rss
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/senteval/STS/STSBenchmark/sts-train.csv"
 CONFIGS = {"256 cached (mini 16)": (256, 16), "16 uncached": (16, None), "256 uncached": (256, None)}

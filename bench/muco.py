@@ -24,12 +24,13 @@ Models (``--model``):
 
 - ``tiny`` (default): ``mmembed.testing.build_tiny_qwen2_vl(emb_token=True)`` (2-layer LM, hidden 64; 2-layer vision
   tower, embed 32), CPU, float32;
-- ``qwen2-vl-2b-random``: a Qwen2-VL-2B-Instruct-sized ``Qwen2VLForConditionalGeneration`` with random weights, built
-  in memory from the real config (LM: vocab 151936, hidden 1536, 28 layers, 12 heads, 2 kv heads, intermediate 8960,
-  rope θ 1e6, M-RoPE sections 16/24/24, tied embeddings; vision: depth 32, embed 1280, 16 heads, MLP ratio 4,
-  patch 14, merge 2, out 1536), and the tiny builder's offline byte-level tokenizer (a few hundred tokens: texts
-  take about 3x more tokens than with Qwen's real vocabulary) with an image-only processor. The embedder holds its
-  ``.model`` (``Qwen2VLModel``), which is what ``mmembed.load`` gives for a real checkpoint. Meant for a GPU:
+- ``qwen2-vl-2b-random``: a Qwen2-VL-2B-Instruct-sized ``Qwen2VLForConditionalGeneration`` with random weights
+  (``mmembed.testing.qwen2_vl_2b_random``), built in memory from the real config (LM: vocab 151936, hidden 1536,
+  28 layers, 12 heads, 2 kv heads, intermediate 8960, rope θ 1e6, M-RoPE sections 16/24/24, tied embeddings;
+  vision: depth 32, embed 1280, 16 heads, MLP ratio 4, patch 14, merge 2, out 1536), and the tiny builder's offline
+  byte-level tokenizer (a few hundred tokens: texts take about 3x more tokens than with Qwen's real vocabulary) with
+  an image-only processor. The embedder holds its ``.model`` (``Qwen2VLModel``), which is what ``mmembed.load``
+  gives for a real checkpoint. Meant for a GPU:
   ``--device cuda`` (bf16 by default there; add ``--gradient-checkpointing`` as MuCo does if B is large).
   ``--layers N`` shrinks both the LM and the vision tower to N layers (a CPU smoke run).
 
@@ -100,22 +101,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _measure import peak_rss_kb, proc_kb, reset_peak_rss
+from mmembed.measure import peak_rss_kb, proc_kb, reset_peak_rss
 
 K = 7  # pairs a pack (MuCo)
 POOLING = {"mode": "special_token", "token": "<|emb|>"}
 TEMPERATURE = 0.02
 SIDES = {"a": "packed K=7", "b": "single-turn"}
-# Qwen2-VL-2B-Instruct's config.json (the vision tower's out hidden_size is the LM's hidden size)
-QWEN2_VL_2B_TEXT = {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-                    "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-                    "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": True,
-                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                        "mrope_section": [16, 24, 24]}}
-QWEN2_VL_2B_VISION = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "mlp_ratio": 4, "num_heads": 16,
-                      "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                      "hidden_act": "quick_gelu"}
-MUCO_MIN_PIXELS, MUCO_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -160,54 +151,13 @@ def single_turn_rows(packs: list[dict]) -> tuple[list[dict], list[int]]:
 # ------------------------------------------------------------------------------------------------------ model
 
 
-def qwen2_vl_2b_random(args: argparse.Namespace, template):
-    """An Embedder over a randomly initialised Qwen2-VL-2B-sized model (built in memory, no weights on disk)."""
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from mmembed.backbone import Backbone
-    from mmembed.embedder import Embedder
-    from mmembed.processing import processor_class_for
-    from mmembed.testing import QWEN_SPECIALS, build_tokenizer
-
-    markup = "<|vision_start|><|image_pad|><|vision_end|>"
-    tokenizer = build_tokenizer(QWEN_SPECIALS, markup, emb_token=True)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    text = {**QWEN2_VL_2B_TEXT, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": None}
-    vision = dict(QWEN2_VL_2B_VISION)
-    if args.layers:
-        text["num_hidden_layers"] = vision["depth"] = args.layers
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
-    processor_cls = processor_class_for(type(config))
-    image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=MUCO_MIN_PIXELS, max_pixels=MUCO_MAX_PIXELS)
-    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
-                              chat_template=tokenizer.chat_template)
-    dtype = getattr(torch, args.dtype)
-    previous = torch.get_default_dtype()
-    torch.manual_seed(args.seed)
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(args.device):
-            full = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model = full.model  # Qwen2VLModel: what AutoModel (mmembed.load) gives for a real checkpoint
-    del full
-    backbone = Backbone(model.eval(), processor, template, name_or_path="qwen2-vl-2b-random")
-    return Embedder(backbone, POOLING)
-
-
 def build_embedder(args: argparse.Namespace):
     import torch
 
     import mmembed
     from mmembed.data.multiturn import EMB_TOKEN, SYSTEM
     from mmembed.inputs import PromptTemplate
+    from mmembed.testing import qwen2_vl_2b_random
 
     # the single-turn MuCo template (the packed side renders chat messages: the template does not apply there)
     template = PromptTemplate(text="{text}", text_image="{image}{text}", chat=True, system=SYSTEM,
@@ -219,7 +169,8 @@ def build_embedder(args: argparse.Namespace):
         if args.image_size ** 2 > processor.size.longest_edge:  # keep larger images at their size
             processor.size = {"shortest_edge": processor.size.shortest_edge, "longest_edge": args.image_size ** 2}
     else:
-        embedder = qwen2_vl_2b_random(args, template)
+        embedder = qwen2_vl_2b_random(template, POOLING, layers=args.layers, dtype=args.dtype, device=args.device,
+                                      seed=args.seed)
     torch.manual_seed(args.seed)
     return embedder
 
@@ -248,91 +199,93 @@ def vision_tower(embedder):
 # ------------------------------------------------------------------------------------------------------ worker
 
 
-def worker(args: argparse.Namespace) -> None:
-    import resource
-
+def side_loss(embedder, args: argparse.Namespace) -> tuple:
+    """The loss and the collate function of side (a) packed or (b) single-turn."""
     import torch
 
-    cuda = args.device.startswith("cuda")
-    if not cuda:  # fail with an allocation error, not the machine's OOM killer
-        limit = int(args.memory_limit_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from mmembed.data.collator import ContrastiveCollator
     from mmembed.data.multiturn import MultiTurnCollator
     from mmembed.losses import ContrastiveLoss, InfoNCELoss, MultiTurnContrastiveLoss
 
-    packs = json.loads(Path(args.rows).read_text())
-    embedder = build_embedder(args)
-    attach_training(embedder, args)
     info_nce = InfoNCELoss(temperature=TEMPERATURE)
     if args.side == "a":
-        loss = MultiTurnContrastiveLoss(embedder, info_nce)
         collator = MultiTurnCollator(embedder.backbone, max_turns=K, seed=args.seed)
+        return MultiTurnContrastiveLoss(embedder, info_nce), collator
+    single = ContrastiveCollator(embedder.backbone)
 
-        def collate(chunk: list[dict]) -> dict:
-            return collator(chunk)
-    else:
-        loss = ContrastiveLoss(embedder, info_nce)
-        collator = ContrastiveCollator(embedder.backbone)
+    def collate(chunk: list[dict]) -> dict:
+        rows, groups = single_turn_rows(chunk)
+        batch = single(rows)
+        batch["query_groups"] = torch.tensor(groups)
+        batch["positive_groups"] = batch["query_groups"].clone()
+        return batch
+    return ContrastiveLoss(embedder, info_nce), collate
 
-        def collate(chunk: list[dict]) -> dict:
-            rows, groups = single_turn_rows(chunk)
-            batch = collator(rows)
-            batch["query_groups"] = torch.tensor(groups)
-            batch["positive_groups"] = batch["query_groups"].clone()
-            return batch
-    if args.gradient_checkpointing:
-        loss.gradient_checkpointing_enable()
-    params = [p for p in loss.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    n_steps = args.warmup + args.steps + 1  # + 1 profiled step
-    chunks = [packs[k * args.packs:(k + 1) * args.packs] for k in range(n_steps)]
-    if any(len(c) != args.packs for c in chunks):
-        raise SystemExit(f"{len(packs)} packs given, {n_steps * args.packs} needed.")
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+def sync(cuda: bool) -> None:
+    if cuda:
+        import torch
 
-    def to_device(value):
-        if isinstance(value, dict):
-            return {k: to_device(v) for k, v in value.items()}
-        return value.to(args.device) if isinstance(value, torch.Tensor) else value
+        torch.cuda.synchronize()
 
-    stats: dict[str, list[float]] = {"collate_s": [], "model_s": [], "loss": []}
-    tokens: dict[str, float] = {}
 
-    def step(chunk: list[dict], record: bool) -> None:
+def to_device(value, device: str):
+    import torch
+
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def batch_tokens(batch: dict) -> dict[str, int]:
+    """Rows, real and padded tokens, image patches and visual tokens of a batch's anchor and positive columns."""
+    tokens = {}
+    for column in ("anchor", "positive"):
+        b = batch[column]
+        tokens[f"{column}_rows"] = int(b["input_ids"].shape[0])
+        tokens[f"{column}_tokens"] = int(b["attention_mask"].sum())
+        tokens[f"{column}_padded"] = int(b["input_ids"].numel())
+        tokens[f"{column}_patches"] = int(b["pixel_values"].shape[0]) if "pixel_values" in b else 0
+        if "image_grid_thw" in b:  # visual tokens after the 2x2 merge
+            tokens[f"{column}_image_tokens"] = int(b["image_grid_thw"].prod(-1).sum()) // 4
+    return tokens
+
+
+class Steps:
+    """Training steps (collation + forward + backward + AdamW step), timed; the first batch's token counts."""
+
+    def __init__(self, loss, collate, optimizer, device: str) -> None:
+        self.loss, self.collate, self.optimizer, self.device = loss, collate, optimizer, device
+        self.cuda = device.startswith("cuda")
+        self.stats: dict[str, list[float]] = {"collate_s": [], "model_s": [], "loss": []}
+        self.tokens: dict[str, int] = {}
+
+    def __call__(self, chunk: list[dict], record: bool) -> None:
         start = time.perf_counter()
-        batch = collate(chunk)
+        batch = self.collate(chunk)
         middle = time.perf_counter()
-        batch = to_device(batch)
-        out = loss(**batch)
+        batch = to_device(batch, self.device)
+        out = self.loss(**batch)
         out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sync(self.cuda)
         end = time.perf_counter()
         if record:
-            stats["collate_s"].append(middle - start)
-            stats["model_s"].append(end - middle)
-            stats["loss"].append(float(out["loss"]))
-        if not tokens:
-            for column in ("anchor", "positive"):
-                b = batch[column]
-                tokens[f"{column}_rows"] = int(b["input_ids"].shape[0])
-                tokens[f"{column}_tokens"] = int(b["attention_mask"].sum())
-                tokens[f"{column}_padded"] = int(b["input_ids"].numel())
-                tokens[f"{column}_patches"] = int(b["pixel_values"].shape[0]) if "pixel_values" in b else 0
-                if "image_grid_thw" in b:  # visual tokens after the 2x2 merge
-                    tokens[f"{column}_image_tokens"] = int(b["image_grid_thw"].prod(-1).sum()) // 4
+            self.stats["collate_s"].append(middle - start)
+            self.stats["model_s"].append(end - middle)
+            self.stats["loss"].append(float(out["loss"]))
+        if not self.tokens:
+            self.tokens = batch_tokens(batch)
+
+
+def measured_steps(step: Steps, chunks: list[list[dict]], args: argparse.Namespace) -> dict | None:
+    """Warm-up + timed steps and their peak memory; None (after printing the error line) when out of memory."""
+    import torch
 
     hwm = reset_peak_rss()
     rss_base = proc_kb("VmRSS")
-    if cuda:
+    if step.cuda:
         torch.cuda.reset_peak_memory_stats()
         gpu_base = torch.cuda.memory_allocated()
     try:
@@ -344,45 +297,76 @@ def worker(args: argparse.Namespace) -> None:
         if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
             raise
         print(json.dumps({"error": f"out of memory: {str(exc).splitlines()[0][:200]}"}))
-        return
+        return None
     rss_peak = peak_rss_kb(hwm)
-    gpu_peak = torch.cuda.max_memory_allocated() if cuda else 0
+    gpu_peak = torch.cuda.max_memory_allocated() if step.cuda else 0
+    return {"rss_mb": max(rss_peak - rss_base, 0) / 1024, "rss_base_mb": rss_base / 1024,
+            "cuda_mb": (gpu_peak - gpu_base) / 2**20 if step.cuda else None,
+            "cuda_total_mb": gpu_peak / 2**20 if step.cuda else None}
 
-    # profiled step (untimed): forward time of the vision tower, through hooks
+
+def profiled_step(step: Steps, embedder, chunk: list[dict]) -> dict:
+    """One untimed step with the vision tower's forward time measured through hooks."""
     visual = vision_tower(embedder)
     vision = {"s": 0.0, "calls": 0}
     if visual is not None:
         def pre(*_):
-            sync()
+            sync(step.cuda)
             vision["t0"] = time.perf_counter()
 
         def post(*_):
-            sync()
+            sync(step.cuda)
             vision["s"] += time.perf_counter() - vision["t0"]
             vision["calls"] += 1
 
         handles = [visual.register_forward_pre_hook(pre), visual.register_forward_hook(post)]
     start = time.perf_counter()
-    step(chunks[-1], False)
+    step(chunk, False)
     profiled_s = time.perf_counter() - start
     if visual is not None:
         for h in handles:
             h.remove()
+    return {"profiled_step_s": profiled_s, "vision_forward_s": vision["s"], "vision_calls": vision["calls"]}
 
+
+def worker(args: argparse.Namespace) -> None:
+    import resource
+
+    import torch
+
+    if not args.device.startswith("cuda"):  # fail with an allocation error, not the machine's OOM killer
+        limit = int(args.memory_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    packs = json.loads(Path(args.rows).read_text())
+    embedder = build_embedder(args)
+    attach_training(embedder, args)
+    loss, collate = side_loss(embedder, args)
+    if args.gradient_checkpointing:
+        loss.gradient_checkpointing_enable()
+    params = [p for p in loss.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    n_steps = args.warmup + args.steps + 1  # + 1 profiled step
+    chunks = [packs[k * args.packs:(k + 1) * args.packs] for k in range(n_steps)]
+    if any(len(c) != args.packs for c in chunks):
+        raise SystemExit(f"{len(packs)} packs given, {n_steps * args.packs} needed.")
+    step = Steps(loss, collate, optimizer, args.device)
+    memory = measured_steps(step, chunks, args)
+    if memory is None:
+        return
+    profile = profiled_step(step, embedder, chunks[-1])
     pairs = K * args.packs
+    stats = step.stats
     step_s = [c + m for c, m in zip(stats["collate_s"], stats["model_s"])]
-    trainable = sum(p.numel() for p in params)
     print(json.dumps({
         "side": args.side, "pairs_per_step": pairs,
         "step_s": statistics.median(step_s), "collate_s": statistics.median(stats["collate_s"]),
         "model_s": statistics.median(stats["model_s"]),
         "pairs_per_s": pairs / statistics.median(step_s),
-        "model_pairs_per_s": pairs / statistics.median(stats["model_s"]),
-        "rss_mb": max(rss_peak - rss_base, 0) / 1024, "rss_base_mb": rss_base / 1024,
-        "cuda_mb": (gpu_peak - gpu_base) / 2**20 if cuda else None,
-        "cuda_total_mb": gpu_peak / 2**20 if cuda else None,
-        "profiled_step_s": profiled_s, "vision_forward_s": vision["s"], "vision_calls": vision["calls"],
-        "loss": stats["loss"], "trainable": trainable, "threads": torch.get_num_threads(), **tokens}))
+        "model_pairs_per_s": pairs / statistics.median(stats["model_s"]), **memory, **profile,
+        "loss": stats["loss"], "trainable": sum(p.numel() for p in params), "threads": torch.get_num_threads(),
+        **step.tokens}))
 
 
 # ------------------------------------------------------------------------------------------------------ parent

@@ -77,15 +77,16 @@ def load_row(name: str, models: dict[str, str]) -> tuple[Any, dict[str, Any]]:
 
 def trained_methods(folder: Path) -> dict[str, str]:
     """Train the SimCSE-family methods into ``folder`` (``bench/methods.py --keep``; cached, so only missing models
-    train) and return ``{method: folder/method/final}``."""
-    from methods import METHODS
-
+    train) and return ``{method: folder/method/final}``, in the order of the cache it writes
+    (``folder/methods.json``: every method it trained or kept, in its order)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / "bench" / "methods.py"), "--keep", str(folder), "--cache",
-           str(folder / "methods.json"), "--out", str(folder / "methods.md")]
+    cache = folder / "methods.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "methods.py"), "--keep", str(folder), "--cache", str(cache),
+           "--out", str(folder / "methods.md")]
     print("training the methods:", " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
-    return {name: str(folder / name / "final") for name in METHODS if (folder / name / "final").is_dir()}
+    methods = json.loads(cache.read_text())["methods"]
+    return {name: str(folder / name / "final") for name in methods if (folder / name / "final").is_dir()}
 
 
 def run_task(task: str, embedder: Any, files: dict[str, Path], batch_size: int) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def markdown(rows: list[str], results: dict[str, dict], notes: dict[str, str], a
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=None,
                         help="comma-separated rows (default: untrained, default, the --model names, then the peers)")
@@ -168,8 +169,11 @@ def main() -> None:
     parser.add_argument("--stsb-dev", type=Path, default=DATA / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv")
     parser.add_argument("--trecqa-dev", type=Path, default=DATA / "trecqa" / "dev.csv")
     parser.add_argument("--msrp-val", type=Path, default=DATA / "msrp" / "msr-para-val.tsv")
-    args = parser.parse_args()
+    return parser, parser.parse_args()
 
+
+def chosen_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The rows to score and the trained model folders by row name (``--model``, ``--methods``)."""
     models: dict[str, str] = {}
     for spec in args.model:
         name, sep, path = spec.partition("=")
@@ -187,12 +191,40 @@ def main() -> None:
     unknown = [r for r in rows if r not in known]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {known} (a trained folder: --model NAME=PATH)")
+    return rows, models
+
+
+def score_row(row: str, embedder: Any, model: dict, cache: dict, files: dict[str, Path], hashes: dict[str, str],
+              args: argparse.Namespace) -> dict:
+    """The row's cached entry with every task scored: cached scores are kept when the model and the task's
+    settings are unchanged; each new score is written to ``--cache`` at once."""
+    cached = cache["rows"].get(row, {})
+    if cached.get("model") != model:
+        cached = {"model": model, "tasks": {}}
+    for task in TASKS:
+        settings = jsonable({"file": str(files[task]), "sha256": hashes[task], "batch_size": args.batch_size})
+        entry = cached["tasks"].get(task)
+        if entry and entry.get("settings") == settings:
+            print(f"  {task}: from {args.cache}", flush=True)
+            continue
+        start = time.time()
+        scores = run_task(task, embedder, files, args.batch_size)
+        cached["tasks"][task] = jsonable({**scores, "settings": settings, "seconds": round(time.time() - start, 1)})
+        cache["rows"][row] = cached
+        args.cache.write_text(json.dumps(cache, indent=1) + "\n")
+        shown = {k: round(v, 2) for k, v in scores.items() if k in ("spearman", "map", "mrr@10", "ap")}
+        print(f"  {task}: {shown} ({time.time() - start:.0f} s)", flush=True)
+    return cached
+
+
+def main() -> None:
+    parser, args = parse_args()
+    rows, models = chosen_rows(parser, args)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from mmembed.data.formats import DataError
-    from mmembed.errors import ModelNotFoundError
+    from mmembed.errors import DataError, ModelNotFoundError
     from mmembed.eval.report import describe_model, sha256
 
     if args.threads:
@@ -221,23 +253,7 @@ def main() -> None:
         model = jsonable({**how, "describe": describe_model(embedder)})
         print(f"  loaded in {time.time() - start:.0f} s (fingerprint {model['describe'].get('weights_fingerprint')})",
               flush=True)
-        cached = cache["rows"].get(row, {})
-        if cached.get("model") != model:
-            cached = {"model": model, "tasks": {}}
-        for task in TASKS:
-            settings = jsonable({"file": str(files[task]), "sha256": hashes[task], "batch_size": args.batch_size})
-            entry = cached["tasks"].get(task)
-            if entry and entry.get("settings") == settings:
-                print(f"  {task}: from {args.cache}", flush=True)
-                continue
-            start = time.time()
-            scores = run_task(task, embedder, files, args.batch_size)
-            cached["tasks"][task] = jsonable({**scores, "settings": settings, "seconds": round(time.time() - start, 1)})
-            cache["rows"][row] = cached
-            args.cache.write_text(json.dumps(cache, indent=1) + "\n")
-            shown = {k: round(v, 2) for k, v in scores.items() if k in ("spearman", "map", "mrr@10", "ap")}
-            print(f"  {task}: {shown} ({time.time() - start:.0f} s)", flush=True)
-        results[row] = cached
+        results[row] = score_row(row, embedder, model, cache, files, hashes, args)
         del embedder
         gc.collect()
         if torch.cuda.is_available():

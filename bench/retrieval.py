@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def make_pool(path: Path, n: int, dim: int, seed: int, chunk: int = 50_000) -> None:
     """Random unit vectors written chunk by chunk (never all in memory)."""
@@ -43,7 +41,8 @@ def make_pool(path: Path, n: int, dim: int, seed: int, chunk: int = 50_000) -> N
 def run(method: str, pool_path: Path, queries_path: Path, k: int, block_size: int, out: Path) -> None:
     """One measurement (in a fresh process)."""
     import torch
-    from _measure import peak_rss_kb, reset_peak_rss
+
+    from mmembed.measure import peak_rss_kb, reset_peak_rss
 
     queries = np.load(queries_path)
     hwm = reset_peak_rss()

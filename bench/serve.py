@@ -44,7 +44,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from encode import load_sentences, minilm_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -73,8 +72,11 @@ def free_port() -> int:
 
 
 def sentences(n: int) -> list[str]:
+    """The first ``n`` distinct sentences of STS-B train (as bench/encode.py encodes), else numbered test sentences."""
     if (DATA / "senteval").is_dir():
-        return load_sentences(DATA, n)
+        from mmembed.textio import distinct_fields
+
+        return distinct_fields(DATA / "senteval/STS/STSBenchmark/sts-train.csv", slice(5, 7), n)
     from mmembed.testing import CORPUS
 
     return [f"{CORPUS[i % len(CORPUS)]} ({i})" for i in range(n)]
@@ -331,7 +333,9 @@ def main() -> int:
     print("| model | server | clients | sentences/s | requests/s | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")
     rows: list[dict] = []
-    paths = {"default": None, "minilm": str(minilm_folder())}
+    from mmembed.defaults import offline_model_path
+
+    paths = {"default": None, "minilm": offline_model_path("all-MiniLM-L6-v2")}
     for model in args.models.split(","):
         run_model(model, paths[model], args, texts, rows)
     ratios(rows, args.clients)

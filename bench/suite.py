@@ -18,10 +18,10 @@ Benchmarks (``--only`` takes a comma-separated subset, in this order):
 - ``gradcache``: ``bench/gradcache.py``, a contrastive step at batch 256 with gradient caching vs batch 16 / 256;
 - ``muco``: ``bench/muco.py``, MuCo multi-turn packing vs single-turn batches of the same pairs (tiny model);
 - ``grace``: ``bench/grace.py``, the GRACE GRPO step split into generation / reward / update;
-- ``elastic``: the throughput half of ``bench/elastic.py`` only. That script always trains a model (60 steps) unless
-  ``--trained`` is given, and always scores STS-B, so the suite calls its ``throughputs`` on the untrained default
-  model (``mmembed.load(base_model())``, the Starbucks template and pooling) at 30 (full) / 20 / 15 / 10 layers
-  in a subprocess (this script with ``--elastic-worker``); the quality numbers are in ``bench/elastic.md``;
+- ``elastic``: the throughput half of ``bench/elastic.py`` only (``--speed-only``: without it the script trains a
+  model for 60 steps unless ``--trained`` is given, and scores STS-B): its ``throughputs`` on the untrained default
+  model (``mmembed.load(base_model())``, the Starbucks template and pooling) at 30 (full) / 20 / 15 / 10 layers;
+  the quality numbers are in ``bench/elastic.md``;
 - ``retrieval``: ``bench/retrieval.py``, exact top-k from disk (mmembed) vs a full in-RAM matmul vs faiss;
 - ``gpu``: ``bench/gpu.py --compile --mini-batch 256``, the Qwen2-VL-2B LoRA training step at batch 1,024 (MFU) and
   encode throughput; only where CUDA is available. Elsewhere its section says so and points to the recorded GPU
@@ -64,9 +64,6 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-DATA = ROOT.parent / "shared" / "data"
-STSB_DEV = DATA / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv"
-ELASTIC_LAYERS = (30, 20, 15, 10)
 RESULT_TAG = "<!-- suite-result "
 LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [^]]*\] \[(DEBUG|INFO|WARNING)\]")  # library logging on stdout (deepspeed)
 NUM = r"([0-9]+(?:\.[0-9]+)?|nan|inf)"
@@ -78,7 +75,7 @@ Headline = Callable[[str], tuple[str, bool | None]]
 @dataclass
 class Benchmark:
     name: str
-    script: str  # path relative to the repository root (the suite itself for elastic)
+    script: str  # path relative to the repository root
     compares: str
     goal: str | None
     args: list[str]
@@ -235,14 +232,14 @@ BENCHMARKS = [
         None, [], ["--steps", "1", "--prompts", "1", "--generations", "2", "--completion-tokens", "8"],
         grace_headline, tiny_in_quick=True, progress=re.compile(r"^(\{.*\}|\s*)$")),
     Benchmark(
-        "elastic", "bench/suite.py",
+        "elastic", "bench/elastic.py",
         "encode throughput of SmolLM2-135M with early exit at 20 / 15 / 10 layers vs the full 30 layers "
         "(`throughputs` of bench/elastic.py on the untrained model, STS-B dev sentences, batch 32); the STS-B "
         "quality of the trained model at each cut is in bench/elastic.md (not re-measured: that needs 60 training "
         "steps)",
         ">= 1.8x throughput at half the layers (issue #8; its Spearman half: bench/elastic.md)",
-        ["--elastic-worker", "--sentences", "512", "--repeats", "3"],
-        ["--elastic-worker", "--sentences", "64", "--repeats", "1"], elastic_headline,
+        ["--speed-only", "--sentences", "512", "--repeats", "3"],
+        ["--speed-only", "--sentences", "64", "--repeats", "1"], elastic_headline,
         short_goal=">= 1.8x throughput at half the layers (speed half only; Spearman: bench/elastic.md)",
         progress=re.compile(r"^\{.*\}$")),
     Benchmark(
@@ -267,38 +264,6 @@ BENCHMARKS = [
         short_goal=">= 1.0x infinity, >= 3x naive at 32 clients; p50 <= 1.2x encode"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
-
-
-# ------------------------------------------------------------------------------------------------ elastic worker
-
-
-def elastic_worker(sentences: int, repeats: int) -> None:
-    """Throughput at each early-exit depth on the untrained model, as bench/elastic.py measures it."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(BENCH))
-    import elastic
-    import torch
-    import yaml
-
-    import mmembed
-    from mmembed.defaults import base_model
-    from mmembed.eval.sts import read_sts_benchmark
-
-    first, second, _ = read_sts_benchmark(STSB_DEV)
-    config = yaml.safe_load((ROOT / elastic.CONFIG).read_text())
-    model = mmembed.load(base_model(), template=mmembed.PromptTemplate(text=config["template_text"]),
-                         pooling=config["pooling"])
-    texts = list(dict.fromkeys(first + second))[:sentences]
-    rates = elastic.throughputs(model, texts, list(ELASTIC_LAYERS), repeats)
-    full = rates[ELASTIC_LAYERS[0]]
-    print(f"untrained SmolLM2-135M ({elastic.CONFIG} template / pooling), {len(texts)} STS-B dev sentences, batch 32, "
-          f"best of {repeats} interleaved rounds, {torch.get_num_threads()} torch threads")
-    print()
-    print("| layers | sentences/s | speed-up vs full |")
-    print("|---|---|---|")
-    for layer, rate in rates.items():
-        print(f"| {layer} | {rate:.1f} | {rate / full:.2f}x |")
-    print(json.dumps({"per_second": rates}))
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -504,13 +469,7 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep the successful sections already in --out (same --quick setting)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default: no limit)")
-    parser.add_argument("--elastic-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--sentences", type=int, default=512, help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.elastic_worker:
-        elastic_worker(args.sentences, args.repeats)
-        return 0
     # a SIGTERM ends the running benchmark's process group too (run_benchmark), not just this process
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     order = [n.strip() for n in args.only.split(",") if n.strip()]

@@ -3,15 +3,22 @@
 Each builder writes a complete model folder (config, safetensors, tokenizer, processor, chat template) in well
 under a second, exactly as a real checkpoint is laid out, so tests and recipe smoke runs exercise the real
 loading path: ``mmembed.load(build_tiny_qwen2_vl(tmp_path))``. Weights are seeded and deterministic.
+:func:`qwen2_vl_2b_random` builds a real-size Qwen2-VL-2B embedder with random weights in memory instead (benchmarks:
+``bench/muco.py``, ``bench/gpu.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .model_folder import quiet_transformers
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+    from .inputs import PromptTemplate
 
 CORPUS = [
     "A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
@@ -148,6 +155,65 @@ def build_tiny_llava(folder: str | Path, *, emb_token: bool = False, seed: int =
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     return _save(model, processor, Path(folder))
+
+
+# Qwen2-VL-2B-Instruct's config.json (the vision tower's out hidden_size is the LM's hidden size)
+QWEN2_VL_2B_TEXT = {"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                    "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+                    "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": True,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                        "mrope_section": [16, 24, 24]}}
+QWEN2_VL_2B_VISION = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "mlp_ratio": 4, "num_heads": 16,
+                      "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                      "hidden_act": "quick_gelu"}
+#: the image processor's pixel limits MuCo trains with (256 to 1280 visual tokens of 28 x 28 pixels)
+MUCO_MIN_PIXELS, MUCO_MAX_PIXELS = 256 * 28 * 28, 1280 * 28 * 28
+
+
+def qwen2_vl_2b_random(template: PromptTemplate, pooling: str | dict = "last", *, layers: int | None = None,
+                       dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu", seed: int = 0,
+                       min_pixels: int = MUCO_MIN_PIXELS, max_pixels: int = MUCO_MAX_PIXELS) -> Embedder:
+    """An :class:`~mmembed.embedder.Embedder` over a randomly initialised Qwen2-VL-2B-Instruct-sized model, built in
+    memory on ``device`` (no weights on disk): the real config (:data:`QWEN2_VL_2B_TEXT`,
+    :data:`QWEN2_VL_2B_VISION`), :func:`build_tokenizer`'s offline byte-level tokenizer with ``<|emb|>`` (a few
+    hundred tokens, so texts take about 3x more tokens than with Qwen's vocabulary) and an image-only processor.
+    The embedder holds the ``Qwen2VLModel`` (what ``mmembed.load`` gives for a real checkpoint). ``layers`` shrinks
+    both the language model and the vision tower (CPU smoke runs); ``seed`` seeds the weights."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .backbone import Backbone
+    from .embedder import Embedder
+    from .processing import processor_class_for
+
+    markup = "<|vision_start|><|image_pad|><|vision_end|>"
+    tokenizer = build_tokenizer(QWEN_SPECIALS, markup, emb_token=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    text = {**QWEN2_VL_2B_TEXT, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": None}
+    vision = dict(QWEN2_VL_2B_VISION)
+    if layers:
+        text["num_hidden_layers"] = vision["depth"] = layers
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                           video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                           vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    processor_cls = processor_class_for(type(config))
+    image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                              chat_template=tokenizer.chat_template)
+    previous = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    torch.set_default_dtype(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    try:
+        with torch.device(device):
+            full = Qwen2VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model = full.model  # Qwen2VLModel: what AutoModel (mmembed.load) gives for a real checkpoint
+    del full
+    backbone = Backbone(model.eval(), processor, template, name_or_path="qwen2-vl-2b-random")
+    return Embedder(backbone, pooling)
 
 
 def sample_images(n: int = 3, size: tuple[int, int] = (64, 48)):

@@ -1,7 +1,8 @@
-"""Reading the files every layer reads: UTF-8 text lines, JSON-lines records, SICK's tab-separated columns, and
-image paths confined to a declared root. Every problem raises :class:`~mmembed.errors.DataError` (or the subclass a
-caller passes as ``error``) naming the file and line. Training readers (:mod:`mmembed.data.formats`) and evaluation
-suites (:mod:`mmembed.eval`) both build on this module, so evaluation does not import ``data``."""
+"""Reading the files every layer reads: UTF-8 text lines, JSON-lines records, SICK's tab-separated columns, image
+paths confined to a declared root, and the distinct values of tab-separated columns (benchmark sentence pools).
+Every problem raises :class:`~mmembed.errors.DataError` (or the subclass a caller passes as ``error``) naming the
+file and line. Training readers (:mod:`mmembed.data.formats`) and evaluation suites (:mod:`mmembed.eval`) both build
+on this module, so evaluation does not import ``data``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 from .errors import DataError
 
-__all__ = ["SICK_COLUMNS", "decode_line", "iter_jsonl", "parse_json_object", "read_text", "resolve_image",
-           "sick_lines", "text_lines"]
+__all__ = ["SICK_COLUMNS", "decode_line", "distinct_fields", "iter_jsonl", "parse_json_object", "read_text",
+           "resolve_image", "sick_lines", "text_lines"]
 
 
 def decode_line(raw: bytes, where: str, error: type[DataError] = DataError) -> str:
@@ -111,3 +112,25 @@ def sick_lines(path: str | Path, columns: Sequence[str],
         if len(fields) <= max(index):
             raise error(f"{path}:{number}: {len(fields)} fields, expected at least {max(index) + 1}.")
         yield f"{path}:{number}", [fields[i] for i in index]
+
+
+def distinct_fields(path: str | Path, fields: slice, n: int) -> list[str]:
+    """The first ``n`` distinct non-empty values of the tab-separated ``fields`` of a UTF-8 text file, in file order
+    and as written (no normalisation; quotes are literal): e.g. ``slice(5, 7)`` of STS-B train, the pool of sentences
+    the speed benchmarks encode (``bench/encode.py``, ``bench/serve.py``). Reading stops once ``n`` are found; a file
+    that is missing or not UTF-8 raises :class:`DataError` naming it (text mode reads in blocks: no line number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist (or is not a file).")
+    seen: dict[str, None] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                for value in line.rstrip("\n").split("\t")[fields]:
+                    if value and len(seen) < n:
+                        seen.setdefault(value, None)
+                if len(seen) >= n:
+                    break
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); re-save the file as UTF-8.") from None
+    return list(seen)
