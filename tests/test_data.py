@@ -406,12 +406,11 @@ def test_rows_of_a_mixture_that_differ_are_named_by_file_and_line(tmp_path):
     """A mixture of files whose rows have different numbers of positives: the first row that differs is named by its
     file:line (the readers' rows keep it through slicing and joining), against the first row's."""
     from mmembed.data.formats import Rows
-    from mmembed.train.arguments import DataArguments
-    from mmembed.train.build import load_datasets
+    from mmembed.data.readers import read_parts
 
     one = _write(tmp_path / "a.jsonl", [{"anchor": f"a{i}", "positive": f"p{i}"} for i in range(3)])
     (tmp_path / "b.jsonl").write_text('\n{"anchor": "b0", "positive": ["x", "y"]}\n')  # its row is on line 2
-    parts = load_datasets(DataArguments(train_file=f"{one},{tmp_path / 'b.jsonl'}", max_train_samples=2))
+    parts = read_parts(f"{one},{tmp_path / 'b.jsonl'}", "triplets", max_rows=2)
     assert [p.where for p in parts] == [[f"{one}:1", f"{one}:2"], [f"{tmp_path / 'b.jsonl'}:2"]]
     with pytest.raises(DataError) as error:
         to_dataset(Rows.join(parts))
@@ -535,7 +534,7 @@ def test_two_processes_one_without_hard_negatives_equal_one_process(qwen2_path, 
 
 def test_a_triplet_file_with_rows_without_negatives_trains(qwen2_path, tmp_path):
     from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-    from mmembed.train.build import build_trainer
+    from mmembed.train.methods.contrastive import build_trainer
 
     data = _mixed_rows(tmp_path / "mixed.jsonl")
     args = ContrastiveTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3,

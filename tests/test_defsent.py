@@ -265,3 +265,22 @@ def test_staged_recipe_rebuilds_targets_with_the_previous_stage_and_restarts_fro
         f"and its model card README.md).")
     assert (out / "README.md").read_text() == card and (out / "final" / "mmembed_config.json").is_file()
 
+
+
+def test_defsent_refuses_the_contrastive_options_it_has_no_use_for(tmp_path):
+    """DefSent+ classifies against frozen entry embeddings with a fixed temperature: ``symmetric`` and
+    ``learnable_temperature`` were parsed and silently dropped; now the run stops at once with one line naming
+    them (before any model or entry is loaded)."""
+    from mmembed.errors import ConfigError
+    from mmembed.train.methods.runner import run_method
+
+    base = ["--train_file", str(_definitions_file(tmp_path)), "--output_dir", str(tmp_path / "out"), "--report_to",
+            "none"]
+    with pytest.raises(ConfigError) as error:
+        run_method("defsent", [*base, "--symmetric", "true", "--learnable_temperature", "true"])
+    assert str(error.value) == ("defsent classifies definitions against frozen entry embeddings with a fixed "
+                                "temperature: symmetric and learnable_temperature have no meaning there; remove them "
+                                "(or set false).")
+    with pytest.raises(ConfigError, match=r"temperature: symmetric has no meaning there; remove it \(or set false\)"):
+        run_method("defsent", [*base, "--symmetric", "true"])
+    assert not (tmp_path / "out" / "entries.json").exists()

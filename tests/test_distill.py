@@ -272,7 +272,7 @@ def test_recipe_distills_a_tiny_model_toward_the_teacher(qwen2_path, tmp_path, m
 def test_graded_pairs_map_gold_scores_to_the_unit_interval():
     """STS-B 0-5 -> / 5; SICK relatedness 1-5 -> (s - 1) / 4: the cosine task's targets, checked on the files'
     first rows by hand."""
-    recipe = _recipe()
+    from mmembed.train.methods import distill as recipe  # the graded readers of the recipe
     stsb = ROOT.parent / "shared" / "data" / "senteval" / "STS" / "STSBenchmark" / "sts-train.csv"
     fields = stsb.read_text(encoding="utf-8").splitlines()[0].split("\t")
     row = recipe.graded_rows(str(stsb), "stsb")[0]
@@ -297,13 +297,14 @@ def test_cosent_ignores_ties_and_is_zero_free_when_all_gold_scores_are_equal():
 
 
 def test_graded_files_mix_with_one_format_each(tmp_path):
-    recipe = _recipe()
+    from mmembed.train.arguments import DataArguments
+    from mmembed.train.methods import distill as recipe
     data = ROOT.parent / "shared" / "data"
     stsb = data / "senteval" / "STS" / "STSBenchmark" / "sts-train.csv"
     args = recipe.DistillArguments(task="cosent")
-    mixed = recipe.training_rows(recipe.DataArguments(train_file=f"{stsb},{data / 'sick'}",
+    mixed = recipe.training_rows(DataArguments(train_file=f"{stsb},{data / 'sick'}",
                                                       train_format="stsb,sick_relatedness"), args)
     assert len(mixed) == len(recipe.graded_rows(str(stsb), "stsb")) + len(recipe.graded_rows(str(data / "sick"),
                                                                                               "sick_relatedness"))
     with pytest.raises(ValueError, match="2 train files but 3 train formats"):
-        recipe.training_rows(recipe.DataArguments(train_file=f"{stsb},{stsb}", train_format="stsb,stsb,stsb"), args)
+        recipe.training_rows(DataArguments(train_file=f"{stsb},{stsb}", train_format="stsb,stsb,stsb"), args)

@@ -141,3 +141,31 @@ def test_trecqa_bad_rows_name_the_line_even_after_multiline_fields(tmp_path):
         read_trecqa(path)
     path.write_text(ok)
     assert read_trecqa(path) == [("Where?", ["A sentence\nthat spans two lines.", "Elsewhere."], [1, 0])]
+
+
+def test_one_beir_reader_serves_local_retrieval_and_mteb_tasks(tmp_path):
+    """``read_beir`` and mteb's local tasks read through ``eval.beir.read_beir_folder``: the same entries; the two
+    differ only in their policy (images, and an unknown id in qrels: an error here, skipped and warned for mteb)."""
+    from mmembed.eval.beir import BeirEntry, read_beir_folder
+
+    folder = build_beir(tmp_path / "beir")
+    data = read_beir_folder(folder, error=RetrievalDataError)
+    queries, corpus, qrels = read_beir(folder)
+    assert data.corpus["d1"] == BeirEntry(f"{folder}/corpus.jsonl:2", DOCS[1], "Doc", None)
+    assert corpus == {d: f"{e.title} {e.text}".strip() for d, e in data.corpus.items()}
+    assert qrels == data.qrels
+    assert list(queries) == [q for q in data.queries if q in qrels] == [f"q{i}" for i in range(5)]
+    with (folder / "qrels" / "test.tsv").open("a") as f:
+        f.write("q1\tmissing-doc\t1\n")
+    with pytest.raises(RetrievalDataError) as error:
+        read_beir_folder(folder, error=RetrievalDataError)
+    assert str(error.value) == f"{folder}/qrels/test.tsv:10: document missing-doc is not in corpus.jsonl."
+    lenient = read_beir_folder(folder, unknown_ids="skip")
+    assert lenient.skipped == [f"{folder}/qrels/test.tsv:10"] and lenient.qrels == qrels
+    (folder / "cat.png").write_bytes(b"png")
+    with (folder / "corpus.jsonl").open("a") as f:
+        f.write(json.dumps({"_id": "img", "image": "cat.png"}) + "\n")
+    assert read_beir_folder(folder, images=True, unknown_ids="skip").corpus["img"] == BeirEntry(
+        f"{folder}/corpus.jsonl:9", None, "", str((folder / "cat.png").resolve()))
+    with pytest.raises(RetrievalDataError, match=r"corpus.jsonl:9: missing field\(s\) \['text'\] \(a BEIR corpus "):
+        read_beir(folder)

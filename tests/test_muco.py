@@ -204,7 +204,7 @@ def test_finetune_stage_trains_on_mmeb_rows_with_captions(tmp_path):
     embeddings per conversation, the four-term loss decreasing over a few steps on a fixed batch."""
     from mmembed.synthetic import SyntheticConfig, generate
     from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-    from mmembed.train.muco import MuCoArguments, build_muco_trainer
+    from mmembed.train.methods.muco import MuCoArguments, build_muco_trainer
 
     data = generate(tmp_path / "syn", SyntheticConfig(image_size=56, n_eval_queries=2, n_train_per_task=4,
                                                       n_muco_images=2, n_mbeir_queries=2))

@@ -22,7 +22,8 @@ from mmembed.data.dataset import to_dataset
 from mmembed.data.samplers import NoDuplicatesBatchSampler
 from mmembed.errors import DataError, RunStateError
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-from mmembed.train.build import build_embedder, build_trainer
+from mmembed.train.build import build_embedder
+from mmembed.train.methods.contrastive import build_trainer
 from mmembed.train.run import parse_recipe_args
 
 ROOT = Path(__file__).resolve().parents[1]

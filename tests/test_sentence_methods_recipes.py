@@ -65,7 +65,7 @@ def test_every_method_learns_on_a_fixed_batch(method, qwen2_path, tmp_path):
     a fixed batch (same dropout masks; the queue / bank / momentum state restored for the comparison)."""
     from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
     from mmembed.train.build import build_embedder
-    from mmembed.train.methods import MethodArguments, build_method_trainer
+    from mmembed.train.methods.simcse import MethodArguments, build_method_trainer
 
     data = DataArguments(train_file=str(SICK), train_format="sick", max_train_samples=8)
     batch_size = 16 if method == "whitened" else 4  # whitening needs rows well above the group width
@@ -80,7 +80,7 @@ def test_every_method_learns_on_a_fixed_batch(method, qwen2_path, tmp_path):
     ipw = {}
     if method == "debcse":  # thresholds where this random model's neighbour similarities lie
         from mmembed.data.formats import read_sick_triplets
-        from mmembed.train.methods import sentences_of
+        from mmembed.data.rows import sentences_of
 
         texts = sentences_of([read_sick_triplets(SICK)[:8]])
         vectors = torch.tensor(np.asarray(embedder.encode(texts))).reshape(len(texts), -1)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import mmembed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-from mmembed.train.build import build_trainer
+from mmembed.train.methods.contrastive import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SICK = ROOT.parent / "shared" / "data" / "sick"

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .rows import Row, row, side, text_row
+
 _WORD = re.compile(r"\w+")
 
 
@@ -87,7 +89,7 @@ def surface_neighbours(sentences: Sequence[str], k: int) -> list[list[tuple[int,
 
 
 def select_pairs(sentences: Sequence[str], embeddings: np.ndarray, config: IPWConfig | None = None
-                 ) -> tuple[list[dict], list[dict]]:
+                 ) -> tuple[list[Row], list[Row]]:
     """``(triplets, pairs)``: a positive and a hard negative per anchor, drawn by IPW weight; anchors without a
     negative candidate come back as pairs. ``embeddings`` are the reference encoder's, one row per sentence."""
     config = config or IPWConfig()
@@ -122,9 +124,8 @@ def select_pairs(sentences: Sequence[str], embeddings: np.ndarray, config: IPWCo
     triplets, pairs = [], []
     for i, anchor in enumerate(sentences):
         positive = sentences[chosen["positive"].get(i, i)]
-        row = {"anchor": {"text": anchor, "image": None}, "positive": {"text": positive, "image": None}}
         if i in chosen["negative"]:
-            triplets.append({**row, "negative": {"text": sentences[chosen["negative"][i]], "image": None}})
+            triplets.append(row(side(anchor), side(positive), side(sentences[chosen["negative"][i]])))
         else:
-            pairs.append(row)
+            pairs.append(text_row(anchor, positive))
     return triplets, pairs

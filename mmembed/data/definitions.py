@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .collator import content_key
 from .formats import DataError
+from .rows import Row, row, side
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -88,9 +89,9 @@ def read_entries(path: str | Path, *, max_entries: int | None = None, min_defini
     return entries
 
 
-def definition_rows(entries: list[Entry]) -> list[dict]:
+def definition_rows(entries: list[Entry]) -> list[Row]:
     """One training row per (entry, definition): ``{"anchor": {"text", "image"}, "entry": entry index}``."""
-    return [{"anchor": {"text": d, "image": None}, "entry": i} for i, e in enumerate(entries) for d in e.definitions]
+    return [row(side(d), entry=i) for i, e in enumerate(entries) for d in e.definitions]
 
 
 def definition_dataset(entries: list[Entry]) -> Dataset:

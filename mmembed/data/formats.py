@@ -1,7 +1,8 @@
 """Readers for the training formats. Each returns rows ``{"anchor", "positive"[, "negative"]}`` whose values are
 ``{"text": str | None, "image": str | None}`` (``negative`` may be a list of them; ``read_mmeb_train`` adds a
-``caption`` key to every side), ready for ``datasets.Dataset``. ``read_multiturn`` returns multi-turn rows instead:
-``{"image", "pairs": [{"query": [paraphrases], "positive", "kind"}]}``.
+``caption`` key to every side; the shapes are typed in :mod:`mmembed.data.rows`), ready for ``datasets.Dataset``.
+``read_multiturn`` returns multi-turn rows instead: ``{"image", "pairs": [{"query": [paraphrases], "positive",
+"kind"}]}``. Every format by its ``train_format`` name: :mod:`mmembed.data.readers`.
 
 Image paths are resolved inside a declared image root (a path that leaves it is an error). A bad record raises
 :class:`DataError` with its file and line (``file:row N`` in a ``.parquet`` file, N counted from 0), or, with
@@ -23,6 +24,7 @@ from ..errors import DataError
 from ..textio import SICK_COLUMNS, iter_jsonl, read_text, resolve_image, sick_lines, text_lines
 from ..textio import decode_line as _decode
 from ..textio import parse_json_object as _parse_json
+from .rows import Side, grace_row, row, side, text_row
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def _text(value: Any, where: str, name: str = "text") -> str | None:
 SIDE_KEYS = ("text", "image_path", "image")
 
 
-def _side(value: Any, root: Path | None, where: str) -> dict[str, str | None]:
+def _side(value: Any, root: Path | None, where: str) -> Side:
     if isinstance(value, str):
         value = {"text": value}
     if not isinstance(value, dict):
@@ -77,7 +79,7 @@ def _side(value: Any, root: Path | None, where: str) -> dict[str, str | None]:
     image = resolve_image(value.get("image_path") or value.get("image"), root, where)
     if text is None and image is None:
         raise DataError(f"{where}: neither text nor image.")
-    return {"text": text, "image": image}
+    return side(text, image)
 
 
 def _raw_records(path: Path) -> Iterator[tuple[str, bytes | dict]]:
@@ -149,7 +151,7 @@ def _read(path: str | Path, parse: Callable[[dict, str], dict], skip_bad: bool) 
     return rows
 
 
-def _sides(value: Any, root: Path | None, where: str) -> list[dict[str, str | None]]:
+def _sides(value: Any, root: Path | None, where: str) -> list[Side]:
     """One side or a list of them (None -> no side)."""
     values = value if isinstance(value, list) else [] if value is None else [value]
     return [_side(v, root, f"{where}[{k}]" if len(values) > 1 else where) for k, v in enumerate(values)]
@@ -167,20 +169,17 @@ def read_triplets(path: str | Path, image_root: str | Path | None = None, skip_b
         missing = [k for k in ("anchor", "positive") if k not in record]
         if missing:
             raise DataError(f"{where}: missing {missing} (a triplet has 'anchor', 'positive' and 'negative').")
-        row = {"anchor": _side(record["anchor"], root, f"{where} anchor")}
+        anchor = _side(record["anchor"], root, f"{where} anchor")
         positives = _sides(record["positive"], root, f"{where} positive")
         if not positives:
             raise DataError(f"{where}: 'positive' is empty; give one positive (or a list of them).")
         if first and len(positives) != first[0][0]:
             raise DataError(f"{where}: {len(positives)} positives, but {first[0][1]} has {first[0][0]}; every row "
                             f"of a file needs the same number of positives.")
-        row["positive"] = positives[0] if len(positives) == 1 else positives
         negatives = _sides(record.get("negative"), root, f"{where} negative")
-        if negatives:
-            row["negative"] = negatives
         if not first:
             first.append((len(positives), where))
-        return row
+        return row(anchor, positives[0] if len(positives) == 1 else positives, negatives or None)
 
     return _read(path, parse, skip_bad)
 
@@ -194,7 +193,7 @@ def read_pairs(path: str | Path, image_root: str | Path | None = None, skip_bad:
         positive = record.get("positive", record.get("document"))
         if query is None or positive is None:
             raise DataError(f"{where}: a pair needs 'query' (or 'anchor') and 'positive' (or 'document').")
-        return {"anchor": _side(query, root, f"{where} query"), "positive": _side(positive, root, f"{where} positive")}
+        return row(_side(query, root, f"{where} query"), _side(positive, root, f"{where} positive"))
 
     return _read(path, parse, skip_bad)
 
@@ -260,14 +259,9 @@ def read_mmeb_train(path: str | Path, image_root: str | Path | None = None, skip
     def parse(record: dict, where: str) -> dict:
         if "qry" not in record or "pos_text" not in record:
             raise DataError(f"{where}: an MMEB-train row needs 'qry' and 'pos_text'.")
-        row = {"anchor": side(record["qry"], record.get("qry_image_path"), record.get("qry_sentence"),
-                              f"{where} qry"),
-               "positive": side(record["pos_text"], record.get("pos_image_path"), record.get("pos_sentence"),
-                                f"{where} pos")}
-        found = negatives(record, where)
-        if found:
-            row["negative"] = found
-        return row
+        return row(side(record["qry"], record.get("qry_image_path"), record.get("qry_sentence"), f"{where} qry"),
+                   side(record["pos_text"], record.get("pos_image_path"), record.get("pos_sentence"), f"{where} pos"),
+                   negatives(record, where) or None)
 
     return _read(path, parse, skip_bad)
 
@@ -387,18 +381,17 @@ def read_grace(path: str | Path, skip_bad: bool = False) -> list[dict]:
         if missing:
             raise DataError(f"{where}: {missing} missing or not a non-empty string (a GRACE row has 'query', "
                             f"'positive' and optionally 'negative').")
-        row = {"text": _text(record["positive"], where, "positive"), "query": _text(record["query"], where, "query")}
-        if record.get("negative") is not None:
-            if _text(record["negative"], where, "negative") is None:
-                raise DataError(f"{where}: 'negative' must be a non-empty string.")
-            row["negative"] = record["negative"]
-        if first and first[0][0] != ("negative" in row):
-            raise DataError(f"{where}: {'a' if 'negative' in row else 'no'} 'negative', but {first[0][1]} has "
+        text, query = _text(record["positive"], where, "positive"), _text(record["query"], where, "query")
+        if record.get("negative") is not None and _text(record["negative"], where, "negative") is None:
+            raise DataError(f"{where}: 'negative' must be a non-empty string.")
+        out = grace_row(text, query, record.get("negative"))
+        if first and first[0][0] != ("negative" in out):
+            raise DataError(f"{where}: {'a' if 'negative' in out else 'no'} 'negative', but {first[0][1]} has "
                             f"{'one' if first[0][0] else 'none'}; a GRACE file gives every row a negative or "
                             f"none.")
         if not first:
-            first.append(("negative" in row, where))
-        return row
+            first.append(("negative" in out, where))
+        return out
 
     return _read(path, parse, skip_bad)
 
@@ -408,7 +401,7 @@ def read_sentences(path: str | Path) -> list[dict]:
     lines = [line.strip() for _, line in text_lines(path) if line.strip()]
     if not lines:
         raise DataError(f"{path}: no sentences (one sentence a line, UTF-8).")
-    return [{"anchor": {"text": s, "image": None}, "positive": {"text": s, "image": None}} for s in lines]
+    return [text_row(s, s) for s in lines]
 
 
 SICK_SPLITS = {"train": "SICK_train.txt", "trial": "SICK_trial.txt"}
@@ -445,8 +438,7 @@ def read_sick_triplets(folder: str | Path, split: str = "train") -> list[dict]:
         anchor, positive = (first, second) if first in contradictions else (second, first)
         negatives = contradictions.get(anchor)
         if negatives:
-            rows.append({"anchor": {"text": anchor, "image": None}, "positive": {"text": positive, "image": None},
-                         "negative": [{"text": negatives[k % len(negatives)], "image": None}]})
+            rows.append(text_row(anchor, positive, negatives[k % len(negatives)]))
     if not rows:
         raise DataError(f"{path}: no triplets (no ENTAILMENT pair has a sentence with a CONTRADICTION); train on "
                         f"another split or format.")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Sequence
 
+from .rows import Row, text_row
+
 DUP_RATE = 0.32  # ESimCSE, BERT-base (run.sh)
 MAX_DUP = 10  # ESimCSE caps the repetitions at 10
 
@@ -36,7 +38,7 @@ def repeat_words(text: str, rng: random.Random, dup_rate: float = DUP_RATE, max_
 
 
 def context_pairs(documents: Sequence[Sequence[str]], window: int = 1, groups: Sequence[int] | None = None
-                  ) -> list[dict]:
+                  ) -> list[Row]:
     """CCP rows: each sentence with each neighbour at most ``window`` sentences away in its document. With
     ``groups`` (one id per document, e.g. its language) the rows carry ``"bank_group"`` for the memory banks."""
     if window < 1:
@@ -46,9 +48,6 @@ def context_pairs(documents: Sequence[Sequence[str]], window: int = 1, groups: S
         for i, anchor in enumerate(sentences):
             for j in range(max(0, i - window), min(len(sentences), i + window + 1)):
                 if j != i:
-                    row = {"anchor": {"text": anchor, "image": None},
-                           "positive": {"text": sentences[j], "image": None}}
-                    if groups is not None:
-                        row["bank_group"] = int(groups[d])
-                    rows.append(row)
+                    extra = {"bank_group": int(groups[d])} if groups is not None else {}
+                    rows.append(text_row(anchor, sentences[j], **extra))
     return rows

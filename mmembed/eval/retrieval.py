@@ -9,23 +9,24 @@ TREC-QA (``qtext,label,atext`` CSV): each question ranks its own candidate sente
 "clean" setting drops questions without any correct answer (AP undefined) and questions whose candidates are all
 correct (every ranking scores 1); both counts are recorded.
 
-The readers check every line before anything is encoded: a line that is not UTF-8, a missing or non-string field,
-an empty query, document or answer sentence, a duplicate id, a relevance score that is not a finite number, or a
-qrels line naming an unknown query or document raises :class:`RetrievalDataError` naming the file and line.
+The readers check every line before anything is encoded (BEIR folders: :mod:`mmembed.eval.beir`, the reader shared
+with mteb's local tasks): a line that is not UTF-8, a missing or non-string field, an empty query, document or answer
+sentence, a duplicate id, a relevance score that is not a finite number, or a qrels line naming an unknown query or
+document raises :class:`RetrievalDataError` naming the file and line.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from ..textio import iter_jsonl, read_text, text_lines
+from ..textio import read_text
+from .beir import read_beir_folder
 from .encoding import EmbeddingCache, encode_side
 from .metrics import average_precision, mean, ndcg_at_k, rank, recall_at_k, reciprocal_rank
 from .search import topk_search
@@ -35,70 +36,16 @@ class RetrievalDataError(DataError):
     """A retrieval file that cannot be used; the message names the file and line."""
 
 
-def _jsonl(path: Path, required: tuple[str, ...]) -> dict[str, tuple[str, dict]]:
-    """``{id: (file:line, record)}`` of a BEIR JSON-lines file; ids are strings (numbers are written as strings)."""
-    if not path.is_file():
-        raise RetrievalDataError(f"{path} not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
-    rows: dict[str, tuple[str, dict]] = {}
-    for where, record in iter_jsonl(path, RetrievalDataError):
-        absent = [k for k in required if k not in record]
-        if absent:
-            raise RetrievalDataError(f"{where}: missing field(s) {absent}.")
-        for key in ("text", "title"):
-            if record.get(key) is not None and not isinstance(record[key], str):
-                raise RetrievalDataError(f"{where}: '{key}' must be a string, got {type(record[key]).__name__}.")
-        if not isinstance(record["_id"], (str, int)) or isinstance(record["_id"], bool):
-            raise RetrievalDataError(f"{where}: '_id' must be a string, got {type(record['_id']).__name__}.")
-        key = str(record["_id"])
-        if key in rows:
-            raise RetrievalDataError(f"{where}: duplicate _id {key!r} (first at {rows[key][0]}).")
-        rows[key] = (where, record)
-    return rows
-
-
-def _qrels(path: Path, queries: dict, corpus: dict) -> dict[str, dict[str, int]]:
-    """``{qid: {doc_id: relevance}}`` from a BEIR qrels TSV (an optional ``query-id`` header first)."""
-    if not path.is_file():
-        raise RetrievalDataError(f"{path} not found.")
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in text_lines(path, RetrievalDataError):
-        parts = line.split("\t")
-        if not line.strip() or (number == 1 and parts[0].strip().lower() == "query-id"):  # the header, if any
-            continue
-        if len(parts) < 3:
-            raise RetrievalDataError(f"{path}:{number}: expected query-id, corpus-id, score.")
-        qid, doc = parts[0], parts[1]
-        try:
-            value = float(parts[2])
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise RetrievalDataError(f"{path}:{number}: score {parts[2]!r} is not a finite number.")
-        if qid not in queries or doc not in corpus:
-            raise RetrievalDataError(f"{path}:{number}: {'query ' + qid if qid not in queries else 'document ' + doc}"
-                                     f" is not in {'queries' if qid not in queries else 'corpus'}.jsonl.")
-        qrels.setdefault(qid, {})[doc] = int(value)
-    return qrels
-
-
 def read_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """``(queries, corpus, qrels)``: ``{qid: text}``, ``{doc_id: "title text"}``, ``{qid: {doc_id: relevance}}``.
+    """``(queries, corpus, qrels)``: ``{qid: text}``, ``{doc_id: "title text"}``, ``{qid: {doc_id: relevance}}``
+    (:func:`~mmembed.eval.beir.read_beir_folder`, text only; a qrels line naming an unknown id is an error).
 
     Only queries with at least one judged document are kept (as BEIR and MTEB do).
     """
-    folder = Path(folder)
-    corpus, queries = {}, {}
-    for doc, (where, r) in _jsonl(folder / "corpus.jsonl", ("_id", "text")).items():
-        corpus[doc] = f"{r.get('title') or ''} {r['text'] or ''}".strip()
-        if not corpus[doc]:
-            raise RetrievalDataError(f"{where}: document {doc!r} has neither text nor title; remove it or fill it in.")
-    for qid, (where, r) in _jsonl(folder / "queries.jsonl", ("_id", "text")).items():
-        if not (r["text"] or "").strip():
-            raise RetrievalDataError(f"{where}: query {qid!r} has an empty text; remove it or fill it in.")
-        queries[qid] = r["text"]
-    qrels = _qrels(folder / "qrels" / f"{split}.tsv", queries, corpus)
-    queries = {q: t for q, t in queries.items() if q in qrels}
-    return queries, corpus, qrels
+    data = read_beir_folder(folder, split, error=RetrievalDataError)
+    corpus = {doc: f"{e.title} {e.text or ''}".strip() for doc, e in data.corpus.items()}
+    queries = {qid: e.text for qid, e in data.queries.items() if qid in data.qrels}
+    return queries, corpus, data.qrels
 
 
 def retrieval_scores(rankings: list[list[str]], relevant: list[dict[str, int]],

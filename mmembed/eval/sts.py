@@ -20,15 +20,16 @@ undefined there) raise :class:`STSDataError` naming the file and line (or the fi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..textio import sick_lines, text_lines
+from ..stsio import SICK_FILES, STSB_FILES, STSDataError, check_scorable, read_sick, read_sts_benchmark
+from ..stsio import gold_score as _gold
+from ..stsio import sentence_pair as _pair
+from ..stsio import sts_lines as _lines
 from .encoding import EmbeddingCache
 from .metrics import mean, spearman
 
@@ -41,12 +42,6 @@ STS_YEARS: dict[str, list[str]] = {
     "STS16": ["answer-answer", "headlines", "plagiarism", "postediting", "question-question"],
 }
 TEST_TASKS = [*STS_YEARS, "STSBenchmark", "SICKRelatedness"]
-STSB_FILES = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
-SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
-
-
-class STSDataError(DataError):
-    """An STS file that cannot be read; the message names the file and line."""
 
 
 @dataclass
@@ -60,42 +55,6 @@ class STSTask:
     gold: np.ndarray
     files: list[Path]
     subsets: dict[str, slice] = field(default_factory=dict)
-
-
-def _normalise(sentence: str) -> str:
-    return " ".join(sentence.split())
-
-
-def _lines(path: Path) -> list[str]:
-    return [line for _, line in text_lines(path, STSDataError)]
-
-
-def _pair(first: str, second: str, where: str) -> tuple[str, str]:
-    """The two whitespace-normalised sentences of a pair; an empty one is an error."""
-    first, second = _normalise(first), _normalise(second)
-    if not first or not second:
-        raise STSDataError(f"{where}: empty sentence; remove the line or fill in both sentences.")
-    return first, second
-
-
-def _gold(value: str, where: str, name: str = "gold score") -> float:
-    """A gold score: a finite number."""
-    try:
-        number = float(value)
-    except ValueError:
-        hint = "missing" if not value.strip() else f"{value!r} is not a number"
-        raise STSDataError(f"{where}: {name} {hint}; fix the line or remove the pair.") from None
-    if not math.isfinite(number):
-        raise STSDataError(f"{where}: {name} {value!r} is not a finite number; fix the line or remove the pair.")
-    return number
-
-
-def check_scorable(gold: np.ndarray, where: str) -> None:
-    """Refuse gold scores Spearman cannot be computed on: fewer than two, or all equal."""
-    if len(gold) < 2:
-        raise STSDataError(f"{where}: {len(gold)} pair(s) with a gold score; Spearman needs at least 2.")
-    if np.ptp(gold) == 0:
-        raise STSDataError(f"{where}: every gold score is {gold[0]:g}; Spearman needs at least two different ones.")
 
 
 def read_sts_year(folder: Path, name: str, subsets: list[str]) -> STSTask:
@@ -124,35 +83,6 @@ def read_sts_year(folder: Path, name: str, subsets: list[str]) -> STSTask:
         spans[subset] = slice(start, len(gold))
         check_scorable(np.array(gold[start:]), f"{scores} ({name} {subset})")
     return STSTask(name, "test", first, second, np.array(gold), files, spans)
-
-
-def read_sts_benchmark(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """STS-B in the SentEval layout: tab-separated ``genre, file, year, id, score, sentence1, sentence2``."""
-    first, second, scores = [], [], []
-    for number, line in enumerate(_lines(Path(path)), start=1):
-        fields = line.split("\t")
-        if len(fields) < 7:
-            raise STSDataError(f"{path}:{number}: {len(fields)} fields, expected at least 7.")
-        scores.append(_gold(fields[4], f"{path}:{number}", "score"))
-        a, b = _pair(fields[5], fields[6], f"{path}:{number}")
-        first.append(a)
-        second.append(b)
-    check_scorable(np.array(scores), str(path))
-    return first, second, np.array(scores)
-
-
-def read_sick(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """SICK relatedness: a header naming ``sentence_A``, ``sentence_B``, ``relatedness_score`` (tab-separated, as
-    ``pair_ID, sentence_A, sentence_B, relatedness_score, entailment_judgment``), then one pair a line
-    (:func:`~mmembed.textio.sick_lines`)."""
-    first, second, scores = [], [], []
-    for where, (a, b, score) in sick_lines(path, ("sentence_A", "sentence_B", "relatedness_score"), STSDataError):
-        scores.append(_gold(score, where, "relatedness"))
-        pair = _pair(a, b, where)
-        first.append(pair[0])
-        second.append(pair[1])
-    check_scorable(np.array(scores), str(path))
-    return first, second, np.array(scores)
 
 
 def load_senteval(root: str | Path, splits: tuple[str, ...] = ("test", "dev"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..data.formats import READERS
+from ..data.readers import reader_names
 from ..eval.sts import read_sts_benchmark
 from ..pooling import Pooler
 from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Rule, check_fields, integer, list_of, number, one_of
@@ -22,7 +22,7 @@ from .distributed import pin_memory_field
 #: ``pooling`` values (``special_token:<token>`` names the pooled token)
 POOLINGS = tuple(dict.fromkeys(("last", "mean", "mean_excluding_prefix", "cls", *sorted(Pooler.registry))))
 #: ``train_format`` values across the recipes (each recipe accepts its own subset; several comma-separated)
-TRAIN_FORMATS = (*READERS, "sick", "sentences", "documents", "stsb", "sick_relatedness", "teacher_scores")
+TRAIN_FORMATS = tuple(name for name in reader_names() if name != "grace")  # GRACE reads its own (GraceArguments)
 
 
 def _is_dtype(value: str) -> bool:

@@ -1,23 +1,17 @@
-"""Wiring from recipe arguments to library objects: the Embedder (with LoRA), the data, the trainer."""
+"""The Embedder a recipe trains: loaded with the template and pooler of its arguments, LoRA attached (or a saved
+adapter loaded to go on training). The data: :mod:`mmembed.data.readers`; the trainers: :mod:`mmembed.train.methods`."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from transformers import set_seed
 
 from .. import lora
-from ..data.collator import ContrastiveCollator
-from ..data.dataset import to_dataset
-from ..data.formats import READERS, Rows, read_sentences, read_sick_triplets
 from ..defaults import base_model
 from ..embedder import Embedder
-from ..errors import ConfigError, DataError
 from ..inputs import PromptTemplate
-from ..losses import ContrastiveLoss, InfoNCELoss
-from .arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-from .trainer import EmbeddingTrainer
+from .arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -69,54 +63,3 @@ def build_embedder(args: ModelArguments, seed: int | None = None, **load_options
         logger.info("compiled %d layers", embedder.backbone.compile_layers())
     embedder.backbone.model.train()
     return embedder
-
-
-def read_rows(path: str, args: DataArguments) -> list[dict]:
-    if args.train_format == "sick":
-        rows = read_sick_triplets(path)
-    elif args.train_format == "sentences":
-        rows = read_sentences(path)
-    elif args.train_format in READERS:
-        rows = READERS[args.train_format](path, args.image_root, args.skip_bad_records)
-    else:
-        raise ConfigError(f"train_format={args.train_format!r}; choose one of "
-                         f"{sorted([*READERS, 'sick', 'sentences'])}.")
-    return rows[: args.max_train_samples] if args.max_train_samples else rows
-
-
-def load_datasets(args: DataArguments) -> list[list[dict]]:
-    """The rows of each training file (``train_file`` may list several, comma-separated, or name a folder, whose
-    ``*.jsonl`` files are taken in name order: a mixture; a SICK folder is one dataset)."""
-    if args.train_file is None:
-        raise ConfigError("no training data: set train_file (and train_format).")
-    paths = []
-    for entry in (p.strip() for p in args.train_file.split(",") if p.strip()):
-        if Path(entry).is_dir() and args.train_format in READERS:
-            files = sorted(str(f) for f in Path(entry).glob("*.jsonl"))
-            if not files:
-                raise DataError(f"train_file folder {entry} holds no *.jsonl files.")
-            paths += files
-        else:
-            paths.append(entry)
-    if args.dataset_weights is not None and len(args.dataset_weights) != len(paths):
-        raise ConfigError(f"{len(args.dataset_weights)} dataset_weights for {len(paths)} train files.")
-    return [read_rows(p, args) for p in paths]
-
-
-def build_trainer(model_args: ModelArguments, data_args: DataArguments,
-                  training_args: ContrastiveTrainingArguments, embedder: Embedder | None = None) -> EmbeddingTrainer:
-    """The LCO-style trainer: InfoNCE with gradient caching over the rows of ``data_args`` (read first: a bad row
-    stops the run before the model loads). Without ``embedder``, it is built from ``model_args`` with
-    ``training_args.seed`` (one seed fixes the LoRA init and the data order)."""
-    parts = load_datasets(data_args)
-    embedder = embedder or build_embedder(model_args, seed=training_args.seed)
-    loss = ContrastiveLoss(
-        embedder,
-        InfoNCELoss(temperature=training_args.temperature, learnable_temperature=training_args.learnable_temperature,
-                    symmetric=training_args.symmetric, gather_across_devices=training_args.gather_across_devices),
-        mini_batch_size=training_args.mini_batch_size, mini_batch_tokens=training_args.mini_batch_tokens)
-    collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
-                                   with_prefix_lengths=embedder.needs_prefix_lengths)
-    return EmbeddingTrainer(model=loss, args=training_args, train_dataset=to_dataset(Rows.join(parts)),
-                            data_collator=collator, dataset_sizes=[len(p) for p in parts],
-                            dataset_weights=data_args.dataset_weights)

@@ -13,9 +13,9 @@ from .. import defaults
 from ..backbone import load_base_model, resolve_model_path
 from ..data.formats import read_sick_triplets, text_lines
 from ..data.multicsr import FILTER_PRESETS, MultiCSRConfig, read_report, write_triplets
+from ..data.rows import sentences_of
 from ..files import check_output_file
 from .checks import POSITIVE_INT, Rule, check_fields
-from .methods import sentences_of
 
 FILTER_TYPE = Rule(lambda v: type(v) is int and v in FILTER_PRESETS, f"one of {', '.join(map(str, FILTER_PRESETS))}")
 

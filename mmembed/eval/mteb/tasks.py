@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...textio import iter_jsonl, resolve_image
+from ...textio import iter_jsonl
+from ..beir import BeirEntry, read_beir_folder
 from .errors import TaskFileError
 
 if TYPE_CHECKING:
@@ -40,37 +41,10 @@ def _files_hash(*paths: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _read_side(path: Path, folder: Path, kind: str) -> tuple[list[str], dict[str, list], list[str]]:
-    """``corpus.jsonl`` / ``queries.jsonl`` -> ids, columns (text, title, image paths) and the modalities present."""
-    ids: list[str] = []
-    texts: list[str | None] = []
-    titles: list[str] = []
-    images: list[str | None] = []
-    seen: set[str] = set()
-    for where, row in iter_jsonl(path):
-        if "_id" not in row:
-            fields = '"_id", "title", "text"' if kind == "corpus" else '"_id", "text"'
-            raise TaskFileError(f"{where}: missing '_id' (a BEIR {kind} line is {{{fields}}}, optionally with "
-                                f"\"image\").")
-        doc_id = str(row["_id"])
-        if doc_id in seen:
-            raise TaskFileError(f"{where}: duplicate _id {doc_id!r}.")
-        seen.add(doc_id)
-        text, image = row.get("text"), row.get("image")
-        title = (row.get("title") or "") if kind == "corpus" else ""  # queries have no title
-        for field, value in (("text", text), ("title", title), ("image", image)):
-            if value is not None and not isinstance(value, str):
-                raise TaskFileError(f"{where}: '{field}' must be a string, got {type(value).__name__}.")
-        if image is not None:
-            image = resolve_image(str(image), folder, where)  # inside the task folder
-        if not (text or "").strip() and not title.strip() and image is None:
-            raise TaskFileError(f"{where}: {kind} entry {doc_id!r} has no text and no image.")
-        ids.append(doc_id)
-        texts.append(text)
-        titles.append(title)
-        images.append(image)
-    if not ids:
-        raise TaskFileError(f"{path}: no {kind} entries.")
+def _columns(entries: dict[str, BeirEntry], kind: str) -> tuple[list[str], dict[str, list], list[str]]:
+    """The ids, columns (text, title, image paths) and modalities present of one side of a BEIR folder."""
+    values = list(entries.values())
+    texts, titles, images = [e.text for e in values], [e.title for e in values], [e.image for e in values]
     modalities = []
     if any((t or "").strip() for t in texts) or any(titles):
         modalities.append("text")
@@ -83,28 +57,7 @@ def _read_side(path: Path, folder: Path, kind: str) -> tuple[list[str], dict[str
             columns["title"] = titles
     if "image" in modalities:
         columns["image"] = images
-    return ids, columns, modalities
-
-
-def _read_qrels(path: Path) -> list[tuple[int, str, str, int]]:
-    rows = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if number == 1 and [f.strip().lower() for f in fields[:2]] == ["query-id", "corpus-id"]:
-                continue  # the header
-            if len(fields) != 3:
-                raise TaskFileError(f"{path}:{number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                                    f"got {len(fields)}.")
-            try:
-                score = int(float(fields[2]))
-            except ValueError:
-                raise TaskFileError(f"{path}:{number}: score {fields[2]!r} is not a number.") from None
-            rows.append((number, fields[0].strip(), fields[1].strip(), score))
-    return rows
+    return list(entries), columns, modalities
 
 
 def _side_code(modalities: list[str]) -> str:
@@ -119,7 +72,9 @@ def retrieval_task_from_beir(folder: str | Path, name: str | None = None, split:
     ``qrels/<split>.tsv`` with the header ``query-id<TAB>corpus-id<TAB>score``. Corpus and query lines may also
     carry ``"image"``: an image path (relative to the folder), for text-image retrieval (the task becomes an
     ``Any2AnyRetrieval`` with category ``t2i``, ``i2t``, ``it2i``...). Main score: nDCG@10. The task's name is
-    ``name`` or the folder's name. Malformed lines raise :class:`TaskFileError` naming ``file:line``.
+    ``name`` or the folder's name. Malformed lines raise :class:`TaskFileError` naming ``file:line``
+    (:func:`mmembed.eval.beir.read_beir_folder`, the reader :func:`mmembed.eval.retrieval.read_beir` uses too);
+    qrels lines naming an unknown query or document are left out, with a warning.
     """
     from datasets import Dataset, Features, Image, Value
     from mteb import TaskMetadata
@@ -127,25 +82,14 @@ def retrieval_task_from_beir(folder: str | Path, name: str | None = None, split:
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 
     folder = Path(folder).expanduser()
-    corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", \
-        folder / "qrels" / f"{split}.tsv"
-    for path in (corpus_path, queries_path, qrels_path):
-        if not path.is_file():
-            raise TaskFileError(f"{folder} is not a BEIR folder: {path.relative_to(folder)} is missing (expected "
-                                f"corpus.jsonl, queries.jsonl and qrels/{split}.tsv).")
-    doc_ids, doc_columns, doc_modalities = _read_side(corpus_path, folder, "corpus")
-    query_ids, query_columns, query_modalities = _read_side(queries_path, folder, "query")
-    known_docs, known_queries = set(doc_ids), set(query_ids)
-    relevant: dict[str, dict[str, int]] = {}
-    missing: list[str] = []
-    for number, qid, did, score in _read_qrels(qrels_path):
-        if qid not in known_queries or did not in known_docs:
-            missing.append(f"{qrels_path}:{number}")
-            continue
-        relevant.setdefault(qid, {})[did] = score
-    if missing:
+    data = read_beir_folder(folder, split, images=True, unknown_ids="skip", error=TaskFileError)
+    corpus_path, queries_path, qrels_path = data.files
+    doc_ids, doc_columns, doc_modalities = _columns(data.corpus, "corpus")
+    query_ids, query_columns, query_modalities = _columns(data.queries, "query")
+    relevant = data.qrels
+    if data.skipped:
         logger.warning("%s: %d qrels line(s) name a query or document that is not in the files (first: %s); they "
-                       "are ignored.", qrels_path, len(missing), missing[0])
+                       "are ignored.", qrels_path, len(data.skipped), data.skipped[0])
     if not any(score > 0 for docs in relevant.values() for score in docs.values()):
         raise TaskFileError(f"{qrels_path}: no relevant (score > 0) pair between the queries and the corpus.")
     keep = [i for i, qid in enumerate(query_ids) if qid in relevant]

@@ -21,8 +21,8 @@ its definitions those of every synset listing it (:mod:`mmembed.data.definitions
 every process builds the (identical) targets itself; scores and files are the main process's.
 
 Of the shared training options, ``temperature``, ``mini_batch_size`` and ``mini_batch_tokens`` reach the loss;
-``learnable_temperature``, ``symmetric`` and ``gather_across_devices`` are accepted but not read (see
-:func:`train_stage`).
+``symmetric`` and ``learnable_temperature`` are refused (:func:`mmembed.train.methods.defsent.check_classification_options`)
+and ``gather_across_devices`` has nothing to gather (every process scores against all entries).
 """
 
 from __future__ import annotations
@@ -35,20 +35,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from safetensors.torch import save_file
 from transformers import set_seed
 
-from ..data.collator import ContrastiveCollator
-from ..data.definitions import Entry, definition_dataset, read_entries
-from ..errors import ConfigError
-from ..eval.sts import sts_benchmark_spearman
-from ..files import atomic_path, write_text
-from ..losses.defsent import SIMILARITIES, EntryClassificationLoss, entry_matrix
-from .arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
-from .build import build_embedder
-from .checks import POSITIVE_INT, check_fields, one_of
-from .trainer import EmbeddingTrainer
+from ...data.definitions import Entry, definition_dataset, read_entries
+from ...errors import ConfigError
+from ...eval.sts import sts_benchmark_spearman
+from ...files import atomic_path, write_text
+from ...losses.defsent import SIMILARITIES, EntryClassificationLoss, entry_matrix
+from ..arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
+from ..build import build_embedder
+from ..checks import POSITIVE_INT, check_fields, one_of
+from . import factory
+from .base import Method, RecipeArgs
 
 logger = logging.getLogger("defsent")
 
@@ -101,15 +102,10 @@ def train_stage(embedder, targets, dataset, data_args: DataArguments, defsent_ar
     """One stage's Trainer run (in ``training_args.output_dir``): ``embedder`` learns to classify each definition to
     its row of ``targets``; the model is exported to ``<output_dir>/final``."""
     embedder.train()
-    # NOTE (issue #25): training_args.learnable_temperature, .symmetric and .gather_across_devices are dropped here:
-    # EntryClassificationLoss takes none of them (no InfoNCE engine: info_nce is None), so they parse but do nothing.
     loss = EntryClassificationLoss(embedder, targets, similarity=defsent_args.similarity,
-                                   temperature=training_args.temperature,
-                                   mini_batch_size=training_args.mini_batch_size,
-                                   mini_batch_tokens=training_args.mini_batch_tokens)
-    collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
-                                   with_prefix_lengths=embedder.needs_prefix_lengths)
-    trainer = EmbeddingTrainer(model=loss, args=training_args, train_dataset=dataset, data_collator=collator)
+                                   temperature=training_args.temperature, **factory.caching(training_args))
+    trainer = factory.embedding_trainer(loss, training_args, [dataset], factory.contrastive_collator(embedder, data_args),
+                                        dataset=dataset)
     summary, final = trainer.train_and_export()
     del trainer, loss
     gc.collect()
@@ -178,3 +174,29 @@ def train_defsent(model_args: ModelArguments, data_args: DataArguments, defsent_
         result["sts_spearman"] = records[-1]["sts_spearman"]
         result["sts_spearman_stages"] = [r["sts_spearman"] for r in records]
     return result
+
+
+class DefSent(Method):
+    """The ``defsent`` recipe."""
+
+    name = "defsent"
+    arguments: ClassVar[dict[str, type]] = {"model": ModelArguments, "data": DataArguments,
+                                            "defsent": DefSentArguments, "training": ContrastiveTrainingArguments}
+
+    def run(self, args: RecipeArgs) -> dict:
+        """Refuse the contrastive options this loss has no use for, read the entries, train every stage."""
+        check_classification_options(args.training)
+        entries = prepare_entries(args.data, args.defsent, args.training)
+        return train_defsent(args.model, args.data, args.defsent, args.training, entries)
+
+
+def check_classification_options(args: ContrastiveTrainingArguments) -> None:
+    """DefSent+ classifies each definition against every entry embedding, frozen: there are no in-batch
+    candidates to take from other processes and no reverse (entry -> definition) direction, and its temperature is
+    fixed. ``symmetric`` and ``learnable_temperature`` set on are refused in one line; ``gather_across_devices``
+    (on by default for the contrastive methods) has nothing to gather and is not read."""
+    wrong = [name for name in ("symmetric", "learnable_temperature") if getattr(args, name)]
+    if wrong:
+        raise ConfigError(f"defsent classifies definitions against frozen entry embeddings with a fixed temperature: "
+                          f"{' and '.join(wrong)} {'have' if len(wrong) > 1 else 'has'} no meaning there; remove "
+                          f"{'them' if len(wrong) > 1 else 'it'} (or set false).")

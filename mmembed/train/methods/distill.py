@@ -26,26 +26,29 @@ measure the student's MSE to the teacher before and after training.
 from __future__ import annotations
 
 import gc
+import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..data import teacher_scores as ts
-from ..data.collator import ContrastiveCollator
-from ..data.dataset import to_dataset
-from ..embedder import Embedder
-from ..errors import ConfigError, DataError
-from ..eval.encoding import EmbeddingCache
-from ..eval.sts import SICK_FILES, read_sick, read_sts_benchmark, sts_benchmark_spearman
-from ..losses import InfoNCELoss
-from ..losses.distill import ALPHA, TASKS, DistillationLoss
-from . import teachers
-from .arguments import ContrastiveTrainingArguments, DataArguments
-from .build import read_rows
-from .checks import FRACTION, POSITIVE_INT, check_fields, integer, one_of
-from .trainer import EmbeddingTrainer
+from ...data import readers
+from ...data import teacher_scores as ts
+from ...embedder import Embedder
+from ...errors import ConfigError, DataError
+from ...eval.encoding import EmbeddingCache
+from ...eval.sts import sts_benchmark_spearman
+from ...losses.distill import ALPHA, TASKS, DistillationLoss
+from .. import teachers
+from ..arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
+from ..checks import FRACTION, POSITIVE_INT, check_fields, integer, one_of
+from ..trainer import EmbeddingTrainer
+from . import factory
+from .base import Method, RecipeArgs
 
+logger = logging.getLogger("distill")
+
+#: the formats whose rows carry a gold ``score`` (:mod:`mmembed.data.readers`)
 GRADED_FORMATS = ("stsb", "sick_relatedness")
 
 
@@ -75,39 +78,19 @@ class DistillArguments:
                             "distill_eval_pairs": integer(ge=0)})
 
 
-def _side(text: str) -> dict:
-    return {"text": text, "image": None}
-
-
 def graded_rows(path: str, train_format: str) -> list[dict]:
-    """STS-B or SICK-R pairs with the gold score mapped to [0, 1] (``score``)."""
-    if train_format == "stsb":
-        first, second, gold = read_sts_benchmark(path)
-        gold = gold / 5.0
-    else:
-        file = Path(path) / SICK_FILES["train"] if Path(path).is_dir() else Path(path)
-        first, second, gold = read_sick(file)
-        gold = (gold - 1.0) / 4.0
-    return [{"anchor": _side(a), "positive": _side(b), "score": float(g)} for a, b, g in zip(first, second, gold)]
+    """STS-B or SICK-R pairs with the gold score mapped to [0, 1] (``score``): the ``stsb`` and
+    ``sick_relatedness`` formats of :mod:`mmembed.data.readers`."""
+    return readers.read_rows(path, train_format)
 
 
 def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
     """The rows to train on (``teacher_scores`` format: already carrying their ``teacher_score``)."""
-    if data.train_file is None:
-        raise ConfigError("no training data: set train_file (and train_format).")
-    formats = data.train_format.split(",")
-    if set(formats) <= set(GRADED_FORMATS):  # graded files may be mixed: one format per comma-separated file
-        files = data.train_file.split(",")
-        formats = formats * len(files) if len(formats) == 1 else formats
-        if len(formats) != len(files):
-            raise ConfigError(f"{len(files)} train files but {len(formats)} train formats: give one format, or one "
-                             f"per file.")
-        rows = [row for file, fmt in zip(files, formats) for row in graded_rows(file, fmt)]
-    elif data.train_format == "teacher_scores":
-        scores = ts.read_teacher_scores(data.train_file, args.teacher_name)
-        rows = [{"anchor": _side(a), "positive": _side(b), "teacher_score": s} for (a, b), s in scores.items()]
-    else:
-        rows = read_rows(data.train_file, data)
+    if data.train_file is not None and data.train_format == "teacher_scores":  # one teacher's records
+        rows = readers.read_teacher_score_rows(data.train_file, args.teacher_name)
+    else:  # files may be mixed, one format per comma-separated file (e.g. stsb,sick_relatedness)
+        rows = [row for part in readers.read_parts(data.train_file, data.train_format, image_root=data.image_root,
+                                                   skip_bad_records=data.skip_bad_records) for row in part]
     rows = rows[: data.max_train_samples] if data.max_train_samples else rows
     if not rows:
         raise DataError(f"{data.train_file}: no training rows.")
@@ -174,42 +157,41 @@ def _scores(embedder, probe: list[dict], sts_file: str | None, suffix: str) -> d
     return result
 
 
-def score_before(embedder: Embedder, rows: list[dict], args: DistillArguments, data_args: DataArguments,
-                 training_args: ContrastiveTrainingArguments) -> dict:
-    """On the main process, the untrained student's ``teacher_mse_before`` on the first ``distill_eval_pairs`` rows
-    and, with ``eval_before_training``, its ``sts_spearman_before``; ``{}`` elsewhere or when both are off."""
-    probe = rows[: args.distill_eval_pairs]
-    sts_file = data_args.eval_sts_file if data_args.eval_before_training else None
-    if training_args.process_index != 0 or not (probe or sts_file):
-        return {}
-    embedder.eval()
-    result = _scores(embedder, probe, sts_file, "_before")
-    embedder.train()
-    return result
-
-
-def score_final(final: str, rows: list[dict], args: DistillArguments, data_args: DataArguments,
-                training_args: ContrastiveTrainingArguments) -> dict:
-    """The exported model's (LoRA merged) ``teacher_mse`` and, with ``eval_sts_file``, ``sts_spearman``; call it on
-    the main process only."""
-    probe = rows[: args.distill_eval_pairs]
-    if not (probe or data_args.eval_sts_file):
-        return {}
-    import mmembed
-
-    return _scores(mmembed.load(final, device=str(training_args.device)), probe, data_args.eval_sts_file, "")
-
-
 def build_distill_trainer(embedder: Embedder, rows: list[dict], args: DistillArguments, data_args: DataArguments,
                           training_args: ContrastiveTrainingArguments) -> EmbeddingTrainer:
     """The trainer of ``embedder`` on the teacher-scored ``rows``: :class:`DistillationLoss` over an InfoNCE engine
     (the temperature learnable only for ``task infonce``), the anchors prompted with ``query_prompt``."""
-    engine = InfoNCELoss(temperature=training_args.temperature,
-                         learnable_temperature=training_args.learnable_temperature and args.task == "infonce",
-                         symmetric=training_args.symmetric, gather_across_devices=training_args.gather_across_devices)
-    loss = DistillationLoss(embedder, engine, alpha=args.alpha, task=args.task,
-                            mini_batch_size=training_args.mini_batch_size,
-                            mini_batch_tokens=training_args.mini_batch_tokens)
-    collator = ContrastiveCollator(embedder.backbone, prompts={"anchor": data_args.query_prompt},
-                                   with_prefix_lengths=embedder.needs_prefix_lengths)
-    return EmbeddingTrainer(model=loss, args=training_args, train_dataset=to_dataset(rows), data_collator=collator)
+    engine = factory.info_nce(training_args,
+                              learnable_temperature=training_args.learnable_temperature and args.task == "infonce")
+    loss = DistillationLoss(embedder, engine, alpha=args.alpha, task=args.task, **factory.caching(training_args))
+    return factory.embedding_trainer(loss, training_args, [rows], factory.contrastive_collator(embedder, data_args))
+
+
+class Distill(Method):
+    """The ``distill`` recipe."""
+
+    name = "distill"
+    arguments: ClassVar[dict[str, type]] = {"model": ModelArguments, "data": DataArguments,
+                                            "distill": DistillArguments, "training": ContrastiveTrainingArguments}
+
+    def read_data(self, args: RecipeArgs) -> tuple[list[dict], dict]:
+        """The teacher-scored rows and the start of the result (one process scores, the others read the cache);
+        the student is built after, with the same LoRA init whether or not the teacher ran."""
+        return scored_rows(args.data, args.distill, args.training)
+
+    def start_result(self, args: RecipeArgs, data: tuple[list[dict], dict]) -> dict:
+        return dict(data[1])
+
+    def has_scores(self, args: RecipeArgs, data: Any) -> bool:
+        return bool(data[0][: args.distill.distill_eval_pairs] or args.data.eval_sts_file)
+
+    def score(self, embedder: Embedder, args: RecipeArgs, data: Any, before: dict | None = None) -> dict:
+        probe = data[0][: args.distill.distill_eval_pairs]
+        sts_file = args.data.eval_sts_file if before is not None or args.data.eval_before_training else None
+        scores = _scores(embedder, probe, sts_file, "") if probe or sts_file else {}
+        if before is not None and "sts_spearman" in scores:
+            logger.warning("distill: STS-B Spearman x100 of the trained model: %.2f", scores["sts_spearman"])
+        return scores
+
+    def build(self, args: RecipeArgs, embedder: Embedder, data: Any) -> EmbeddingTrainer:
+        return build_distill_trainer(embedder, data[0], args.distill, args.data, args.training)

@@ -24,6 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,19 +32,22 @@ import torch.nn.functional as F
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from ..data.formats import read_grace, read_sentences, read_sick_triplets
-from ..embedder import Embedder
-from ..errors import ConfigError, DataError
-from ..eval.retrieval import evaluate_retrieval
-from ..eval.sts import read_sts_benchmark, spearman_of_pairs
-from ..inputs import to_items
-from ..rationale import GRACE_SYSTEM_PROMPT
-from ..rewards import GraceReward, GraceRewardConfig
-from .arguments import TRAINER_RULES
-from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_fields, integer, one_of
-from .distributed import export_embedder, pin_memory_field
-from .logs import use_short_logs
-from .plots import save_curve
+from ...data.readers import read_rows
+from ...data.rows import grace_row
+from ...embedder import Embedder
+from ...errors import ConfigError, DataError
+from ...eval.retrieval import evaluate_retrieval
+from ...eval.sts import read_sts_benchmark, spearman_of_pairs
+from ...inputs import to_items
+from ...rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
+from ...rewards import GraceReward, GraceRewardConfig
+from ..arguments import TRAINER_RULES, ModelArguments
+from ..build import build_embedder
+from ..checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_fields, integer, one_of
+from ..distributed import export_embedder, pin_memory_field
+from ..logs import use_short_logs
+from ..plots import save_curve
+from .base import Method, RecipeArgs
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +116,15 @@ def grace_rows(args: GraceArguments) -> list[dict]:
     whose query is a second rollout of the same text (unsupervised)."""
     if args.train_file is None:
         raise ConfigError("no training data: set train_file (and train_format).")
-    if args.train_format == "grace":
-        rows = read_grace(args.train_file, skip_bad=args.skip_bad_records)
-    elif args.train_format == "sick":
-        rows = [{"text": r["positive"]["text"], "query": r["anchor"]["text"], "negative": r["negative"][0]["text"]}
-                for r in read_sick_triplets(args.train_file)]
-    elif args.train_format == "sentences":
-        rows = [{"text": r["anchor"]["text"], "query": r["anchor"]["text"]} for r in read_sentences(args.train_file)]
-    else:
+    if args.train_format not in GRACE_FORMATS:
         raise ConfigError(f"train_format={args.train_format!r}; choose grace, sick or sentences.")
-    return rows[: args.max_train_samples] if args.max_train_samples else rows
+    rows = read_rows(args.train_file, args.train_format, skip_bad_records=args.skip_bad_records,
+                     max_rows=args.max_train_samples)
+    if args.train_format == "sick":  # (sentence, entailed, contradicting): the policy writes for the entailed one
+        return [grace_row(r["positive"]["text"], r["anchor"]["text"], r["negative"][0]["text"]) for r in rows]
+    if args.train_format == "sentences":
+        return [grace_row(r["anchor"]["text"], r["anchor"]["text"]) for r in rows]
+    return rows
 
 
 def grace_dataset(embedder: Embedder, rows: list[dict], max_prompt_tokens: int) -> Dataset:
@@ -302,3 +305,40 @@ def train_grace(trainer: GraceTrainer, training_args: GraceConfig, before: dict)
         if curve is not None:
             result["reward_curve"] = str(curve)
     return result, final
+
+
+class Grace(Method):
+    """The ``grace`` recipe (the Quickstart's job)."""
+
+    name = "grace"
+    arguments: ClassVar[dict[str, type]] = {"model": ModelArguments, "grace": GraceArguments,
+                                            "training": GraceConfig}
+    defaults: ClassVar[dict[str, Any]] = {**GRPO_DEFAULTS, "chat": True, "system_prompt": GRACE_SYSTEM_PROMPT,
+                                          "pooling": "mean_excluding_prefix"}
+    print_everywhere = False
+
+    def read_data(self, args: RecipeArgs) -> None:
+        return None  # the rows are read with the tokenizer, by build_grace_trainer
+
+    def build_embedder(self, args: RecipeArgs) -> Embedder:
+        training = args.training
+        rationale = RationaleConfig(max_new_tokens=args.grace.rationale_max_tokens or training.max_completion_length)
+        return build_embedder(args.model, rationale=rationale)
+
+    def has_scores(self, args: RecipeArgs, data: Any) -> bool:
+        return bool(args.grace.eval_retrieval_dir or args.grace.eval_sts_file)
+
+    def score(self, embedder: Embedder, args: RecipeArgs, data: Any, before: dict | None = None) -> dict:
+        return held_apart_scores(embedder, args.grace, before=before)
+
+    def build(self, args: RecipeArgs, embedder: Embedder, data: Any) -> Any:
+        return build_grace_trainer(embedder, args.grace, args.training)
+
+    def train(self, trainer: Any, args: RecipeArgs) -> tuple[dict, str]:
+        summary, final = train_grace(trainer, args.training, before={})
+        return {**summary, "model": str(final)}, str(final)
+
+    def format_result(self, result: dict) -> str:
+        """The result as one JSON line starting ``{"train_seconds": ..., "steps": ...`` (what scripts look for)."""
+        first = {key: result[key] for key in ("train_seconds", "steps") if key in result}
+        return json.dumps({**first, **result})
