@@ -20,7 +20,7 @@ from mmembed.errors import InputError, ModelFolderError
 from mmembed.inputs import PromptTemplate
 from mmembed.rationale import RationaleConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.", "hi"]
 PROMPTS = {"query": "Instruct: Retrieve semantically similar text.\nQuery: ", "document": ""}
 SUFFIX = "{text}\nSummarize the above text in one word:"

@@ -244,7 +244,7 @@ def test_synthetic_training_files_are_read_and_captions_describe_their_images(tm
 def test_sick_triplets_follow_the_entailment_and_contradiction_labels():
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "sick"
+    folder = Path(__file__).resolve().parents[3] / "shared" / "data" / "sick"
     if not folder.is_dir():
         pytest.skip("needs ../shared/data/sick")
     rows = read_sick_triplets(folder)
@@ -447,12 +447,12 @@ def test_info_nce_with_a_different_number_of_hard_negatives_per_row_matches_the_
 
 
 def _mixed_loss(path, **kwargs):
-    from test_losses import _loss_with_lora
+    from support import loss_with_lora
 
     from mmembed.inputs import PromptTemplate
     from mmembed.losses import InfoNCELoss
 
-    loss = _loss_with_lora(path, PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True),
+    loss = loss_with_lora(path, PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True),
                            **kwargs)
     loss.info_nce = InfoNCELoss(temperature=0.05, hard_negative_weight=0.5)
     loss.model.backbone.model.eval()  # no dropout: runs in several processes compare exactly
@@ -462,7 +462,7 @@ def _mixed_loss(path, **kwargs):
 def test_a_mixed_batch_equals_the_reference_and_gradient_caching(qwen2_path, tmp_path):
     import torch
     import torch.nn.functional as F
-    from test_losses import _assert_same, _grads
+    from support import assert_same_step, grads_of
 
     from mmembed.data.collator import ContrastiveCollator
 
@@ -480,7 +480,7 @@ def test_a_mixed_batch_equals_the_reference_and_gradient_caching(qwen2_path, tmp
         logits[[6 + j for j, owner in enumerate(owners) if owner == i]] += 0.5
         terms.append(-logits.log_softmax(0)[i])
     assert torch.allclose(out["loss"], torch.stack(terms).mean(), atol=1e-5)
-    _assert_same(_grads(_mixed_loss(qwen2_path, mini_batch_size=2), batch), _grads(loss, batch))
+    assert_same_step(grads_of(_mixed_loss(qwen2_path, mini_batch_size=2), batch), grads_of(loss, batch))
 
 
 ORDER = [3, 4, 5, 0, 1, 2]  # the global batch: rows without hard negatives (rank 0), then 2, 0, 1 (rank 1)
@@ -491,7 +491,7 @@ def _mixed_worker(rank: int, world: int, port: int, path: str, data: str, out: s
     import os
 
     import torch.distributed as dist
-    from test_distributed import save_mean_step
+    from support import save_mean_step
 
     from mmembed.data.collator import ContrastiveCollator
 
@@ -512,13 +512,13 @@ def _mixed_worker(rank: int, world: int, port: int, path: str, data: str, out: s
 def test_two_processes_one_without_hard_negatives_equal_one_process(qwen2_path, tmp_path):
     import torch
     import torch.multiprocessing as mp
-    from test_distributed import _free_port
+    from support import free_port
 
     from mmembed.data.collator import ContrastiveCollator
 
     data = _mixed_rows(tmp_path / "mixed.jsonl")
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_mixed_worker, args=(2, _free_port(), str(qwen2_path), str(data), str(out)), nprocs=2,
+    mp.start_processes(_mixed_worker, args=(2, free_port(), str(qwen2_path), str(data), str(out)), nprocs=2,
                        start_method="spawn", join=True)
     distributed = torch.load(out)
     single = _mixed_loss(qwen2_path)

@@ -27,13 +27,15 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from support import free_port
+
 import mmembed
 from mmembed.inputs import PromptTemplate
 from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
 from mmembed.serve.server import build_server
 from mmembed.serve.settings import ServeSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
              "A cat sits on the mat."]
 
@@ -443,14 +445,10 @@ def test_an_input_error_inside_a_merged_batch_reaches_only_its_request(qwen2_emb
 
 
 # ---------------------------------------------------------------------------------------------------- process
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(qwen2_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "mmembed.cli", "serve", str(qwen2_path), "--port", str(port),
                                 "--dtype", "float32", "--device", "cpu", "--max-wait-ms", "1500",

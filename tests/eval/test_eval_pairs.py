@@ -19,7 +19,7 @@ from mmembed.eval.pairs import (
 )
 
 HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
-SHARED_MSRP = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrp" / "msr-para-val.tsv"
+SHARED_MSRP = Path(__file__).resolve().parents[3] / "shared" / "data" / "msrp" / "msr-para-val.tsv"
 
 
 def write_msrp(path: Path, rows: list[tuple[int, str, str]], header: str = HEADER) -> Path:

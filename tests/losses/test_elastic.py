@@ -203,7 +203,7 @@ def test_elastic_recipe_with_two_processes_exports_a_model_that_loads_cut(qwen2_
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", "ds_configs/accelerate/ddp.yaml",
            "recipes/simcse.py", "--config", "recipes/configs/simcse_tiny.yaml", "--model_name_or_path",

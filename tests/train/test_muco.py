@@ -179,7 +179,7 @@ def test_recipe_runs_two_steps_with_two_processes_under_zero2(tmp_path):
 
     from mmembed.synthetic import SyntheticConfig, generate
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     model = testing.build_tiny_qwen2_vl(tmp_path / "vl")  # no <|emb|> yet: the recipe adds it
     data = generate(tmp_path / "syn", SyntheticConfig(image_size=56, n_eval_queries=4, n_train_per_task=2,
                                                       n_muco_images=64, n_mbeir_queries=2))

@@ -14,7 +14,7 @@ from mmembed.cli import main
 from mmembed.eval.metrics import average_precision, reciprocal_rank
 from mmembed.eval.retrieval import RetrievalDataError, evaluate_retrieval, evaluate_trecqa, read_beir, read_trecqa
 
-SHARED_TRECQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "trecqa" / "dev.csv"
+SHARED_TRECQA = Path(__file__).resolve().parents[3] / "shared" / "data" / "trecqa" / "dev.csv"
 DOCS = ["Paris is the capital of France.", "The cat sleeps on the sofa.", "Stocks fell on Monday.",
         "A recipe for onion soup.", "Dogs are loyal animals.", "The Eiffel tower is in Paris.",
         "Guitars have six strings.", "Bread is baked in an oven."]

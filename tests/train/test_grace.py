@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
+from support import free_port
 
 import mmembed
 from mmembed import testing
@@ -26,7 +26,7 @@ from mmembed.errors import InputError
 from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
 from mmembed.rewards import GraceReward, GraceRewardConfig, grace_rewards, group_advantages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def unit(*v: float) -> list[float]:
@@ -175,10 +175,6 @@ def test_reward_object_matches_the_formula_on_its_own_embeddings(tiny_path):
     assert logged["grace/truncated"] == pytest.approx(1 / 8)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _reward_worker(rank: int, world: int, port: int, path: str, out: str) -> None:
@@ -212,7 +208,7 @@ def _reward_worker(rank: int, world: int, port: int, path: str, out: str) -> Non
 
 def test_reward_spread_over_two_processes_equals_one_process(tiny_path, tmp_path):
     out = tmp_path / "two.json"
-    mp.spawn(_reward_worker, args=(2, _free_port(), str(tiny_path), str(out)), nprocs=2, join=True)
+    mp.spawn(_reward_worker, args=(2, free_port(), str(tiny_path), str(out)), nprocs=2, join=True)
     model = rationale_embedder(tiny_path)
     one = GraceReward(model, GraceRewardConfig(), max_completion_length=5)(
         prompts=None, completions=None, completion_ids=_completions(model, 8), **CALL)

@@ -20,7 +20,7 @@ from mmembed.data.teacher_scores import TeacherScoreCache, pair_key, read_teache
 from mmembed.losses import DistillationLoss, InfoNCELoss
 from mmembed.train.teachers import EmbedderTeacher, load_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TAU = 0.05
 TEXTS = ["a cat sits on the mat", "a dog runs in the park", "the sun is bright today", "rain falls on the city",
          "a child reads a book", "two men play chess"]

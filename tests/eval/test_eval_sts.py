@@ -13,7 +13,7 @@ import mmembed
 from mmembed.cli import main
 from mmembed.eval.sts import STS_YEARS, STSDataError, evaluate_sts, load_senteval
 
-SHARED_SENTEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"
+SHARED_SENTEVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "senteval"
 SENTENCES = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
              "A cat sits on the mat.", "Two dogs run in the park.", "A woman slices an onion.",
              "Someone is cutting vegetables.", "Shares dropped after the report.", "A  kitten   rests on a rug.",

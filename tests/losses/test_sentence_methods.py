@@ -2,8 +2,8 @@
 shuffled group whitening, queues and memory banks, the view constructors, DebCSE's inverse propensity weights,
 CCP's one-sided batch norm, MultiCSR's score parsing, and the gathering pieces with two processes (gloo).
 
-On the tiny LLM with LoRA: tests/test_sentence_methods_lora.py; the recipes end to end:
-tests/test_sentence_methods_recipes.py."""
+On the tiny LLM with LoRA: tests/train/test_sentence_methods_lora.py; the recipes end to end:
+tests/train/test_sentence_methods_recipes.py."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from support import TAU
 
 from mmembed.data.views import context_pairs, repeat_words
 from mmembed.losses import InfoNCELoss
 from mmembed.losses.negatives import EmbeddingQueue, GroupedMemoryBank
 from mmembed.losses.whitening import ShuffledGroupWhitening, group_whiten
-
-TAU = 0.05
 
 
 def unit(rows):

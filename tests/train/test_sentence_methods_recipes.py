@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_sentence_methods_lora import SENTENCES
+from support import SENTENCES
 
-SICK = Path(__file__).resolve().parents[2] / "shared" / "data" / "sick"
+SICK = Path(__file__).resolve().parents[3] / "shared" / "data" / "sick"
 
 
 def _documents(tmp_path) -> Path:
@@ -37,7 +37,7 @@ def test_multicsr_data_recipe_with_smollm2_accounts_for_every_input_and_resumes(
 
     from mmembed.data.multicsr import curate
 
-    spec = importlib.util.spec_from_file_location("multicsr_data", Path(__file__).resolve().parents[1] / "recipes"
+    spec = importlib.util.spec_from_file_location("multicsr_data", Path(__file__).resolve().parents[2] / "recipes"
                                                   / "multicsr_data.py")
     recipe = importlib.util.module_from_spec(spec)
     sys.modules["multicsr_data"] = recipe  # dataclasses look their module up
@@ -119,7 +119,7 @@ def test_recipe_runs_with_two_processes(method, qwen2_path, tmp_path):
 
     import mmembed
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     extra = {"sup": ["--false_negative_threshold", "0.95", "--hard_negative_weight", "0.5"],
              "unsup": [], "debcse": ["--ipw_positive_min", "0.5", "--ipw_negative_max", "0.5"],
              "esimcse": [], "whitened": ["--per_device_train_batch_size", "8"],

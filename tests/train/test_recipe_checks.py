@@ -24,7 +24,7 @@ from mmembed.train import card
 from mmembed.train.logs import ShortPrinterCallback, ShortProgressCallback, short_line, use_short_logs
 from mmembed.train.run import run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SICK = ROOT.parent / "shared" / "data" / "sick"
 TINY = {"lco": "lco_tiny", "simcse": "simcse_tiny", "grace": "grace_tiny", "muco": "muco_tiny",
         "distill": "distill_tiny", "defsent": "defsent_tiny"}

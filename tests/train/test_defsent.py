@@ -22,7 +22,7 @@ from mmembed.data.formats import DataError
 from mmembed.losses import EntryClassificationLoss
 from mmembed.losses.defsent import entry_embeddings, entry_matrix, ica_transform
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_TEXT = "{text}\nSummarize the above text in one word:"  # recipes/configs/defsent_tiny.yaml
 
 SYNSETS = [

@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import free_port
 
 import mmembed
 from mmembed import files, gguf, lora, model_folder, st_format
@@ -363,7 +363,7 @@ def _run(script: str, *args: str, env: dict | None = None, timeout: int = 240) -
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            **(env or {})}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=Path(__file__).resolve().parents[1], check=False)
+                          env=env, timeout=timeout, cwd=Path(__file__).resolve().parents[2], check=False)
 
 
 HUB_SCRIPT = """
@@ -380,10 +380,6 @@ for name in sys.argv[1:]:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_hub_fails_fast_and_cached_models_still_load(qwen2_path, tmp_path):
@@ -394,7 +390,7 @@ def test_unreachable_hub_fails_fast_and_cached_models_still_load(qwen2_path, tmp
     shutil.copytree(qwen2_path, snapshot)
     (cache / "models--someone--tiny" / "refs").mkdir()
     (cache / "models--someone--tiny" / "refs" / "main").write_text("0" * 40)
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}", "HF_HUB_CACHE": str(cache)}
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_CACHE": str(cache)}
     run = _run(HUB_SCRIPT, "someone/not-a-model", "someone/tiny", env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     missing, cached = (json.loads(line) for line in run.stdout.splitlines())

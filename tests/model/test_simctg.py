@@ -8,7 +8,6 @@ import datetime
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support import free_port
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import mmembed
@@ -254,10 +254,6 @@ def test_contrastive_search_rejects_bad_arguments(sharp_lm, tokenizer):
         contrastive_search(sharp_lm, ids, mask[:, 1:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _lockstep_worker(rank: int, port: int, path: str, stop: int, out: str) -> None:
@@ -281,7 +277,7 @@ def test_synced_gpus_keeps_processes_in_lockstep(qwen2_path, sharp_lm, tmp_path)
     free = contrastive_search(sharp_lm, ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=0).tolist()
     stop = free[0][1]  # rank 0 ends at its second token; rank 1 runs on (it never produces that token)
     assert stop not in free[1] and stop != free[0][0]
-    mp.spawn(_lockstep_worker, args=(_free_port(), str(qwen2_path), stop, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_lockstep_worker, args=(free_port(), str(qwen2_path), stop, str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     assert results[0]["forwards"] == results[1]["forwards"] == 1 + 6
     assert results[0]["tokens"] == free[0][:2] + [0] * 4 and results[1]["tokens"] == free[1]

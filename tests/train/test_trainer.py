@@ -16,7 +16,7 @@ import mmembed
 from mmembed.train.arguments import ContrastiveTrainingArguments, DataArguments, ModelArguments
 from mmembed.train.methods.contrastive import build_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SICK = ROOT.parent / "shared" / "data" / "sick"
 pytestmark = pytest.mark.skipif(not SICK.is_dir(), reason="needs ../shared/data/sick")
 

@@ -21,7 +21,7 @@ from mmembed.data.readers import (
 from mmembed.data.rows import grace_row, row, side, text_row
 from mmembed.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 

@@ -26,7 +26,7 @@ from mmembed.train.build import build_embedder
 from mmembed.train.methods.contrastive import build_trainer
 from mmembed.train.run import parse_recipe_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SICK = ROOT.parent / "shared" / "data" / "sick"
 needs_sick = pytest.mark.skipif(not SICK.is_dir(), reason="needs ../shared/data/sick")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from support import assert_same_step, contrastive_rows, grads_of, loss_with_lora
 
 import mmembed
-from mmembed import lora
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.inputs import PromptTemplate
-from mmembed.losses import ContrastiveLoss, InfoNCELoss
+from mmembed.losses import InfoNCELoss
 from mmembed.losses.gradcache import slice_batch, split_points
 
 
@@ -64,70 +64,25 @@ def test_split_points_by_count_and_tokens():
     assert split_points(mask, None, 7) == [0, 1, 2, 4, 5]  # samples 2-3 fit (2 x 3 tokens); 8 > 7 alone
 
 
-def _loss_with_lora(path, template=None, seed=0, dropout=0.0, **kwargs):
-    torch.manual_seed(seed)
-    embedder = mmembed.load(str(path), template=template, dtype="float32", device="cpu")
-    base = embedder.backbone.model
-    for p in base.parameters():
-        p.requires_grad_(False)
-    embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=dropout,
-                                                                 init_lora_weights=False))
-    embedder.backbone.model.train()
-    return ContrastiveLoss(embedder, InfoNCELoss(temperature=0.05), **kwargs)
-
-
-def _grads(loss_module, batch):
-    torch.manual_seed(123)  # the same dropout masks for both runs
-    out = loss_module(**batch)
-    out["loss"].backward()
-    grads = {n: p.grad.clone() for n, p in loss_module.named_parameters() if p.grad is not None}
-    return out["loss"].detach(), grads
-
-
-def _assert_same(a, b):
-    (loss_a, grads_a), (loss_b, grads_b) = a, b
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    assert all("lora_" in name for name in grads_a)  # only LoRA weights receive gradients
-    assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=0)
-    for name in grads_a:
-        err = (grads_a[name] - grads_b[name]).norm() / grads_b[name].norm().clamp(min=1e-12)
-        assert err < 1e-5, (name, float(err))
-
-
-TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
-         "A cat sits on the mat.", "Two dogs run in the park.", "the quick brown fox jumps over the lazy dog",
-         "hi", "Shares dropped after the earnings report."]
-
-
-def _rows(images=None):
-    rows = []
-    for i in range(6):
-        side = {"text": TEXTS[i], "image": None}
-        positive = {"text": TEXTS[(i + 1) % 8], "image": images[i % len(images)] if images else None}
-        rows.append({"anchor": side, "positive": positive,
-                     "negative": [{"text": TEXTS[(i + 2 + k) % 8], "image": None} for k in range(2)]})
-    return rows
-
-
 def test_gradient_caching_equals_uncached_text(qwen2_path):
     template = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True)
-    uncached = _loss_with_lora(qwen2_path, template)
-    batch = ContrastiveCollator(uncached.model.backbone)(_rows())
-    reference = _grads(uncached, batch)
+    uncached = loss_with_lora(qwen2_path, template)
+    batch = ContrastiveCollator(uncached.model.backbone)(contrastive_rows())
+    reference = grads_of(uncached, batch)
     for kwargs in ({"mini_batch_size": 2}, {"mini_batch_tokens": 60}):
-        cached = _loss_with_lora(qwen2_path, template, **kwargs)
-        _assert_same(_grads(cached, batch), reference)
+        cached = loss_with_lora(qwen2_path, template, **kwargs)
+        assert_same_step(grads_of(cached, batch), reference)
 
 
 def test_gradient_caching_composes_with_gradient_checkpointing(qwen2_path):
     template = PromptTemplate(chat=True)
-    uncached = _loss_with_lora(qwen2_path, template)
-    batch = ContrastiveCollator(uncached.model.backbone)(_rows())
-    reference = _grads(uncached, batch)
-    cached = _loss_with_lora(qwen2_path, template, mini_batch_size=2)
+    uncached = loss_with_lora(qwen2_path, template)
+    batch = ContrastiveCollator(uncached.model.backbone)(contrastive_rows())
+    reference = grads_of(uncached, batch)
+    cached = loss_with_lora(qwen2_path, template, mini_batch_size=2)
     cached.gradient_checkpointing_enable()
     assert cached.model.backbone.model.get_base_model().is_gradient_checkpointing
-    _assert_same(_grads(cached, batch), reference)
+    assert_same_step(grads_of(cached, batch), reference)
 
 
 def test_gradient_caching_replays_dropout(qwen2_path, monkeypatch):
@@ -136,14 +91,14 @@ def test_gradient_caching_replays_dropout(qwen2_path, monkeypatch):
     from mmembed.losses import gradcache
 
     template = PromptTemplate(chat=True)
-    cached = _loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)
-    batch = ContrastiveCollator(cached.model.backbone)(_rows())
-    result = _grads(cached, batch)
+    cached = loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)
+    batch = ContrastiveCollator(cached.model.backbone)(contrastive_rows())
+    result = grads_of(cached, batch)
     monkeypatch.setattr(gradcache, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
-    in_memory = _loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)
-    _assert_same(result, _grads(in_memory, batch))
-    no_dropout = _loss_with_lora(qwen2_path, template, mini_batch_size=2)
-    assert not torch.allclose(_grads(no_dropout, batch)[0], result[0])  # dropout did act
+    in_memory = loss_with_lora(qwen2_path, template, dropout=0.3, mini_batch_size=2)
+    assert_same_step(result, grads_of(in_memory, batch))
+    no_dropout = loss_with_lora(qwen2_path, template, mini_batch_size=2)
+    assert not torch.allclose(grads_of(no_dropout, batch)[0], result[0])  # dropout did act
 
 
 def test_gradient_caching_equals_uncached_image_text(vlm_path, images, tmp_path):
@@ -152,12 +107,12 @@ def test_gradient_caching_equals_uncached_image_text(vlm_path, images, tmp_path)
         image.save(tmp_path / f"{k}.png")
         paths.append(str(tmp_path / f"{k}.png"))
     template = PromptTemplate(chat=True)
-    uncached = _loss_with_lora(vlm_path, template)
-    batch = ContrastiveCollator(uncached.model.backbone)(_rows(paths))
+    uncached = loss_with_lora(vlm_path, template)
+    batch = ContrastiveCollator(uncached.model.backbone)(contrastive_rows(paths))
     assert batch["positive"]["images_per_sample"].tolist() == [1] * 6
-    reference = _grads(uncached, batch)
-    cached = _loss_with_lora(vlm_path, template, mini_batch_size=4)
-    _assert_same(_grads(cached, batch), reference)
+    reference = grads_of(uncached, batch)
+    cached = loss_with_lora(vlm_path, template, mini_batch_size=4)
+    assert_same_step(grads_of(cached, batch), reference)
 
 
 def test_slicing_a_multimodal_batch_matches_processing_the_slice(qwen2_vl_path, images):
@@ -177,7 +132,7 @@ def test_slicing_a_multimodal_batch_matches_processing_the_slice(qwen2_vl_path, 
 
 
 def test_only_lora_parameters_train_and_the_vision_tower_stays_frozen(qwen2_vl_path):
-    loss = _loss_with_lora(qwen2_vl_path, PromptTemplate(chat=True))
+    loss = loss_with_lora(qwen2_vl_path, PromptTemplate(chat=True))
     trainable = [n for n, p in loss.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("visual" in n for n in trainable)
@@ -202,15 +157,15 @@ def test_compiled_layers_give_the_gradients_of_eager_layers(qwen2_path):
     """``Backbone.compile_layers`` (the recipes' ``--compile_layers``) changes speed, not results: gradient-cached
     training through compiled layers gives the uncached eager loss and LoRA gradients."""
     template = PromptTemplate(chat=True)
-    eager = _loss_with_lora(qwen2_path, template)
-    batch = ContrastiveCollator(eager.model.backbone)(_rows())
-    reference = _grads(eager, batch)
-    compiled = _loss_with_lora(qwen2_path, template, mini_batch_size=3)
+    eager = loss_with_lora(qwen2_path, template)
+    batch = ContrastiveCollator(eager.model.backbone)(contrastive_rows())
+    reference = grads_of(eager, batch)
+    compiled = loss_with_lora(qwen2_path, template, mini_batch_size=3)
     backbone = compiled.model.backbone
     assert backbone.compile_layers() == backbone.num_layers
     parent, name = backbone.layer_stack()
     assert all(layer._compiled_call_impl is not None for layer in getattr(parent, name))
-    (loss, grads), (loss_ref, grads_ref) = _grads(compiled, batch), reference
+    (loss, grads), (loss_ref, grads_ref) = grads_of(compiled, batch), reference
     assert grads.keys() == grads_ref.keys() and grads
     assert torch.allclose(loss, loss_ref, rtol=1e-5, atol=0)
     for key in grads:

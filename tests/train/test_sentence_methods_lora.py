@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_sentence_methods import TAU
+from support import SENTENCES, TAU
 
 from mmembed.data.views import repeat_words
 from mmembed.losses import InfoNCELoss
 from mmembed.losses.whitening import ShuffledGroupWhitening
-
-SENTENCES = ["a man is playing a guitar", "two dogs run in the park", "the sun sets over the sea",
-             "a woman slices an onion", "children are playing football", "a cat sleeps on the sofa"]
 
 
 def _embedder(path, dropout=0.0):

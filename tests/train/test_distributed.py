@@ -4,24 +4,17 @@ batch, with and without hard negatives (the sentence-transformers #3453 label-of
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_losses import _loss_with_lora, _rows
+from support import contrastive_rows, free_port, loss_with_lora, save_mean_step
 
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.inputs import PromptTemplate
 
 TEMPLATE = PromptTemplate(text="{text}\nSummarize the above text in one word:", chat=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, path: str, negatives: bool, out: str) -> None:
@@ -39,8 +32,8 @@ def _worker(rank: int, world: int, port: int, path: str, negatives: bool, out: s
 
 def _step(rank: int, world: int, path: str, negatives: bool, out: str) -> None:
     """One process's share of the global batch; DDP's gradient averaging done by hand; rank 0 saves the result."""
-    loss = _loss_with_lora(path, TEMPLATE)
-    rows = _rows()
+    loss = loss_with_lora(path, TEMPLATE)
+    rows = contrastive_rows()
     if not negatives:
         rows = [{k: v for k, v in r.items() if k != "negative"} for r in rows]
     batch = ContrastiveCollator(loss.model.backbone)(rows)
@@ -49,20 +42,6 @@ def _step(rank: int, world: int, path: str, negatives: bool, out: str) -> None:
     loss.model.backbone.model.eval()
     result = loss(**local)
     save_mean_step(loss, result["loss"], rank, world, out)
-
-
-def save_mean_step(loss: torch.nn.Module, value: torch.Tensor, rank: int, world: int, out: str) -> None:
-    """Backward, then DDP's averaging by hand: gradients all-reduced and divided by ``world``, the loss the mean over
-    processes; rank 0 saves both to ``out``."""
-    value.backward()
-    grads = {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
-    for g in grads.values():
-        dist.all_reduce(g)
-        g /= world
-    losses = [torch.zeros(()) for _ in range(world)]
-    dist.all_gather(losses, value.detach())
-    if rank == 0:
-        torch.save({"loss": torch.stack(losses).mean(), "grads": grads}, out)
 
 
 def _slice_columns(batch: dict, start: int, stop: int, column: str) -> dict:
@@ -75,11 +54,11 @@ def _slice_columns(batch: dict, start: int, stop: int, column: str) -> dict:
 @pytest.mark.parametrize("negatives", [False, True], ids=["in-batch", "hard-negatives"])
 def test_two_processes_equal_one_process_with_the_global_batch(qwen2_path, tmp_path, negatives):
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_worker, args=(2, _free_port(), str(qwen2_path), negatives, str(out)), nprocs=2,
+    mp.start_processes(_worker, args=(2, free_port(), str(qwen2_path), negatives, str(out)), nprocs=2,
                        start_method="spawn", join=True)
     distributed = torch.load(out)
-    single = _loss_with_lora(qwen2_path, TEMPLATE)
-    rows = _rows()
+    single = loss_with_lora(qwen2_path, TEMPLATE)
+    rows = contrastive_rows()
     if not negatives:
         rows = [{k: v for k, v in r.items() if k != "negative"} for r in rows]
     single.model.backbone.model.eval()
