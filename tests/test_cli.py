@@ -211,7 +211,9 @@ def test_sigint_from_outside_during_a_large_write_keeps_the_older_file(tmp_path)
     out = tmp_path / "big.jsonl"
     out.write_bytes(b'{"index": 0, "input": "older"}\n' * 1000)
     old = out.read_bytes()
-    code = ("import sys, numpy as np; from pathlib import Path; from mmembed.cli import write_embeddings; "
+    # the handler Python installs when SIGINT is not ignored at start (a suite run in the background ignores it)
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "import sys, numpy as np; from pathlib import Path; from mmembed.cli import write_embeddings; "
             "n = 30000; write_embeddings(Path(sys.argv[1]), np.random.default_rng(0).random((n, 64), "
             "dtype=np.float32), [f'sentence {i}' for i in range(n)])")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stderr=subprocess.PIPE, text=True)
