@@ -23,18 +23,24 @@ TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The sto
          "hi", "Shares dropped after the earnings report."]
 
 
-def loss_with_lora(path, template=None, seed=0, dropout=0.0, **kwargs) -> ContrastiveLoss:
-    """InfoNCE (tau 0.05) over the model at ``path`` with a seeded, non-zero LoRA adapter (r 4) as its only
-    trainable weights; ``kwargs`` go to :class:`ContrastiveLoss` (e.g. gradient caching)."""
+def lora_embedder(path, template=None, seed=0, dropout=0.0, **load_options) -> mmembed.Embedder:
+    """The model at ``path`` (float32, CPU; ``load_options`` for ``mmembed.load``) with a seeded, non-zero LoRA
+    adapter (r 4) as its only trainable weights, its language model in training mode."""
     torch.manual_seed(seed)
-    embedder = mmembed.load(str(path), template=template, dtype="float32", device="cpu")
+    embedder = mmembed.load(str(path), template=template, dtype="float32", device="cpu", **load_options)
     base = embedder.backbone.model
     for p in base.parameters():
         p.requires_grad_(False)
     embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=dropout,
                                                                  init_lora_weights=False))
     embedder.backbone.model.train()
-    return ContrastiveLoss(embedder, InfoNCELoss(temperature=0.05), **kwargs)
+    return embedder
+
+
+def loss_with_lora(path, template=None, seed=0, dropout=0.0, **kwargs) -> ContrastiveLoss:
+    """InfoNCE (tau 0.05) over :func:`lora_embedder`; ``kwargs`` go to :class:`ContrastiveLoss` (e.g. gradient
+    caching)."""
+    return ContrastiveLoss(lora_embedder(path, template, seed, dropout), InfoNCELoss(temperature=0.05), **kwargs)
 
 
 def grads_of(loss_module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import lora_embedder
 
 import mmembed
-from mmembed import lora, testing
+from mmembed import testing
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.losses import ContrastiveLoss, InfoNCELoss
 from mmembed.losses.elastic import ElasticLoss, geometric_dims, starbucks_pairs
@@ -95,13 +96,7 @@ def test_early_exit_of_a_vlm_cuts_the_language_model(vlm_path, images):
 
 
 def _embedder(path):
-    torch.manual_seed(0)
-    embedder = mmembed.load(str(path), dtype="float32", device="cpu", pooling="mean")
-    base = embedder.backbone.model
-    for p in base.parameters():
-        p.requires_grad_(False)
-    embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=0.0,
-                                                                 init_lora_weights=False))
+    embedder = lora_embedder(path, pooling="mean")
     embedder.train()
     return embedder
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import lora_embedder
 
-import mmembed
-from mmembed import lora
 from mmembed.data.collator import ContrastiveCollator
 from mmembed.errors import ConfigError
 from mmembed.losses import ContrastiveLoss, InfoNCELoss
@@ -30,13 +29,7 @@ SUB = (1, 16)  # the tiny Qwen2 has 2 layers of width 64
 
 
 def _embedder(path):
-    torch.manual_seed(0)
-    embedder = mmembed.load(str(path), dtype="float32", device="cpu", pooling="mean")
-    base = embedder.backbone.model
-    for p in base.parameters():
-        p.requires_grad_(False)
-    embedder.backbone.model = lora.attach(base, lora.lora_config(base, r=4, alpha=8, dropout=0.0,
-                                                                 init_lora_weights=False))
+    embedder = lora_embedder(path, pooling="mean")
     embedder.train()
     return embedder
 
