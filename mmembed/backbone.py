@@ -28,6 +28,7 @@ from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
 from .model_folder import quiet_transformers, read_json
 from .prefix_cache import SharedPrefix, common_prefix_length
 from .processing import load_processor, tokenizer_of
+from .quantize import INT8_FILE, check_quantize, dequantized_copy, quantize_model, restore_int8, save_int8
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +178,11 @@ class Backbone(nn.Module):
         padding_side: str | None = None,
         layer: int = -1,
         name_or_path: str | None = None,
+        quantize: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.quantize = quantize  # the quantization of model's linear layers (mmembed.quantize), None: float
         self.processor = processor
         self.template = template or PromptTemplate()
         num_layers = model.config.get_text_config().num_hidden_layers if hasattr(model, "config") else None
@@ -243,6 +246,7 @@ class Backbone(nn.Module):
         model_kwargs: dict | None = None,
         processor_kwargs: dict | None = None,
         causal_lm: bool = False,
+        quantize: str | None = None,
     ) -> Backbone:
         """Load a backbone from a folder, a hub id or a GGUF file, optionally with a LoRA adapter.
 
@@ -250,8 +254,10 @@ class Backbone(nn.Module):
         do), else from the model. When the tokenizer is longer than the model's input embeddings (tokens added for
         training, such as ``<|emb|>``), the embeddings grow to its length (:func:`mmembed.tokens.grow_input_embeddings`)
         before the adapter is attached. ``causal_lm`` loads the model with its language-modelling head, so that it
-        can generate (rationale mode); token states are the same.
+        can generate (rationale mode); token states are the same. ``quantize="int8"`` quantizes the linear layers
+        (adapter merged first; :mod:`mmembed.quantize`).
         """
+        quantize = check_quantize(quantize)
         hub_options = {"trust_remote_code": trust_remote_code, **hub.hub_kwargs(name_or_path)}
         path, config = resolve_model_path(name_or_path, gguf_file, **hub_options)
         # an adapter folder saved by mmembed holds the tokenizer it was trained with (with any added tokens)
@@ -265,8 +271,12 @@ class Backbone(nn.Module):
         if adapter is not None:
             model = lora.load_adapter(model, adapter)
         model.to(device or default_device()).eval()
+        if quantize is not None:
+            model = quantize_model(model, quantize)
+            if (Path(path) / INT8_FILE).is_file():  # a saved quantized model: its exact int8 weights
+                restore_int8(model, Path(path) / INT8_FILE)
         return cls(model, processor, template, max_length=max_length, padding_side=padding_side, layer=layer,
-                   name_or_path=str(name_or_path))
+                   name_or_path=str(name_or_path), quantize=quantize)
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -505,7 +515,13 @@ class Backbone(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if lora.has_adapter(self.model) and not adapter_only:
+        if self.quantize is not None:
+            if adapter_only:
+                raise ValueError(f"this model is quantized ({self.quantize}) with its adapter merged: save the whole "
+                                 f"model, or load it without quantize to save the adapter alone.")
+            model = dequantized_copy(self.model)  # float weights any tool loads; the exact int8 ones beside them
+            save_int8(self.model, folder / INT8_FILE)
+        elif lora.has_adapter(self.model) and not adapter_only:
             if state_dict is not None:
                 raise ValueError("a merged export merges the live weights; save adapter_only=True with a state_dict.")
             model = lora.merged_copy(self.model)

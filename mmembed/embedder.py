@@ -36,6 +36,7 @@ from .model_folder import FILES_KEY, check_complete, check_config, checked_value
 from .pooling import MissingTokenError, Pooler, SpecialTokenPooler
 from .prefix_cache import SharedPrefix, shared_token_prefix
 from .progress import progress_options
+from .quantize import INT8_FILE
 from .rationale import RationaleConfig, cache_key, generate_rationales
 
 logger = logging.getLogger(__name__)
@@ -435,6 +436,7 @@ class Embedder(nn.Module):
             "prompts": self.prompts,
             "default_prompt_name": self.default_prompt_name,
             "rationale": self.rationale.to_dict() if self.rationale is not None else None,
+            **({"quantize": backbone.quantize} if backbone.quantize is not None else {}),
         }
 
     def sentence_transformers_compatible(self) -> bool:
@@ -442,7 +444,7 @@ class Embedder(nn.Module):
         writes ST's native files; any other gets mmembed's ST module, :mod:`mmembed.st_format`)."""
         backbone = self.backbone
         return (backbone.template.is_plain_prefix and not backbone.supports_images and backbone.layer == -1
-                and self.truncate_dim is None and self.rationale is None
+                and self.truncate_dim is None and self.rationale is None and backbone.quantize is None
                 and self.pooler.sentence_transformers_config(backbone.hidden_size) is not None)
 
     def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> Path:
@@ -472,7 +474,7 @@ class Embedder(nn.Module):
                                       f"there would replace the base model's files. Save it into another folder.")
             config["base_model"] = str(base.resolve()) if base.exists() else self.backbone.name_or_path
         weights = ["adapter_config.json", "adapter_model.safetensors"] if adapter_only else [
-            "config.json", "model.safetensors"]
+            "config.json", "model.safetensors", *([INT8_FILE] if self.backbone.quantize else [])]
 
         def write(stage: Path) -> None:
             self.backbone.save(stage, adapter_only=adapter_only, state_dict=state_dict)
@@ -501,7 +503,8 @@ class Embedder(nn.Module):
         ``truncate_dim`` (or its short name ``dim``), ``prompts``, ``default_prompt_name``, ``layer``, ``max_length``,
         ``base_model`` (for an adapter-only folder: the base model to put it on, instead of the recorded one),
         ``padding_side``, ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``,
-        ``processor_kwargs``. ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
+        ``processor_kwargs``, ``quantize`` (``"int8"``: fast CPU inference, :mod:`mmembed.quantize`; saved with the
+        folder; ``"none"`` clears a saved choice). ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
         layers run (early exit) and the vectors keep their first ``D`` dimensions.
         For the chain options (pooling ... default_prompt_name) an explicit ``None`` clears the saved value; for the
         others ``None`` means "not given". A corrupt or incomplete folder raises ModelFolderError naming file and key

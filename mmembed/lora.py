@@ -13,6 +13,9 @@ from torch import nn
 
 from .errors import AdapterMismatchError, ModelFolderError, ModelNotFoundError, one_line
 from .model_folder import read_json
+from .quantize import quiet_torchao
+
+quiet_torchao()  # PEFT imports torchao when it is installed
 
 
 def has_adapter(model: nn.Module) -> bool:

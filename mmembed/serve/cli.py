@@ -98,7 +98,8 @@ def serve_main(args: argparse.Namespace) -> int:
         max_request_bytes=int(args.max_request_mb * (1 << 20)), image_root=args.image_root,
         allow_remote_images=args.allow_remote_images, drain_seconds=args.drain_seconds)
     sock = listen(settings.host, settings.port)
-    model = mmembed.load(model_path, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    model = mmembed.load(model_path, adapter=args.adapter, device=args.device, dtype=args.dtype,
+                         quantize=args.quantize)
     port = sock.getsockname()[1]
     print(f"mmembed serve: '{settings.model_name}' on http://{settings.host}:{port}/v1 "
           f"(dim {model.embedding_dim}{', API key required' if settings.api_key else ''})", file=sys.stderr,

@@ -52,7 +52,8 @@ def build_embedder(args: ModelArguments, seed: int | None = None, **load_options
                               chat=args.chat, system=args.system_prompt, response=args.template_response)
     pooling = pooling_config(args.pooling)
     embedder = mmembed.load(args.model_name_or_path or base_model(), template=template, pooling=pooling,
-                            dtype=args.dtype, max_length=args.max_length, device="cpu", **load_options)
+                            dtype=args.dtype, max_length=args.max_length, device="cpu", quantize="none",
+                            **load_options)  # training runs on float weights (a saved int8 choice is for inference)
     if args.init_adapter is not None:
         for p in embedder.backbone.model.parameters():
             p.requires_grad_(False)

@@ -1,0 +1,107 @@
+"""``quantize="int8"``: dynamic int8 linear layers (torchao) keep the vectors of the float model (cosine >= 0.99) on a
+tiny Qwen2, a LoRA adapter on it, the real all-MiniLM-L6-v2 and the default model; a saved quantized folder loads
+with exactly the saved model's vectors (in mmembed and sentence-transformers); bad combinations are one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mmembed
+from mmembed import defaults
+from mmembed.errors import ConfigError
+
+pytest.importorskip("torchao")
+
+TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.",
+         "A cat sits on the mat.", "Two dogs run in the park.", "hi",
+         "Shares dropped after the earnings report, and analysts cut their forecasts for the year."]
+
+
+def _min_cos(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def _quantized_linears(model) -> tuple[int, int]:
+    from mmembed.quantize import is_quantized_weight
+
+    linears = [m for m in model.backbone.model.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(is_quantized_weight(m.weight) for m in linears), len(linears)
+
+
+def test_int8_keeps_the_tiny_models_vectors_and_quantizes_every_linear_but_the_head(qwen2_path):
+    float_model = mmembed.load(str(qwen2_path), device="cpu")
+    model = mmembed.load(str(qwen2_path), device="cpu", quantize="int8")
+    assert model.backbone.quantize == "int8" and float_model.backbone.quantize is None
+    quantized, linears = _quantized_linears(model)
+    assert quantized == linears == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down); the base model has no head
+    assert _min_cos(model.encode(TEXTS), float_model.encode(TEXTS)) >= 0.99
+    assert not np.allclose(model.encode(TEXTS), float_model.encode(TEXTS), atol=1e-6)  # it really is another path
+
+
+def test_int8_merges_a_lora_adapter_first(qwen2_path, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = mmembed.load(str(qwen2_path), device="cpu")
+    torch.manual_seed(0)
+    base.backbone.model = get_peft_model(base.backbone.model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                                         target_modules=["q_proj", "up_proj"]))
+    base.save(tmp_path / "adapter", adapter_only=True)
+    with_adapter = mmembed.load(str(qwen2_path), adapter=str(tmp_path / "adapter"), device="cpu")
+    plain = mmembed.load(str(qwen2_path), device="cpu").encode(TEXTS)
+    quantized = mmembed.load(str(qwen2_path), adapter=str(tmp_path / "adapter"), device="cpu", quantize="int8")
+    assert type(quantized.backbone.model).__name__ == "Qwen2Model"  # merged: no PEFT wrapper left
+    assert _min_cos(quantized.encode(TEXTS), with_adapter.encode(TEXTS)) >= 0.99
+    assert _min_cos(with_adapter.encode(TEXTS), plain) < 0.99  # the adapter matters, so the check above means it
+
+
+def test_a_saved_int8_folder_loads_with_exactly_the_saved_vectors(qwen2_path, tmp_path):
+    model = mmembed.load(str(qwen2_path), device="cpu", quantize="int8")
+    model.save(tmp_path / "int8")
+    config = json.loads((tmp_path / "int8" / "mmembed_config.json").read_text())
+    assert config["quantize"] == "int8" and "int8_weights.safetensors" in config["files"]
+    again = mmembed.load(str(tmp_path / "int8"))
+    assert again.backbone.quantize == "int8"
+    assert np.array_equal(again.encode(TEXTS), model.encode(TEXTS))  # the exact int8 weights, not requantized
+    floats = mmembed.load(str(tmp_path / "int8"), quantize="none")  # the dequantized weights, as any tool loads them
+    assert floats.backbone.quantize is None and _min_cos(floats.encode(TEXTS), model.encode(TEXTS)) >= 0.99
+    st = pytest.importorskip("sentence_transformers")
+    vectors = st.SentenceTransformer(str(tmp_path / "int8"), trust_remote_code=True).encode(TEXTS)
+    assert np.abs(vectors - model.encode(TEXTS)).max() < 1e-6  # mmembed's module, not ST's float modules
+
+
+def test_bad_quantize_values_and_combinations_are_one_line_errors(qwen2_path, tmp_path):
+    with pytest.raises(ConfigError, match=r"^quantize='int4'; choose one of int8 \(or none\)\.$"):
+        mmembed.load(str(qwen2_path), quantize="int4")
+    model = mmembed.load(str(qwen2_path), device="cpu", quantize="int8")
+    with pytest.raises(ValueError, match="quantized \\(int8\\) with its adapter merged: save the whole model"):
+        model.save(tmp_path / "adapter", adapter_only=True)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_the_cli_encodes_with_int8(qwen2_path, tmp_path, capsys):
+    from mmembed.cli import main
+
+    out = tmp_path / "v.npy"
+    assert main(["encode", *TEXTS[:3], "--model", str(qwen2_path), "--quantize", "int8", "-o", str(out)]) == 0
+    expected = mmembed.load(str(qwen2_path), quantize="int8").encode(TEXTS[:3])
+    assert np.abs(np.load(out) - expected).max() < 1e-6
+
+
+def test_int8_keeps_all_minilm_l6_v2s_vectors():
+    path = defaults.offline_model_path("all-MiniLM-L6-v2")
+    float_model, model = mmembed.load(path, device="cpu"), mmembed.load(path, device="cpu", quantize="int8")
+    assert _quantized_linears(model)[0] == 6 * 6 + 1  # 6 layers x (query, key, value, attention out, intermediate,
+    # out) and BERT's pooler dense layer
+    assert _min_cos(model.encode(TEXTS), float_model.encode(TEXTS)) >= 0.99
+
+
+@pytest.mark.skipif(importlib.util.find_spec(defaults.PACKAGE) is None, reason=f"needs {defaults.WHEEL}")
+def test_int8_keeps_the_default_models_vectors():
+    float_model, model = mmembed.load(), mmembed.load(quantize="int8")
+    assert _min_cos(model.encode(TEXTS), float_model.encode(TEXTS)) >= 0.99
