@@ -8,6 +8,7 @@ top (:mod:`mmembed.lora`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
@@ -23,9 +24,10 @@ from transformers.utils import logging as hf_logging
 
 from . import hub, lora, tokens
 from .errors import ConfigError, InputError, ModelFolderError, ModelNotFoundError, one_line
-from .gguf import convert_gguf
+from .gguf import cache_dir, convert_gguf
 from .inputs import Item, PromptTemplate, Rendered, Renderer, image_markup_for
 from .model_folder import quiet_transformers, read_json
+from .onnx_backend import OnnxBody, check_backend, check_onnx_options, onnx_body
 from .prefix_cache import SharedPrefix, common_prefix_length
 from .processing import load_processor, tokenizer_of
 from .quantize import INT8_FILE, check_quantize, dequantized_copy, quantize_model, restore_int8, save_int8
@@ -183,6 +185,8 @@ class Backbone(nn.Module):
         super().__init__()
         self.model = model
         self.quantize = quantize  # the quantization of model's linear layers (mmembed.quantize), None: float
+        self.backend = "torch"  # or "onnx" (use_onnx): the forward pass runs in ONNX Runtime
+        self.onnx: OnnxBody | None = None
         self.processor = processor
         self.template = template or PromptTemplate()
         num_layers = model.config.get_text_config().num_hidden_layers if hasattr(model, "config") else None
@@ -247,6 +251,7 @@ class Backbone(nn.Module):
         processor_kwargs: dict | None = None,
         causal_lm: bool = False,
         quantize: str | None = None,
+        backend: str | None = None,
     ) -> Backbone:
         """Load a backbone from a folder, a hub id or a GGUF file, optionally with a LoRA adapter.
 
@@ -255,9 +260,12 @@ class Backbone(nn.Module):
         training, such as ``<|emb|>``), the embeddings grow to its length (:func:`mmembed.tokens.grow_input_embeddings`)
         before the adapter is attached. ``causal_lm`` loads the model with its language-modelling head, so that it
         can generate (rationale mode); token states are the same. ``quantize="int8"`` quantizes the linear layers
-        (adapter merged first; :mod:`mmembed.quantize`).
+        (adapter merged first; :mod:`mmembed.quantize`); ``backend="onnx"`` runs the forward pass in ONNX Runtime
+        (:mod:`mmembed.onnx_backend`; with ``quantize="int8"``, ONNX Runtime's int8).
         """
-        quantize = check_quantize(quantize)
+        quantize, backend = check_quantize(quantize), check_backend(backend)
+        if backend == "onnx":
+            check_onnx_options(device, layer, causal_lm)
         hub_options = {"trust_remote_code": trust_remote_code, **hub.hub_kwargs(name_or_path)}
         path, config = resolve_model_path(name_or_path, gguf_file, **hub_options)
         # an adapter folder saved by mmembed holds the tokenizer it was trained with (with any added tokens)
@@ -271,12 +279,30 @@ class Backbone(nn.Module):
         if adapter is not None:
             model = lora.load_adapter(model, adapter)
         model.to(device or default_device()).eval()
-        if quantize is not None:
+        if quantize is not None and backend == "torch":
             model = quantize_model(model, quantize)
             if (Path(path) / INT8_FILE).is_file():  # a saved quantized model: its exact int8 weights
                 restore_int8(model, Path(path) / INT8_FILE)
-        return cls(model, processor, template, max_length=max_length, padding_side=padding_side, layer=layer,
-                   name_or_path=str(name_or_path), quantize=quantize)
+        backbone = cls(model, processor, template, max_length=max_length, padding_side=padding_side, layer=layer,
+                       name_or_path=str(name_or_path), quantize=quantize)
+        if backend == "onnx":
+            backbone.use_onnx()
+        return backbone
+
+    def use_onnx(self) -> None:
+        """Run the forward pass through ONNX Runtime from now on (an adapter is merged first; the export is cached,
+        :mod:`mmembed.onnx_backend`)."""
+        if lora.has_adapter(self.model):
+            self.model = self.model.merge_and_unload()
+        base = self.body(self.model)
+        sample = dict(self.tokenizer(["a sample sentence", "hi"], padding=True, return_tensors="pt"))
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+        if self._positions_from_mask:
+            sample["position_ids"] = (sample["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            names.append("position_ids")
+        export_body = base if self.dtype == torch.float32 else copy.deepcopy(base).float()
+        self.onnx = onnx_body(lora.base_model(self.model), export_body, names, sample, self.quantize, cache_dir())
+        self.backend = "onnx"
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -306,7 +332,7 @@ class Backbone(nn.Module):
     @property
     def can_cache_prefix(self) -> bool:
         """Whether a shared prompt prefix can be run once and reused (causal text decoders)."""
-        return self._positions_from_mask and self.cache_argument is not None
+        return self._positions_from_mask and self.cache_argument is not None and self.onnx is None
 
     @property
     def add_special_tokens(self) -> bool:
@@ -430,7 +456,8 @@ class Backbone(nn.Module):
         with self.running_layers(deepest) as exits:
             top = deepest if exits else self.num_layers  # layers the model's last_hidden_state comes from
             need_all = any(layer != top for layer in wanted)
-            out = self.body(self.model)(**inputs, output_hidden_states=need_all, return_dict=True)
+            run = self.onnx if self.onnx is not None else self.body(self.model)  # onnx: layer -1 only (load checks)
+            out = run(**inputs, output_hidden_states=need_all, return_dict=True)
         norm = self.final_norm() if need_all else None
         states = []
         for layer in wanted:
@@ -515,7 +542,7 @@ class Backbone(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.quantize is not None:
+        if self.quantize is not None and self.onnx is None:
             if adapter_only:
                 raise ValueError(f"this model is quantized ({self.quantize}) with its adapter merged: save the whole "
                                  f"model, or load it without quantize to save the adapter alone.")

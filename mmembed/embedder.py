@@ -437,6 +437,7 @@ class Embedder(nn.Module):
             "default_prompt_name": self.default_prompt_name,
             "rationale": self.rationale.to_dict() if self.rationale is not None else None,
             **({"quantize": backbone.quantize} if backbone.quantize is not None else {}),
+            **({"backend": backbone.backend} if backbone.backend != "torch" else {}),
         }
 
     def sentence_transformers_compatible(self) -> bool:
@@ -445,6 +446,7 @@ class Embedder(nn.Module):
         backbone = self.backbone
         return (backbone.template.is_plain_prefix and not backbone.supports_images and backbone.layer == -1
                 and self.truncate_dim is None and self.rationale is None and backbone.quantize is None
+                and backbone.backend == "torch"
                 and self.pooler.sentence_transformers_config(backbone.hidden_size) is not None)
 
     def save(self, folder: str | Path, adapter_only: bool = False, state_dict: dict | None = None) -> Path:
@@ -504,7 +506,8 @@ class Embedder(nn.Module):
         ``base_model`` (for an adapter-only folder: the base model to put it on, instead of the recorded one),
         ``padding_side``, ``dtype``, ``device``, ``gguf_file``, ``trust_remote_code``, ``model_kwargs``,
         ``processor_kwargs``, ``quantize`` (``"int8"``: fast CPU inference, :mod:`mmembed.quantize`; saved with the
-        folder; ``"none"`` clears a saved choice). ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
+        folder; ``"none"`` clears a saved choice), ``backend`` (``"onnx"``: the forward pass in ONNX Runtime,
+        :mod:`mmembed.onnx_backend`; saved with the folder; ``"torch"`` clears it). ``layer=L, dim=D`` gives an elastic model's smaller embedding: only the first ``L``
         layers run (early exit) and the vectors keep their first ``D`` dimensions.
         For the chain options (pooling ... default_prompt_name) an explicit ``None`` clears the saved value; for the
         others ``None`` means "not given". A corrupt or incomplete folder raises ModelFolderError naming file and key

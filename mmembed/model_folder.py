@@ -89,6 +89,7 @@ CONFIG_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "default_prompt_name": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "rationale": ("an object or null", lambda v: v is None or isinstance(v, dict)),
     "quantize": ('"int8"', lambda v: v == "int8"),
+    "backend": ('"onnx"', lambda v: v == "onnx"),
     "base_model": ("a string or null", lambda v: v is None or isinstance(v, str)),
     FILES_KEY: ("a list of file names", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v)),
 }

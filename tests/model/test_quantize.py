@@ -105,3 +105,57 @@ def test_int8_keeps_all_minilm_l6_v2s_vectors():
 def test_int8_keeps_the_default_models_vectors():
     float_model, model = mmembed.load(), mmembed.load(quantize="int8")
     assert _min_cos(model.encode(TEXTS), float_model.encode(TEXTS)) >= 0.99
+
+
+# ------------------------------------------------------------------------------------------- backend="onnx"
+@pytest.fixture
+def onnx_cache(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("MMEMBED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def test_onnx_gives_the_torch_vectors_and_exports_once(qwen2_path, onnx_cache, tmp_path, caplog):
+    ours = mmembed.load(str(qwen2_path), device="cpu")
+    model = mmembed.load(str(qwen2_path), device="cpu", backend="onnx")
+    assert model.backbone.backend == "onnx" and not model.backbone.can_cache_prefix
+    assert np.abs(model.encode(TEXTS) - ours.encode(TEXTS)).max() < 1e-5
+    exports = list(onnx_cache.glob("*/model.onnx"))
+    assert len(exports) == 1
+    stamp = exports[0].stat().st_mtime_ns
+    caplog.clear()
+    again = mmembed.load(str(qwen2_path), device="cpu", backend="onnx")
+    assert "exporting" not in caplog.text and exports[0].stat().st_mtime_ns == stamp  # the cached export
+    assert list(onnx_cache.iterdir()) == [exports[0].parent]  # no temporary folder left
+    again.save(tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "mmembed_config.json").read_text())["backend"] == "onnx"
+    reloaded = mmembed.load(str(tmp_path / "onnx"))
+    assert reloaded.backbone.backend == "onnx" and np.array_equal(reloaded.encode(TEXTS), again.encode(TEXTS))
+    assert mmembed.load(str(tmp_path / "onnx"), backend="torch").backbone.backend == "torch"
+
+
+def test_onnx_gives_all_minilm_l6_v2s_and_the_default_models_vectors(onnx_cache):
+    path = defaults.offline_model_path("all-MiniLM-L6-v2")
+    expected = mmembed.load(path, device="cpu").encode(TEXTS)
+    assert np.abs(mmembed.load(path, device="cpu", backend="onnx").encode(TEXTS) - expected).max() < 1e-5
+    if importlib.util.find_spec(defaults.PACKAGE) is not None:
+        expected = mmembed.load().encode(TEXTS)
+        assert np.abs(mmembed.load(backend="onnx").encode(TEXTS) - expected).max() < 1e-5
+
+
+def test_what_onnx_does_not_run_is_refused_in_one_line(qwen2_path, qwen2_vl_path, onnx_cache, images):
+    from mmembed.errors import InputError
+    from mmembed.rationale import RationaleConfig
+
+    with pytest.raises(ConfigError, match=r"^backend='onnx' exports the full model: layer=1 \(early exit\) needs"):
+        mmembed.load(str(qwen2_path), backend="onnx", layer=1)
+    with pytest.raises(ConfigError, match=r"^backend='onnx' runs on the CPU .*not device='cuda'"):
+        mmembed.load(str(qwen2_path), backend="onnx", device="cuda")
+    with pytest.raises(ConfigError, match=r"^backend='onnx' exports the embedding pass only: rationale mode"):
+        mmembed.load(str(qwen2_path), backend="onnx", rationale=RationaleConfig(max_new_tokens=4))
+    with pytest.raises(ConfigError, match=r"^backend='tensorrt'; choose one of torch, onnx\.$"):
+        mmembed.load(str(qwen2_path), backend="tensorrt")
+    vlm = mmembed.load(str(qwen2_vl_path), device="cpu", backend="onnx")
+    assert np.abs(vlm.encode(TEXTS[:2]) - mmembed.load(str(qwen2_vl_path), device="cpu").encode(TEXTS[:2])).max() < 1e-5
+    with pytest.raises(InputError, match="backend='onnx' runs the text model only: encode images with the torch"):
+        vlm.encode([images[0]])
