@@ -173,7 +173,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .progress import interactive_stream
 
     model = mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                         quantize=args.quantize)
+                         quantize=args.quantize, backend=args.backend)
     if args.prompt_name is not None and args.prompt is None and args.prompt_name not in model.prompts:
         saved = f"its prompts are {', '.join(sorted(model.prompts))}" if model.prompts else "it has no saved prompts"
         raise ConfigError(f"--prompt-name {args.prompt_name}: not a prompt of this model ({saved}); give the "
@@ -204,7 +204,7 @@ def _load_model(args: argparse.Namespace):
     import mmembed
 
     return mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                        quantize=args.quantize)
+                        quantize=args.quantize, backend=args.backend)
 
 
 def run_suite(args: argparse.Namespace):
@@ -354,7 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     check_model_options(args)
     model = mmembed.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                         quantize=args.quantize)
+                         quantize=args.quantize, backend=args.backend)
     vectors = model.encode(DEMO_SENTENCES)
     scores = model.similarity(vectors, vectors)
     for i in (0, 3, 2):
@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quantize", choices=["int8", "none"], default=None,
                        help="int8: dynamic int8 linear layers, about 2x faster on CPU (needs mmembed[fast]); none: "
                             "float weights even where the folder saved int8 (default: the folder's choice)")
+        p.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                       help="onnx: the forward pass in ONNX Runtime on the CPU, exported once and cached (needs "
+                            "mmembed[fast]; default: the folder's choice, else torch)")
 
     enc = sub.add_parser("encode", help="embed texts and images, write .npy or .jsonl",
                          epilog=EPILOG_ENCODE, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -99,7 +99,7 @@ def serve_main(args: argparse.Namespace) -> int:
         allow_remote_images=args.allow_remote_images, drain_seconds=args.drain_seconds)
     sock = listen(settings.host, settings.port)
     model = mmembed.load(model_path, adapter=args.adapter, device=args.device, dtype=args.dtype,
-                         quantize=args.quantize)
+                         quantize=args.quantize, backend=args.backend)
     port = sock.getsockname()[1]
     print(f"mmembed serve: '{settings.model_name}' on http://{settings.host}:{port}/v1 "
           f"(dim {model.embedding_dim}{', API key required' if settings.api_key else ''})", file=sys.stderr,

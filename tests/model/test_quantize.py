@@ -159,3 +159,12 @@ def test_what_onnx_does_not_run_is_refused_in_one_line(qwen2_path, qwen2_vl_path
     assert np.abs(vlm.encode(TEXTS[:2]) - mmembed.load(str(qwen2_vl_path), device="cpu").encode(TEXTS[:2])).max() < 1e-5
     with pytest.raises(InputError, match="backend='onnx' runs the text model only: encode images with the torch"):
         vlm.encode([images[0]])
+
+
+def test_the_cli_encodes_with_onnx(qwen2_path, onnx_cache, tmp_path):
+    from mmembed.cli import main
+
+    out = tmp_path / "v.npy"
+    assert main(["encode", *TEXTS[:3], "--model", str(qwen2_path), "--backend", "onnx", "-o", str(out)]) == 0
+    assert np.abs(np.load(out) - mmembed.load(str(qwen2_path)).encode(TEXTS[:3])).max() < 1e-5
+    assert len(list(onnx_cache.glob("*/model.onnx"))) == 1
