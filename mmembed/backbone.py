@@ -8,7 +8,6 @@ top (:mod:`mmembed.lora`).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
@@ -300,8 +299,7 @@ class Backbone(nn.Module):
         if self._positions_from_mask:
             sample["position_ids"] = (sample["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             names.append("position_ids")
-        export_body = base if self.dtype == torch.float32 else copy.deepcopy(base).float()
-        self.onnx = onnx_body(lora.base_model(self.model), export_body, names, sample, self.quantize, cache_dir())
+        self.onnx = onnx_body(lora.base_model(self.model), base, names, sample, self.quantize, cache_dir())
         self.backend = "onnx"
 
     # ----------------------------------------------------------------------------------------------- properties

@@ -16,12 +16,15 @@ early exit (``layer=``), a CUDA device, and the shared-prefix KV cache (the full
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -79,6 +82,23 @@ def fingerprint(model: nn.Module, input_names: list[str], quantize: str | None) 
     return digest.hexdigest()
 
 
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Please consider to run pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs on the root logger that shape inference could be run first (it is not needed
+    for dynamic quantization): dropped while it runs."""
+    root, advice = logging.getLogger(), _DropAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
 class _Body(nn.Module):
     """The exported function: the model body's last-layer token states from its named inputs."""
 
@@ -93,10 +113,15 @@ class _Body(nn.Module):
 
 def export(body: nn.Module, input_names: list[str], sample: dict[str, torch.Tensor], target: Path,
            quantize: str | None) -> Path:
-    """Export ``body`` (float32) to ``target`` (``model.onnx`` in its own folder, with the weights beside it when
+    """Export a float32 copy of ``body`` to ``target`` (``model.onnx`` in its own folder, with the weights beside it when
     ONNX needs external data), quantized to int8 when asked; the folder appears whole or not at all."""
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}-", dir=target.parent.parent))
+    body = copy.deepcopy(body).float()
+    if hasattr(body, "set_attn_implementation"):
+        # eager attention exports to plain ops ONNX Runtime runs faster than the traced SDPA path (all-MiniLM-L6-v2,
+        # 2 CPU cores: 534 vs 477 sentences/s); the vectors are the same
+        body.set_attn_implementation("eager")
     try:
         graph = stage / "float.onnx" if quantize else stage / target.name
         names = {name: {0: "batch", 1: "sequence"} for name in input_names}
@@ -109,7 +134,8 @@ def export(body: nn.Module, input_names: list[str], sample: dict[str, torch.Tens
         if quantize:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(graph), str(stage / target.name), weight_type=QuantType.QInt8, per_channel=True)
+            with _without_preprocessing_advice():
+                quantize_dynamic(str(graph), str(stage / target.name), weight_type=QuantType.QInt8, per_channel=True)
             for leftover in stage.glob("float.onnx*"):
                 leftover.unlink()
         os.replace(stage, target.parent)  # the whole folder at once
