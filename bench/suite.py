@@ -123,6 +123,18 @@ def encode_headline(out: str) -> tuple[str, bool | None]:
     return f"encode sent/s mmembed/ST: {text}", (min(llm.values()) >= 1.3) if llm else None
 
 
+def fast_headline(out: str) -> tuple[str, bool | None]:
+    """The two goal lines of ``bench/encode.py --fast`` (default model and all-MiniLM-L6-v2)."""
+    goals = re.findall(r"^(default|minilm) goal .*-> (PASS|FAIL)$", out, re.MULTILINE)
+    if len(goals) != 2:
+        raise ValueError("no goal lines")
+    ratio = re.search(rf"= {NUM}x -> (?:PASS|FAIL)$", out, re.MULTILINE)
+    best = re.findall(r"(int8|onnx|onnx\+int8) ([0-9.]+)x, min cos ([0-9.]+), STS-B dev ([+-][0-9.]+): (PASS|fail)", out)
+    parts = [f"default {label} {speed}x (cos {cos}, STS {gap})" for label, speed, cos, gap, _ in best]
+    parts.append(f"MiniLM fast path / ST's fastest {ratio.group(1)}x" if ratio else "MiniLM: no ratio")
+    return "; ".join(parts), all(verdict == "PASS" for _, verdict in goals)
+
+
 def gradcache_headline(out: str) -> tuple[str, bool | None]:
     m = re.search(rf"goal: 256 cached <= 1\.5 x batch 16 memory: {NUM} -> (MET|NOT MET)", out)
     if not m:
@@ -212,6 +224,16 @@ BENCHMARKS = [
         note="`--n 1000 --repeats 2` instead of the script's defaults (`--n 2000 --repeats 3`): those take "
              "roughly 15-30 minutes on 2 idle CPU cores (four SmolLM2 workers encoding 2,000 sentences 3 times; "
              "measured 5-9 sentences/s a worker on the shared machine)"),
+    Benchmark(
+        "fast", "bench/encode.py",
+        "`quantize='int8'` (torchao) and `backend='onnx'` (ONNX Runtime, also with its int8) of the default model and "
+        "all-MiniLM-L6-v2 against their float32 torch path, and MiniLM against sentence-transformers' torch, ONNX "
+        "and ONNX-int8 backends (their own environment: `bench/encode.py --setup-st-onnx`); sentences/s, peak RSS, "
+        "min cosine to float32, STS-B dev Spearman of the default model's variants",
+        "default model >= 2x float32 sentences/s with min cosine >= 0.99 and STS-B dev within 0.5; MiniLM's fast "
+        "path >= 1.0x sentence-transformers' fastest CPU backend",
+        ["--fast", "--n", "1000", "--repeats", "3"], ["--fast", "--n", "100", "--repeats", "1"], fast_headline,
+        short_goal="default >= 2x fp32 at cos >= 0.99, STS within 0.5; MiniLM >= 1.0x ST's fastest"),
     Benchmark(
         "gradcache", "bench/gradcache.py",
         "step time and peak memory of a LoRA contrastive step (InfoNCE, AdamW) on SmolLM2-135M: batch 256 with "

@@ -279,7 +279,8 @@ class Backbone(nn.Module):
             model = lora.load_adapter(model, adapter)
         model.to(device or default_device()).eval()
         if quantize is not None and backend == "torch":
-            model = quantize_model(model, quantize)
+            encoder = lora.base_model(model).config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            model = quantize_model(model, quantize, keep_first_layer=not encoder)
             if (Path(path) / INT8_FILE).is_file():  # a saved quantized model: its exact int8 weights
                 restore_int8(model, Path(path) / INT8_FILE)
         backbone = cls(model, processor, template, max_length=max_length, padding_side=padding_side, layer=layer,
