@@ -188,9 +188,10 @@ def setup_st_onnx(python: Path, minilm: Path) -> Path:
 
 
 def fast_rows(args: argparse.Namespace, model: str, sentence_file: Path, tmp: Path) -> tuple[list[str], bool]:
-    """Measure every variant of ``model`` (:data:`FAST`) on the sentences; the table rows and whether a goal
-    failed (default model: int8 or onnx >= 2x fp32 with min cosine >= 0.99 and STS-B dev within 0.5; MiniLM: the
-    best mmembed variant with min cosine >= 0.98 >= 1.0x ST's fastest)."""
+    """Measure every variant of ``model`` (:data:`FAST`) on the sentences; the table rows, with the goal line last
+    (default model: int8 or onnx >= 2x fp32 with min cosine >= 0.99 and STS-B dev within 0.5; MiniLM: the best
+    mmembed variant with min cosine >= 0.98 >= 1.0x ST's fastest), and whether a worker failed (exit 1; a goal not
+    met is reported, not an error)."""
     from mmembed.defaults import offline_model_path
 
     minilm = Path(offline_model_path("all-MiniLM-L6-v2"))
@@ -221,7 +222,7 @@ def fast_rows(args: argparse.Namespace, model: str, sentence_file: Path, tmp: Pa
         rows.append(f"{model:<9}{label:<14}{info['sentences_per_s']:>9.1f}{info['rss_mb']:>9.1f}{speed:>9.2f}"
                     f"{cos:>10.4f}{sts_text}")
     rows.append(fast_verdict(model, results))
-    return rows, failed or "FAIL" in rows[-1]
+    return rows, failed
 
 
 def fast_verdict(model: str, results: dict) -> str:

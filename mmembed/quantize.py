@@ -66,10 +66,13 @@ def check_quantize(value: Any) -> str | None:
 
 def _torchao() -> Any:
     quiet_torchao()
+    logging.disable(logging.WARNING)  # and nothing torchao logs while importing, whatever reset the loggers
     try:
         from torchao import quantization
     except ImportError:
         raise ConfigError(f"quantize='int8' needs torchao: {INSTALL_HINT}.") from None
+    finally:
+        logging.disable(logging.NOTSET)
     return quantization
 
 
