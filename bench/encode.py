@@ -164,22 +164,11 @@ def setup_st_onnx(python: Path, minilm: Path) -> Path:
     """The peer's environment: a venv at ``python``'s with ``sentence-transformers[onnx]`` (optimum needs
     transformers 4: it cannot live in mmembed's environment), sharing this environment's torch; and all-MiniLM-L6-v2
     with ST's own ONNX and ONNX-int8 (avx512_vnni) exports, made by ST, in the mmembed cache."""
-    import importlib.util
-
     from mmembed.gguf import cache_dir
+    from mmembed.measure import peer_venv
 
-    venv = python.parents[1]
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        site = next(venv.glob("lib/python*/site-packages"))
-        ours = Path(importlib.util.find_spec("torch").submodule_search_locations[0]).parent
-        shared = venv / "shared-torch"
-        shared.mkdir(exist_ok=True)
-        for entry in ours.iterdir():
-            if entry.name.split("-")[0] in ("torch", "torchgen", "functorch") and not (shared / entry.name).exists():
-                (shared / entry.name).symlink_to(entry)
-        (site / "shared_torch.pth").write_text(f"{shared}\n")
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "sentence-transformers[onnx]>=5,<6"], check=True)
+        peer_venv(python, "sentence-transformers[onnx]>=5,<6")
     folder = cache_dir() / "bench" / "all-MiniLM-L6-v2-st-onnx"
     if not (folder / ST_ONNX_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)

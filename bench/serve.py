@@ -116,19 +116,9 @@ def naive_server(model_path: str | None, port: int) -> None:
 
 def setup_infinity(python: Path) -> None:
     """A venv for infinity-emb at ``python``'s venv, sharing this environment's torch (see the module docstring)."""
-    import importlib.util
+    from mmembed.measure import peer_venv
 
-    venv = python.parents[1]
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    site = next(venv.glob("lib/python*/site-packages"))
-    ours = Path(importlib.util.find_spec("torch").submodule_search_locations[0]).parent
-    shared = venv / "shared-torch"
-    shared.mkdir(exist_ok=True)
-    for entry in ours.iterdir():
-        if entry.name.split("-")[0] in ("torch", "torchgen", "functorch") and not (shared / entry.name).exists():
-            (shared / entry.name).symlink_to(entry)
-    (site / "shared_torch.pth").write_text(f"{shared}\n")
-    subprocess.run([str(python), "-m", "pip", "install", "infinity-emb[server,torch]==0.0.78"], check=True)
+    peer_venv(python, "infinity-emb[server,torch]==0.0.78")
 
 
 def start(kind: str, model: str, path: str | None, args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
