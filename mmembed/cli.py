@@ -10,10 +10,13 @@ renamed when complete: an interrupted run (exit code 130) leaves the older file 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,7 +29,7 @@ ENCODE_SUFFIXES = (".npy", ".jsonl")
 USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 #: the options whose values are paths
 PATH_OPTIONS = ("input_file", "image", "image_root", "output", "model", "adapter", "data", "tasks_file",
-                "embeddings_dir", "mteb_cache", "tasks")
+                "embeddings_dir", "mteb_cache", "tasks", "corpus", "index", "queries_file")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -195,9 +198,11 @@ EPILOG_EVAL = """examples:
   mmembed eval retrieval --model ./my-model --data ./my-beir-folder
   mmembed eval trecqa --data ../shared/data/trecqa/dev.csv
   mmembed eval probes --data ../shared/data/senteval/STS/STSBenchmark/sts-dev.csv --layers
+  accelerate launch --num_processes 4 -m mmembed.cli eval mbeir --model ./my-vlm --data ./M-BEIR
 
 Each run writes <suite>.json (scores and the protocol: model, prompts, image resolution, data file hashes,
-seeds), <suite>.md and <suite>.png into --output, and prints the table."""
+seeds), <suite>.md and <suite>.png into --output, and prints the table. Under accelerate launch / torchrun the
+processes split every encoding (one GPU each) and give the scores of one process; the main one writes and prints."""
 
 
 def _load_model(args: argparse.Namespace):
@@ -207,13 +212,13 @@ def _load_model(args: argparse.Namespace):
                         quantize=args.quantize, backend=args.backend)
 
 
-def run_suite(args: argparse.Namespace):
+def run_suite(args: argparse.Namespace, progress: bool = True):
     """Run the suite named by ``args.suite``; returns its :class:`~mmembed.eval.report.Report`. Progress bars
-    are shown on a terminal only (not written into logs)."""
+    are shown on a terminal only (not written into logs), and only with ``progress``."""
     from .progress import interactive_stream
 
     model = _load_model(args)
-    live = interactive_stream()
+    live = progress and interactive_stream()
     common: dict[str, Any] = {"batch_size": args.batch_size}
     if args.suite != "probes":
         common["show_progress_bar"] = live if args.suite == "mteb" else None if live else False
@@ -258,16 +263,41 @@ def run_suite(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``mmembed eval <suite>``; under ``accelerate launch`` / ``torchrun`` every process runs the suite with each
+    encoding split among them (:mod:`mmembed.distributed`), and the main one alone writes and prints the report."""
     check_output_folder(args.output, what="--output")
     check_model_options(args)
     if getattr(args, "data", None) and not Path(args.data).exists():
         raise InputError(f"--data '{args.data}' does not exist.")
-    report = run_suite(args)
-    paths = report.save(Path(args.output))
-    (Path(args.output) / f"{args.suite}.partial.json").unlink(missing_ok=True)  # finished: no resume state left
-    print(report.to_markdown())
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    from .distributed import process_device, processes, sharded_encoding
+
+    with processes() as procs, sharded_encoding(procs), _quiet(not procs.main):
+        if args.device in (None, "cuda"):  # one GPU per process (LOCAL_RANK) on several
+            args.device = process_device(procs) or args.device
+        report = run_suite(args, progress=procs.main)
+
+        def save() -> dict[str, Path]:
+            paths = report.save(Path(args.output))
+            (Path(args.output) / f"{args.suite}.partial.json").unlink(missing_ok=True)  # finished: no resume state
+            return paths
+
+        paths = procs.on_main(save)
+    if procs.main:
+        print(report.to_markdown())
+        print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet(quiet: bool) -> Iterator[None]:
+    """Log errors only while ``quiet`` (the processes other than the main one of a distributed run)."""
+    previous = logging.root.manager.disable
+    if quiet:
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def add_eval_parser(sub: Any, model_args: Any) -> None:
@@ -413,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.cli import add_serve_parser  # argparse only: the serve extra is imported when the command runs
 
     add_serve_parser(sub, model_args, cmd_serve)
+    from .index.cli import add_index_parser  # argparse only: the index commands import their work when run
+
+    add_index_parser(sub, model_args)
 
     syn = sub.add_parser("synthetic", help="write the synthetic multimodal benchmark (MMEB, MMEB-train, MuCo, "
                                            "M-BEIR formats), deterministic from a seed")

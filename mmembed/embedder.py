@@ -31,7 +31,7 @@ from . import st_format
 from .backbone import Backbone
 from .batching import length_batches
 from .errors import ConfigError, InputError, MMEmbedError, ModelFolderError, ModelNotFoundError, OutputPathError
-from .inputs import InputLike, Item, PromptTemplate, Rendered, check_unicode, to_items
+from .inputs import InputLike, Item, PromptTemplate, Rendered, check_unicode, open_images, to_items
 from .model_folder import FILES_KEY, check_complete, check_config, checked_value, read_json, write_folder
 from .pooling import MissingTokenError, Pooler, SpecialTokenPooler
 from .prefix_cache import SharedPrefix, shared_token_prefix
@@ -73,9 +73,12 @@ def truncation_message(indices: list[int], total: int, max_length: int, shown: i
             f"whole.")
 
 
-def _check_encode_call(embedder: Embedder, items: list[Item], dim: int | None, batch_size: Any) -> None:
+def _check_encode_call(embedder: Embedder, items: list[Item], dim: int | None, batch_size: Any,
+                       share: Any = None) -> None:
     """Options and inputs ``encode`` cannot use, named (index, value) before any work."""
     backbone = embedder.backbone
+    if share is not None and not (isinstance(share, tuple) and len(share) == 2 and 0 <= share[0] < share[1]):
+        raise ConfigError(f"share={share!r} must be (rank, world) with 0 <= rank < world.")
     if dim is not None and not 0 < dim <= backbone.hidden_size:
         raise ConfigError(f"truncate_dim={dim} must be between 1 and the model's dimension {backbone.hidden_size}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -266,13 +269,17 @@ class Embedder(nn.Module):
         cache_prompt: bool = True,
         return_rationales: bool = False,
         cache_rationales: bool = True,
+        share: tuple[int, int] | None = None,
     ) -> np.ndarray | Tensor | list | tuple:
         """Embed texts, images, ``{"text", "image"}`` pairs or chat messages.
 
         Inputs are batched by length (at most ``batch_size`` items and ``max_batch_tokens`` padded tokens a batch)
         and returned in input order as float32: an array ``(n, dim)`` (``(dim,)`` for a single input), or torch
         tensors on the CPU with ``convert_to_tensor=True`` / ``convert_to_numpy=False``. A special-token pooler gives
-        a list of ``(k_i, dim)`` arrays, one row per occurrence of its token. With ``cache_prompt`` (and a causal
+        a list of ``(k_i, dim)`` arrays, one row per occurrence of its token. ``share=(rank, world)`` runs only
+        batches ``rank, rank + world, ...`` of the plan and returns ``(indices, their embeddings)`` (numpy), opening
+        only their images: the shares of ``world`` processes hold bitwise one call's embeddings
+        (:func:`mmembed.eval.encoding.encode_split` gathers them). With ``cache_prompt`` (and a causal
         decoder whose pooler ignores the prompt's states) the prompt prefix the inputs share is computed once
         (:mod:`mmembed.prefix_cache`). Encoding runs in eval mode (no dropout: the same input always gives the same
         embedding, also during training), and the model's mode is restored afterwards.
@@ -287,10 +294,10 @@ class Embedder(nn.Module):
         :meth:`clear_rationale_cache` after changing the weights), and ``return_rationales=True`` returns
         ``(embeddings, rationale strings)``.
         """
-        items, single = to_items(inputs)
+        items, single = to_items(inputs, open_images=share is None)
         backbone = self.backbone
         dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        _check_encode_call(self, items, dim, batch_size)
+        _check_encode_call(self, items, dim, batch_size, share)
         text_prompt = check_unicode(self.resolve_prompt(prompt_name, prompt), "prompt")
         rendered = _render_all(backbone.renderer, items, text_prompt)
         progress = progress_options(show_progress_bar, len(items) >= (16 if self.rationale is not None else 256))
@@ -299,22 +306,15 @@ class Embedder(nn.Module):
                           rationales if self.rationale is not None else None, cache_rationales,
                           not progress["disable"])
         results: list[Tensor] = [torch.empty(0, dim or backbone.hidden_size)] * len(items)
+        plan = plan if share is None else plan[share[0]::share[1]]
         for step in tqdm(plan, desc="Encoding", unit="batch", **progress):
-            if step.ids is not None:
-                batch = backbone.pad(step.ids)
-                if step.prefix_lengths is not None:
-                    batch["prefix_lengths"] = torch.tensor(step.prefix_lengths)
-            else:
-                batch = _tokenize_batch(backbone, rendered, step.indices, self.needs_prefix_lengths)
-            hidden = backbone(batch, prefix=step.prefix)
-            batch = {k: v.to(hidden.device) for k, v in batch.items() if isinstance(v, Tensor)}
-            try:
-                vectors, counts = self.pooler(hidden, batch)
-            except MissingTokenError as exc:
-                raise InputError(f"inputs[{step.indices[exc.row]}]: {exc}") from None
-            vectors = self.postprocess(vectors.float(), normalize, truncate_dim).cpu()
-            for i, chunk in zip(step.indices, vectors.split(counts.tolist())):
+            for i, chunk in zip(step.indices, self._run_step(step, rendered, normalize, truncate_dim)):
                 results[i] = chunk
+        if share is not None:
+            done = sorted(i for step in plan for i in step.indices)
+            vectors = [results[i].numpy() for i in done]
+            return done, vectors if self.multi_vector else \
+                np.concatenate(vectors or [np.zeros((0, dim or backbone.hidden_size), np.float32)])
         numpy = convert_to_numpy and not convert_to_tensor
         if self.multi_vector:
             out: Any = [r.numpy() for r in results] if numpy else results
@@ -327,6 +327,26 @@ class Embedder(nn.Module):
                      for i in range(len(items))]
             return out, (texts[0] if single else texts)
         return out
+
+    def _run_step(self, step: _Step, rendered: list[Rendered], normalize: bool | None, truncate_dim: int | None
+                  ) -> tuple[Tensor, ...]:
+        """The embeddings of one batch of ``encode``'s plan: a ``(k_i, dim)`` tensor per input of ``step``."""
+        backbone = self.backbone
+        if step.ids is not None:
+            batch = backbone.pad(step.ids)
+            if step.prefix_lengths is not None:
+                batch["prefix_lengths"] = torch.tensor(step.prefix_lengths)
+        else:
+            for i in step.indices:
+                rendered[i] = open_images(rendered[i], f"inputs[{i}]")
+            batch = _tokenize_batch(backbone, rendered, step.indices, self.needs_prefix_lengths)
+        hidden = backbone(batch, prefix=step.prefix)
+        batch = {k: v.to(hidden.device) for k, v in batch.items() if isinstance(v, Tensor)}
+        try:
+            vectors, counts = self.pooler(hidden, batch)
+        except MissingTokenError as exc:
+            raise InputError(f"inputs[{step.indices[exc.row]}]: {exc}") from None
+        return self.postprocess(vectors.float(), normalize, truncate_dim).cpu().split(counts.tolist())
 
     def clear_rationale_cache(self) -> None:
         """Forget cached rationales (they belong to the weights that generated them)."""

@@ -60,8 +60,10 @@ def looks_like_image_path(value: str) -> bool:
     return "\n" not in value and len(value) < 4096 and Path(value).suffix.lower() in IMAGE_SUFFIXES
 
 
-def load_image(source: Any, where: str) -> Image.Image:
-    """Open ``source`` (PIL image or path) as an RGB image; ``where`` names the input in errors."""
+def load_image(source: Any, where: str, open_image: bool = True) -> Image.Image:
+    """Open ``source`` (PIL image or path) as an RGB image; ``where`` names the input in errors. With
+    ``open_image=False`` a path is only checked (it exists, it is a file) and returned as a :class:`~pathlib.Path`,
+    for :func:`open_images` to open later."""
     if isinstance(source, Image.Image):
         return source if source.mode == "RGB" else source.convert("RGB")
     if not isinstance(source, (str, os.PathLike)):
@@ -75,6 +77,8 @@ def load_image(source: Any, where: str) -> Image.Image:
     if not path.is_file():
         raise InputError(f"{where}: image file '{path}' does not exist. Pass an existing image path, or wrap "
                          f"the string as {{'text': ...}} if it is meant as text.")
+    if not open_image:
+        return path  # type: ignore[return-value] - opened by open_images
     try:
         with Image.open(path) as img:
             img.load()
@@ -82,6 +86,13 @@ def load_image(source: Any, where: str) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{where}: cannot read image '{path}' ({exc}). The file is corrupt or not an image; "
                          f"re-encode it as PNG/JPEG.") from exc
+
+
+def open_images(rendered: Rendered, where: str) -> Rendered:
+    """``rendered`` with the image paths that ``to_items(..., open_images=False)`` left unopened opened."""
+    if all(isinstance(image, Image.Image) for image in rendered.images):
+        return rendered
+    return Rendered(rendered.text, [load_image(image, where) for image in rendered.images], rendered.prefix)
 
 
 def check_unicode(value: str, where: str) -> str:
@@ -129,23 +140,25 @@ def _normalise_messages(messages: list, where: str) -> list[dict]:
     return out
 
 
-def to_item(value: InputLike, index: int) -> Item:
-    """Normalise one user input; errors name ``inputs[index]`` and the fix."""
+def to_item(value: InputLike, index: int, open_images: bool = True) -> Item:
+    """Normalise one user input; errors name ``inputs[index]`` and the fix. ``open_images=False`` leaves image
+    paths (checked) unopened: see :func:`load_image`."""
     where = f"inputs[{index}]"
     if isinstance(value, Item):
         return value
     if isinstance(value, (Image.Image, os.PathLike)):
-        return Item(image=load_image(value, where))
+        return Item(image=load_image(value, where, open_images))
     if isinstance(value, str):
         if looks_like_image_path(value):
-            return Item(image=load_image(value, where))
+            return Item(image=load_image(value, where, open_images))
         return Item(text=_check_text(value, where))
     if isinstance(value, dict):
         unknown = set(value) - {"text", "image"}
         if unknown or not value:
             raise InputError(f"{where}: a dict input takes the keys 'text' and/or 'image', got {sorted(value)}.")
         text = _check_text(value["text"], f"{where}['text']") if value.get("text") is not None else None
-        image = load_image(value["image"], f"{where}['image']") if value.get("image") is not None else None
+        image = load_image(value["image"], f"{where}['image']", open_images) if value.get("image") is not None \
+            else None
         if text is None and image is None:
             raise InputError(f"{where}: both 'text' and 'image' are None.")
         return Item(text=text, image=image)
@@ -162,9 +175,10 @@ def _is_conversation(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
-def to_items(inputs: Any) -> tuple[list[Item], bool]:
+def to_items(inputs: Any, open_images: bool = True) -> tuple[list[Item], bool]:
     """Normalise ``inputs`` (one input, or any ordered iterable of them); returns the items and whether one input
-    was given. Raw bytes and sets (no order to match embeddings to inputs) are refused with the fix."""
+    was given. Raw bytes and sets (no order to match embeddings to inputs) are refused with the fix.
+    ``open_images=False`` leaves image paths unopened (see :func:`load_image`)."""
     if isinstance(inputs, (bytes, bytearray, memoryview)):
         raise InputError("inputs is bytes; mmembed embeds text and images, not raw bytes. Decode text first, e.g. "
                          "encode(data.decode('utf-8')), or open image bytes with PIL.Image.open(io.BytesIO(data)).")
@@ -180,7 +194,7 @@ def to_items(inputs: Any) -> tuple[list[Item], bool]:
         except TypeError:
             raise InputError(f"inputs has unsupported type {type(inputs).__name__}. Pass one input or a list of "
                              f"them.") from None
-    return [to_item(v, i) for i, v in enumerate(values)], single
+    return [to_item(v, i, open_images) for i, v in enumerate(values)], single
 
 
 SENTINEL = "\u2063MMEMBED_CONTENT\u2063"

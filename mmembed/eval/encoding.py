@@ -1,4 +1,9 @@
-"""Encoding for evaluators: every distinct input is embedded once, with the query or document prompt."""
+"""Encoding for evaluators: every distinct input is embedded once, with the query or document prompt.
+
+Every evaluator encodes through :func:`encode_split` (:func:`encode_side`, :class:`EmbeddingCache`, mteb's encoder):
+inside :func:`mmembed.distributed.sharded_encoding` (``mmembed eval`` under ``accelerate launch`` / ``torchrun``) each
+process encodes a share of the batches and every process gets all the embeddings, bitwise those of one process.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,27 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import encode_sharded, encoding_processes, gather_shares
 from ..errors import InputError
+
+
+def encode_split(embedder: Any, inputs: Sequence[Any], **kwargs: Any) -> Any:
+    """``embedder.encode(list(inputs), **kwargs)`` (an array, or a list of arrays for a multi-vector pooler), split
+    among the processes of the open :func:`~mmembed.distributed.sharded_encoding`: an
+    :class:`~mmembed.Embedder`'s batches are dealt to the processes (``encode(share=...)``: the same vectors as one
+    process, bit for bit), another encoder's inputs are cut into contiguous slices. Call it on every process with the
+    same inputs; an error on one process is raised on all."""
+    procs = encoding_processes()
+    if procs is None or not len(inputs):
+        return embedder.encode(list(inputs), **kwargs)
+    from ..embedder import Embedder
+
+    if not isinstance(embedder, Embedder):
+        return encode_sharded(lambda part: embedder.encode(list(part), **kwargs), inputs, procs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("convert_to_numpy", "convert_to_tensor")}
+    rows = gather_shares(procs, len(inputs),
+                         lambda: embedder.encode(list(inputs), share=(procs.rank, procs.world), **kwargs))
+    return rows if embedder.multi_vector else np.stack(rows)
 
 
 def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *, prompt_name: str | None = None,
@@ -33,7 +58,7 @@ def encode_side(embedder: Any, inputs: Sequence[Any], side: str | None = None, *
     chunks = []
     for start in range(0, len(inputs), chunk_size):
         try:
-            vectors = embedder.encode(list(inputs[start:start + chunk_size]), **kwargs)
+            vectors = encode_split(embedder, inputs[start:start + chunk_size], **kwargs)
         except InputError as exc:  # name the input by its index in ``inputs``, not in the chunk
             where = re.match(r"inputs\[(\d+)\]", str(exc))
             if not start or where is None:

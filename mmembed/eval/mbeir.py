@@ -24,6 +24,7 @@ pool orders come from one random stream per (seed, task[, pool]), so they do not
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import run_on_main
 from ..errors import DataError
 from ..textio import iter_jsonl, resolve_image
 from .encoding import encode_side
@@ -145,28 +147,39 @@ class _Pools:
             if new:
                 self.vectors.update(zip(new, self._encode(new)))
             return np.stack([self.vectors[d] for d in dids])
-        folder = self.embeddings_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        array_path, state_path = folder / f"{name}.npy", folder / f"{name}.progress.json"
-        key = _hash([self.model_key, *dids])
+        array_path, state_path = self.embeddings_dir / f"{name}.npy", self.embeddings_dir / f"{name}.progress.json"
+        state = run_on_main(lambda: self._open_array(array_path, state_path, _hash([self.model_key, *dids]),
+                                                     len(dids)))  # on several processes: the main one's files
+        if state["done"] < len(dids):
+            for start in range(state["done"], len(dids), self.chunk):
+                vectors = self._encode(dids[start:start + self.chunk])
+                state["done"] = min(len(dids), start + self.chunk)
+                run_on_main(functools.partial(_write_rows, array_path, start, vectors, state_path, state))
+        else:
+            logger.info("reusing the embeddings of %s in %s", name, array_path)
+        return NpyFile(array_path)
+
+    def _open_array(self, array_path: Path, state_path: Path, key: str, rows: int) -> dict[str, Any]:
+        """The progress of the embeddings in ``array_path``; a new zero array (and progress) when they belong to
+        another model or pool, or are absent."""
+        array_path.parent.mkdir(parents=True, exist_ok=True)
         state, stale = load_state(state_path, key)
         if state is None or not array_path.is_file():
             if state is not None or stale:
                 logger.info("%s holds embeddings of another model or pool: computing them again", array_path)
             state = {"key": key, "done": 0}
             np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32,
-                                      shape=(len(dids), self.embedder.embedding_dim)).flush()
-        if state["done"] < len(dids):
-            out = np.load(array_path, mmap_mode="r+")
-            for start in range(state["done"], len(dids), self.chunk):
-                out[start:start + self.chunk] = self._encode(dids[start:start + self.chunk])
-                out.flush()
-                state["done"] = min(len(dids), start + self.chunk)
-                save_state(state_path, state)
-            del out
-        else:
-            logger.info("reusing the embeddings of %s in %s", name, array_path)
-        return NpyFile(array_path)
+                                      shape=(rows, self.embedder.embedding_dim)).flush()
+        return state
+
+
+def _write_rows(array_path: Path, start: int, vectors: np.ndarray, state_path: Path, state: dict[str, Any]) -> None:
+    """Write ``vectors`` at row ``start`` of the ``.npy`` file, then the progress ``state`` that counts them."""
+    out = np.load(array_path, mmap_mode="r+")
+    out[start:start + len(vectors)] = vectors
+    out.flush()
+    del out
+    save_state(state_path, state)
 
 
 def _hash(dids: list[str]) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import run_on_main
 from ..errors import DataError
 from ..textio import iter_jsonl, resolve_image
 from .encoding import EmbeddingCache
@@ -260,7 +261,7 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
     model_info = describe_model(embedder)
     run_key = hashlib.sha256(json.dumps([model_info, str(image_root), max_queries, seed], sort_keys=True,
                                         default=str).encode()).hexdigest()
-    state = _load_state(resume_file, run_key)
+    state = run_on_main(lambda: _load_state(resume_file, run_key))  # on several processes: the main one's files
     results: dict[str, dict[str, Any]] = {}
     missing: dict[str, str] = {}
     flags: list[str] = []
@@ -286,7 +287,7 @@ def evaluate_mmeb(embedder: Any, data_root: str | Path, *, tasks_file: str | Pat
         flags += [flag] if flag else []
         if resume_file is not None:
             state["tasks"][task.name] = {"files": hashes, "entry": results[task.name], "flag": flag}
-            save_state(resume_file, state)
+            run_on_main(lambda: save_state(resume_file, state))
     if not results:
         present = sorted(p.name for p in root.iterdir())[:8]
         raise MMEBDataError(f"none of the {len(task_list)} tasks of {tasks_file or 'MMEB v1'} is under {root} (a task "

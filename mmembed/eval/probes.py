@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .encoding import encode_split
+
 ArrayLike = np.ndarray | Tensor
 
 _BLOCK = 1024  # rows per block in the blockwise computations
@@ -309,7 +311,7 @@ def layer_probes(embedder: Any, sentences: Sequence[str], pairs: tuple[Sequence[
     try:
         for layer in layers:
             backbone.layer = int(layer)
-            vectors = np.asarray(embedder.encode(unique, batch_size=batch_size, **encode_kwargs))
+            vectors = np.asarray(encode_split(embedder, unique, batch_size=batch_size, **encode_kwargs))
             positive = (vectors[rows["first"]], vectors[rows["second"]]) if pairs is not None else None
             results[int(layer)] = probe(vectors[rows["sentences"]], positive)
     finally:
@@ -352,7 +354,7 @@ def probes_report(embedder: Any, data: str | Path, *, layers: bool = False, max_
 
     sentences, pairs = read_probe_data(data, max_sentences, seed)
     unique = list(dict.fromkeys(sentences + (pairs[0] + pairs[1] if pairs else [])))
-    vectors = np.asarray(embedder.encode(unique, batch_size=batch_size))
+    vectors = np.asarray(encode_split(embedder, unique, batch_size=batch_size))
     index = {s: i for i, s in enumerate(unique)}
     positive = (vectors[[index[s] for s in pairs[0]]], vectors[[index[s] for s in pairs[1]]]) if pairs else None
     final = probe(vectors[[index[s] for s in sentences]], positive, seed=seed)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import MMEmbedError
+from ..encoding import encode_split
 
 if TYPE_CHECKING:
     from mteb.models.model_meta import ModelMeta
@@ -51,6 +52,8 @@ class _EncoderMixin:
 
     ``encode`` takes mteb's batches: texts (``batch["text"]``), images (``batch["image"]``, PIL images) or both (paired
     into ``{"text", "image"}`` inputs). An empty text with no image gets a zero vector (cosine 0 to everything).
+    It encodes through :func:`~mmembed.eval.encoding.encode_split`: on several processes running the same mteb flow
+    (``mmembed eval mteb`` under ``accelerate launch``), each encodes a share of every call.
     """
 
     def __init__(self, embedder: Embedder, *, name: str | None = None, revision: str | None = None,
@@ -134,8 +137,8 @@ class _EncoderMixin:
             logger.warning("%s: %d empty input(s) (no text, no image) get a zero vector.", task_name,
                            len(items) - len(keep))
         if keep:
-            vectors = self.embedder.encode([items[i] for i in keep], prompt=prompt, batch_size=batch_size,
-                                           show_progress_bar=show_progress_bar, convert_to_numpy=True)
+            vectors = encode_split(self.embedder, [items[i] for i in keep], prompt=prompt, batch_size=batch_size,
+                                   show_progress_bar=show_progress_bar, convert_to_numpy=True)
             if isinstance(vectors, list):  # a special-token pooler: one row per token occurrence
                 if any(v.shape[0] != 1 for v in vectors):
                     raise MMEmbedError("this model gives several vectors for some inputs (special-token pooling "

@@ -139,7 +139,8 @@ def evaluate(embedder: Any, tasks: Any, *, output_folder: str | Path | None = No
         tasks: mteb task or benchmark names (``"STSBenchmark"``, ``"MTEB(eng, v2)"``), paths of local tasks (a BEIR folder with ``corpus.jsonl`` ->
             retrieval, a file -> STS) or mteb ``AbsTask`` objects.
         output_folder: where mteb writes its result files (``<output_folder>/results/<model>/<revision>/<task>.json``);
-            None writes nothing.
+            None writes nothing. On several processes (:func:`~mmembed.distributed.sharded_encoding`) only the main
+            one writes them, and each encoding is split among the processes.
         batch_size: the encode batch size (mteb's ``encode_kwargs``).
         overwrite: rerun tasks whose results are already in ``output_folder`` (False: reuse them).
         name: the model name in the results (default: from the model's path).
@@ -161,7 +162,7 @@ def evaluate(embedder: Any, tasks: Any, *, output_folder: str | Path | None = No
     unused = encoder.unused_prompt_keys(t.metadata.name for t in resolved)
     if unused:
         logger.info("prompts %s name no mteb task, task type or query/document: mteb never uses them.", unused)
-    cache = mteb.ResultCache(str(Path(output_folder).expanduser())) if output_folder is not None else None
+    cache = _result_cache(output_folder, overwrite)
     bars = datasets.is_progress_bar_enabled()
     if not show_progress_bar:
         datasets.disable_progress_bars()  # mteb's dataset.map calls
@@ -180,6 +181,23 @@ def evaluate(embedder: Any, tasks: Any, *, output_folder: str | Path | None = No
         out[task_result.task_name] = {"main_score": float(task_result.get_score()),
                                       "metric": metrics.get(task_result.task_name, "main_score"), "scores": scores}
     return out
+
+
+def _result_cache(output_folder: str | Path | None, overwrite: bool) -> Any:
+    """mteb's result cache in ``output_folder``: None without a folder, and on the processes other than the main one
+    of a sharded run (which must recompute every task, so that all processes run the same encodings)."""
+    import mteb
+
+    from ...distributed import encoding_processes
+    from ...errors import ConfigError
+
+    procs = encoding_processes()
+    if procs is not None and not overwrite:
+        raise ConfigError("overwrite=False (reuse mteb's saved results) needs one process: on several, every "
+                          "process must run every task. Pass overwrite=True or run on one process.")
+    if output_folder is None or (procs is not None and not procs.main):
+        return None
+    return mteb.ResultCache(str(Path(output_folder).expanduser()))
 
 
 def _plain(value: Any) -> Any:
