@@ -198,7 +198,7 @@ EPILOG_EVAL = """examples:
   mmembed eval retrieval --model ./my-model --data ./my-beir-folder
   mmembed eval trecqa --data ../shared/data/trecqa/dev.csv
   mmembed eval probes --data ../shared/data/senteval/STS/STSBenchmark/sts-dev.csv --layers
-  accelerate launch --num_processes 4 -m mmembed.cli eval mbeir --model ./my-vlm --data ./M-BEIR
+  accelerate launch --multi_gpu --num_processes 4 -m mmembed.cli eval mbeir --model ./my-vlm --data ./M-BEIR
 
 Each run writes <suite>.json (scores and the protocol: model, prompts, image resolution, data file hashes,
 seeds), <suite>.md and <suite>.png into --output, and prints the table. Under accelerate launch / torchrun the

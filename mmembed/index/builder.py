@@ -13,6 +13,7 @@ shards it was writing), and one with another model, corpus or vector-changing op
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from .manifest import (
 )
 
 #: records a shard holds unless told otherwise
+logger = logging.getLogger(__name__)
+
 SHARD_SIZE = 50_000
 
 
@@ -97,6 +100,10 @@ def build(corpus: str | Path, output: str | Path, model: str | Path | Embedder |
         finished = set(done)
         todo = [i for i in range(len(shards)) if i not in finished]
         mine = todo[procs.rank::procs.world]
+        if procs.main and 0 < len(todo) < procs.world:
+            logger.warning("%d shard(s) to encode for %d processes: %d process(es) stay idle; a smaller "
+                           "--shard-size (in a new index folder) shares the work.", len(todo), procs.world,
+                           procs.world - len(todo))
         bar = _progress_bar(procs, len(data), sum(shards[i]["stop"] - shards[i]["start"] for i in done),
                             show_progress_bar)
         counter = RowCounter(procs, f"mmembed-index/{nonce}")

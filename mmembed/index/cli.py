@@ -15,8 +15,11 @@ from ..errors import DataError, InputError, MMEmbedError
 
 EPILOG_BUILD = """examples:
   mmembed index build --corpus corpus.jsonl -o my-index --model ./my-model
-  accelerate launch -m mmembed.cli index build --corpus corpus.jsonl -o my-index --model ./my-model
+  accelerate launch --multi_gpu --num_processes 4 -m mmembed.cli index build --corpus corpus.jsonl -o my-index
   torchrun --nproc-per-node 4 -m mmembed.cli index build --corpus corpus.jsonl -o my-index
+
+(accelerate launch needs --multi_gpu for several processes, also on a machine without GPUs: it then runs them on
+the CPU; without it, one process runs.)
 
 Each line of --corpus is {"id": ..., "text": ...} and/or "image": a path inside --image-root (default: the corpus
 file's folder); a .parquet file with those columns works too (needs pyarrow). A bad record stops the run with its
@@ -77,6 +80,8 @@ def add_index_parser(sub: Any, model_args: Callable[[argparse.ArgumentParser], N
     s.add_argument("--nlist", type=_positive_int, help="ivf/pq cells (default about 4 sqrt(n))")
     s.add_argument("--nprobe", type=_positive_int, help="ivf/pq cells searched (default max(8, nlist/16))")
     s.add_argument("--hnsw-m", type=_positive_int, default=32, help="hnsw links a node")
+    s.add_argument("--ef-construction", type=_positive_int, default=128,
+                   help="hnsw candidates kept while building (more: better recall, slower build)")
     s.add_argument("--ef-search", type=_positive_int, help="hnsw candidates kept while searching (max(64, 2k))")
     s.add_argument("--pq-m", type=_positive_int, help="pq bytes a vector (default dimension / 4)")
     s.add_argument("--id-prefix", help="only records whose id starts with this")
@@ -155,7 +160,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         model = Embedder.load(args.model, device=args.device)
     index = Index.load(args.index, method="blocked" if args.faiss == "none" else args.faiss, model=model,
                        device=args.device, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
-                       ef_search=args.ef_search, pq_m=args.pq_m)
+                       ef_construction=args.ef_construction, ef_search=args.ef_search, pq_m=args.pq_m)
     found, scores = index.search(inputs, args.k, id_prefix=args.id_prefix, prompt_name=args.prompt_name,
                                  prompt=args.prompt, batch_size=args.batch_size)
     lines = []
@@ -168,5 +173,5 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     with atomic_path(output) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")
-    print(f"wrote the top {args.k} of {len(inputs)} queries to {output}", file=sys.stderr)
+    print(f"wrote the top {min(args.k, len(index))} of {len(inputs)} queries to {output}", file=sys.stderr)
     return 0

@@ -43,7 +43,8 @@ class Index:
     @classmethod
     def load(cls, folder: str | Path, *, method: str = "auto", model: Embedder | None = None,
              device: str | None = None, nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
-             ef_search: int | None = None, pq_m: int | None = None, block_size: int = 65536) -> Index:
+             ef_construction: int = 128, ef_search: int | None = None, pq_m: int | None = None,
+             block_size: int = 65536) -> Index:
         """Open ``folder`` (every shard must be finished). ``method``: one of :data:`METHODS`; the faiss
         parameters are described in :mod:`mmembed.index.faiss_index`. ``model``: the embedder for the queries
         (default: loaded from the manifest when first needed, on ``device``)."""
@@ -65,7 +66,8 @@ class Index:
                 raise DataError(f"{ids_path(folder, shard)}: {len(part)} ids for {shard['stop'] - shard['start']} "
                                 f"vectors; rebuild the index into a new folder.")
             ids += part
-        options = FaissOptions(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, pq_m=pq_m)
+        options = FaissOptions(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                               ef_search=ef_search, pq_m=pq_m)
         return cls(folder, manifest, ids, method, options, model, device, block_size)
 
     def __len__(self) -> int:

@@ -56,7 +56,7 @@ def test_faiss_flat_equals_the_blocked_top_k(folder, queries):
     np.testing.assert_allclose(scores_blocked, scores, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method, options, minimum", [("ivf", {"nlist": 16, "nprobe": 4}, 0.8), ("hnsw", {}, 0.95),
+@pytest.mark.parametrize("method, options, minimum", [("ivf", {"nlist": 16, "nprobe": 4}, 0.8), ("hnsw", {"ef_construction": 64}, 0.95),
                                                       ("pq", {"nlist": 4, "nprobe": 2, "pq_m": 16}, 0.6)])
 def test_approximate_indexes_keep_most_of_the_exact_top_10(folder, query_vectors, method, options, minimum):
     pytest.importorskip("faiss")
