@@ -308,3 +308,23 @@ def test_graded_files_mix_with_one_format_each(tmp_path):
                                                                                               "sick_relatedness"))
     with pytest.raises(ValueError, match="2 train files but 3 train formats"):
         recipe.training_rows(DataArguments(train_file=f"{stsb},{stsb}", train_format="stsb,stsb,stsb"), args)
+
+
+def test_teacher_as_gold_grades_unlabelled_pairs_and_only_when_asked(tmp_path):
+    """Positive pairs mixed with STS-B: without ``teacher_as_gold`` the cosent task refuses them (no gold score);
+    with it, each such row's task target is its own teacher score and the graded rows keep their gold."""
+    from mmembed.errors import ConfigError
+    from mmembed.train.arguments import DataArguments
+    from mmembed.train.methods import distill as recipe
+    stsb = ROOT.parent / "shared" / "data" / "senteval" / "STS" / "STSBenchmark" / "sts-train.csv"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": a, "positive": b}) + "\n" for a, b in zip(TEXTS[:3], TEXTS[3:])))
+    data = DataArguments(train_file=f"{stsb},{pairs}", train_format="stsb,pairs")
+    with pytest.raises(ConfigError, match="task cosent needs a gold score per row"):
+        recipe.training_rows(data, recipe.DistillArguments(task="cosent"))
+    rows = recipe.training_rows(data, recipe.DistillArguments(task="cosent", teacher_as_gold=True))
+    gold = [r.get("score") for r in rows]
+    scored = [{**r, "teacher_score": round(0.1 * (i % 7), 1)} for i, r in enumerate(rows)]
+    graded = recipe.teacher_as_gold(scored)
+    assert [r["score"] for r in graded[-3:]] == [r["teacher_score"] for r in scored[-3:]]
+    assert [r["score"] for r in graded[:-3]] == gold[:-3] and None not in gold[:-3] and gold[-3:] == [None] * 3

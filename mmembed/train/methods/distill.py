@@ -69,6 +69,9 @@ class DistillArguments:
     teacher_chunk_size: int = field(default=512, metadata={"help": "pairs scored between two appends to the cache"})
     alpha: float = field(default=ALPHA, metadata={"help": "weight of the distillation term (DSE: 0.5)"})
     task: str = field(default="infonce", metadata={"help": f"task loss: one of {', '.join(TASKS)}"})
+    teacher_as_gold: bool = field(default=False, metadata={
+        "help": "rows without a gold score take the teacher's score as their task target (cosine / cosent): graded "
+                "training on unlabelled pairs mixed with graded files"})
     distill_eval_pairs: int = field(default=256, metadata={
         "help": "training pairs on which the student's MSE to the teacher is reported before / after (0: off)"})
 
@@ -94,7 +97,8 @@ def training_rows(data: DataArguments, args: DistillArguments) -> list[dict]:
     rows = rows[: data.max_train_samples] if data.max_train_samples else rows
     if not rows:
         raise DataError(f"{data.train_file}: no training rows.")
-    if args.task in ("cosine", "cosent") and args.alpha < 1 and any("score" not in r for r in rows):
+    if (args.task in ("cosine", "cosent") and args.alpha < 1 and not args.teacher_as_gold
+            and any("score" not in r for r in rows)):
         raise ConfigError(f"task {args.task} needs a gold score per row: train_format {data.train_format!r} has none; use "
                          f"stsb or sick_relatedness, task infonce (positive pairs), or alpha 1.")
     return rows
@@ -136,7 +140,15 @@ def scored_rows(data_args: DataArguments, args: DistillArguments, training_args:
     rows = training_rows(data_args, args)
     with training_args.main_process_first(desc="teacher scores"):  # one process scores, the others read the cache
         rows, result = score_rows(rows, args, training_args)
+    if args.teacher_as_gold:
+        result["teacher_as_gold"] = sum("score" not in r for r in rows)
+        rows = teacher_as_gold(rows)
     return rows, {"task": args.task, "alpha": args.alpha, "rows": len(rows), **result}
+
+
+def teacher_as_gold(rows: list[dict]) -> list[dict]:
+    """``rows`` where each row without a gold ``score`` takes its ``teacher_score`` as one; graded rows are kept."""
+    return [row if "score" in row else {**row, "score": row["teacher_score"]} for row in rows]
 
 
 def teacher_mse(embedder, rows: list[dict]) -> float:
