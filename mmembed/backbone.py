@@ -260,7 +260,7 @@ class Backbone(nn.Module):
         before the adapter is attached. ``causal_lm`` loads the model with its language-modelling head, so that it
         can generate (rationale mode); token states are the same. ``quantize="int8"`` quantizes the linear layers
         (adapter merged first; :mod:`mmembed.quantize`); ``backend="onnx"`` runs the forward pass in ONNX Runtime
-        (:mod:`mmembed.onnx_backend`; with ``quantize="int8"``, ONNX Runtime's int8).
+        (:mod:`mmembed.onnx_backend`; with ``quantize="int8"``, ONNX Runtime's int8 matrix products).
         """
         quantize, backend = check_quantize(quantize), check_backend(backend)
         if backend == "onnx":
@@ -300,7 +300,8 @@ class Backbone(nn.Module):
         if self._positions_from_mask:
             sample["position_ids"] = (sample["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             names.append("position_ids")
-        self.onnx = onnx_body(lora.base_model(self.model), base, names, sample, self.quantize, cache_dir())
+        encoder = lora.base_model(self.model).config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        self.onnx = onnx_body(lora.base_model(self.model), base, names, sample, self.quantize, cache_dir(), encoder)
         self.backend = "onnx"
 
     # ----------------------------------------------------------------------------------------------- properties

@@ -9,7 +9,8 @@ Per-token activation scales are what keep decoder LLMs usable at int8: measured 
 adapter, 300 STS-B sentences, 2 CPU cores) torchao gave 58 sentences/s against 29 for the float32 model as loaded
 (2.0x) with min cosine 0.992 to it; PyTorch's older ``quantize_dynamic`` (one activation scale per tensor) and ONNX
 Runtime's dynamic quantization (the same) were as fast or faster but reached min cosine 0.76 and 0.87, because the
-activation outliers of a few tokens set the scale of the whole batch (``bench/encode.py`` measures all paths).
+activation outliers of a few tokens set the scale of the whole batch (``bench/encode.py`` measures all paths;
+``backend="onnx"`` therefore quantizes decoders in blocks: :mod:`mmembed.onnx_backend`).
 
 A quantized model saves its weights dequantized (float: each weight its int8 value times its channel scale, what
 any tool can load) plus the int8 values and scales themselves (:data:`INT8_FILE`), with ``"quantize": "int8"`` in
