@@ -8,8 +8,8 @@ graph's matrix products get int8 weights, in one of two ONNX Runtime schemes (:f
 
 - BERT-style encoders: dynamic int8 quantization (``quantize_dynamic``: per-channel weights, one activation scale per
   tensor), what sentence-transformers' ONNX-int8 export uses, with its accuracy (all-MiniLM-L6-v2, 1,000 STS-B
-  sentences: 2.1x float32 torch at min cosine 0.980, where blocks of 128 give 0.995 at 1.4x; ``quantize="int8"`` on
-  the torch backend keeps 0.995);
+  sentences: 1.7-2.1x float32 torch at min cosine 0.980-0.987, where blocks of 128 give 0.995 at 1.4x;
+  ``quantize="int8"`` on the torch backend keeps 0.995);
 - decoder LLMs: ``MatMulNBits`` with 8-bit weights in blocks of :data:`BLOCK_SIZE` and int8 activations scaled per
   block of each token (accuracy level 4). One activation scale per tensor is what decoders cannot take: the few huge
   activations of the attention-sink token (up to 3,000x a layer's RMS at the input of the default model's ``down_proj``

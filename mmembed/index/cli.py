@@ -22,8 +22,9 @@ EPILOG_BUILD = """examples:
 the CPU; without it, one process runs.)
 
 Each line of --corpus is {"id": ..., "text": ...} and/or "image": a path inside --image-root (default: the corpus
-file's folder); a .parquet file with those columns works too (needs pyarrow). A bad record stops the run with its
-file:line before anything is encoded. The corpus is cut into shards of --shard-size records (shard-NNNNN.npy with
+file's folder); a .parquet file with those columns works too (needs pyarrow), and so does a folder of images with
+its metadata.jsonl (Hugging Face's imagefolder: "file_name" names the image and is the id when there is none). A
+bad record stops the run with its file:line before anything is encoded. The corpus is cut into shards of --shard-size records (shard-NNNNN.npy with
 shard-NNNNN.ids.json, each written whole or not at all) that the processes share; manifest.json records the model
 fingerprint, template, pooler, prompt, dimension, dtype and corpus hash. Rerun the same command after an interruption:
 finished shards are kept. A rerun with another model, corpus or option that changes the vectors is refused."""
@@ -56,7 +57,8 @@ def add_index_parser(sub: Any, model_args: Callable[[argparse.ArgumentParser], N
     commands = index.add_subparsers(dest="index_command", required=True)
     b = commands.add_parser("build", help="encode a corpus into shards", epilog=EPILOG_BUILD,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("--corpus", required=True, help="JSON lines (or .parquet) of {id, text and/or image}")
+    b.add_argument("--corpus", required=True, help="JSON lines (or .parquet) of {id, text and/or image}, or a "
+                                                   "folder of images with its metadata.jsonl")
     b.add_argument("-o", "--output", required=True, help="index folder (a rerun resumes it)")
     b.add_argument("--image-root", help="folder image paths are relative to and must stay in (default: the "
                                         "corpus file's folder)")

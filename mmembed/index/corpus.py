@@ -1,5 +1,7 @@
 """Reading an index corpus: one record a line (JSON lines) or a row (``.parquet``, when pyarrow is installed), each
-``{"id": ..., "text": ... and/or "image": ...}`` (other keys are ignored).
+``{"id": ..., "text": ... and/or "image": ...}`` (other keys are ignored), or a folder of images with its manifest
+(:data:`FOLDER_MANIFESTS`: Hugging Face's ``imagefolder`` ``metadata.jsonl``, whose ``file_name`` is the image, and
+the record's id when it has none).
 
 :meth:`Corpus.open` reads the whole file once: it checks every record (a bad one raises
 :class:`~mmembed.errors.DataError` naming ``file:line``, or ``file:row N`` in Parquet, N from 0), hashes the file's
@@ -22,6 +24,8 @@ from ..textio import decode_line, parse_json_object, resolve_image
 
 #: what a corpus record looks like, for error messages
 RECORD_SHAPE = '{"id": ..., "text": ...} (and/or "image": a path inside the image root)'
+#: the manifests a corpus folder may hold, in the order they are looked for
+FOLDER_MANIFESTS = ("metadata.jsonl", "metadata.parquet", "corpus.jsonl", "corpus.parquet")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ def check_record(value: Any, where: str, root: Path | None) -> Record:
     """A record from a parsed line or row; anything else raises :class:`DataError` naming ``where``."""
     if not isinstance(value, dict):
         raise DataError(f"{where}: a record must be a JSON object {RECORD_SHAPE}.")
+    if "file_name" in value and "image" not in value:  # Hugging Face imagefolder metadata
+        value = {"id": value["file_name"], **value, "image": value["file_name"]}
     rid = value.get("id")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or (isinstance(rid, str) and not rid.strip()):
         got = "no 'id'" if rid is None else f"'id' {rid!r:.40}"
@@ -75,10 +81,17 @@ class Corpus:
 
     @staticmethod
     def open(path: str | Path, image_root: str | Path | None = None) -> Corpus:
-        """Read and check ``path`` (``.parquet``, else JSON lines); ``image_root`` defaults to its folder."""
+        """Read and check ``path`` (``.parquet``, else JSON lines; a folder: its manifest, :data:`FOLDER_MANIFESTS`);
+        ``image_root`` defaults to the manifest's folder."""
         path = Path(path).expanduser()
         if path.is_dir():
-            raise DataError(f"corpus '{path}' is a folder; give a JSON-lines (or .parquet) file of {RECORD_SHAPE}.")
+            found = [path / name for name in FOLDER_MANIFESTS if (path / name).is_file()]
+            if not found:
+                raise DataError(f"corpus folder '{path}' holds none of {', '.join(FOLDER_MANIFESTS)}; give a "
+                                f"JSON-lines (or .parquet) file of {RECORD_SHAPE}, or put one of those in the folder "
+                                f"('metadata.jsonl' lines may name the image by 'file_name', as in Hugging Face's "
+                                f"imagefolder).")
+            path = found[0]
         if not path.is_file():
             raise DataError(f"corpus '{path}' does not exist.")
         root = Path(image_root).expanduser() if image_root is not None else path.parent

@@ -177,3 +177,20 @@ def test_image_records_are_encoded_as_the_model_encodes_them(qwen2_vl_path, tmp_
     inputs = [tmp_path / "pics" / "0.png", {"text": "a red square"},
               {"text": "a caption", "image": tmp_path / "pics" / "1.png"}, {"text": "photo.jpg"}]  # text, not a path
     np.testing.assert_allclose(index.vectors(), encode_side(model, inputs, "document"), atol=1e-5, rtol=0)
+
+
+def test_a_folder_of_images_with_its_imagefolder_metadata_is_a_corpus(qwen2_vl_path, tmp_path, images):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(images[:2]):
+        image.save(folder / f"{i}.png")
+    (folder / "metadata.jsonl").write_text('{"file_name": "0.png"}\n{"file_name": "1.png", "text": "a caption"}\n')
+    build(folder, tmp_path / "index", qwen2_vl_path, dtype="float32")
+    index = Index.load(tmp_path / "index", method="blocked")
+    assert index.ids == ["0.png", "1.png"]
+    expected = encode_side(mmembed.load(str(qwen2_vl_path)),
+                           [folder / "0.png", {"text": "a caption", "image": folder / "1.png"}], "document")
+    np.testing.assert_allclose(index.vectors(), expected, atol=1e-5, rtol=0)
+    (folder / "metadata.jsonl").unlink()
+    with pytest.raises(DataError, match=r"holds none of metadata.jsonl, metadata.parquet, corpus.jsonl"):
+        Corpus.open(folder)
