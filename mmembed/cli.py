@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import ConfigError, DataError, InputError, MMEmbedError, OutputPathError, one_line
+from .errors import ConfigError, DataError, InputError, MMEmbedError, OutputPathError, one_line, positive_int
 from .files import atomic_path, check_output_file, check_output_folder
 
 #: output suffixes of ``mmembed encode``
@@ -38,15 +38,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"mmembed: error: {message} (see '{self.prog} --help').\n")
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 EPILOG_ENCODE = """examples:
   mmembed encode "A man is playing a guitar." "A person plays an instrument." -o out.npy
@@ -309,7 +300,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
         if data_help:
             p.add_argument("--data", required=True, help=data_help)
         p.add_argument("-o", "--output", default="eval-results", help="folder for the report files")
-        p.add_argument("--batch-size", type=_positive_int, default=32)
+        p.add_argument("--batch-size", type=positive_int, default=32)
         p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking, samples and instruction choice")
         model_args(p)
         p.set_defaults(func=cmd_eval)
@@ -327,7 +318,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p.add_argument("--tasks-file", help="YAML task list {tasks: [{name, meta_task, distribution}]} (default: "
                                         "<data>/tasks.yaml if present, else the 36 MMEB v1 tasks)")
     p.add_argument("--task", action="append", help="only these tasks")
-    p.add_argument("--max-queries", type=_positive_int, help="a seeded sample of at most N queries per task")
+    p.add_argument("--max-queries", type=positive_int, help="a seeded sample of at most N queries per task")
 
     p = suites.add_parser("mbeir", help="M-BEIR (UniIR format), Recall@5 (@10 for Fashion200K/FashionIQ)")
     common(p, "M-BEIR root (query/, cand_pool/, qrels/, instructions/)")
@@ -336,7 +327,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p.add_argument("--task", action="append", help="only these tasks, e.g. cirr_task7")
     p.add_argument("--split", default="test")
     p.add_argument("--no-instructions", action="store_true", help="do not put the task instruction before queries")
-    p.add_argument("--max-queries", type=_positive_int, help="a seeded sample of at most N queries per task")
+    p.add_argument("--max-queries", type=positive_int, help="a seeded sample of at most N queries per task")
     p.add_argument("--embeddings-dir", help="keep pool embeddings here as .npy (resumable, bounded memory)")
 
     p = suites.add_parser("mteb", help="any mteb task (through the mteb package), or local BEIR folders / STS files")
@@ -356,7 +347,7 @@ def add_eval_parser(sub: Any, model_args: Any) -> None:
     p = suites.add_parser("probes", help="alignment, uniformity, anisotropy, effective rank, IsoScore")
     common(p, "sentences (.txt, one a line) or an STS-B file (.csv: pairs with gold > 4 give alignment)")
     p.add_argument("--layers", action="store_true", help="also a per-layer view (decoder LLMs)")
-    p.add_argument("--max-sentences", type=_positive_int, default=2000)
+    p.add_argument("--max-sentences", type=positive_int, default=2000)
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
@@ -432,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("-o", "--output", required=True, help="output file: .npy or .jsonl")
     enc.add_argument("--prompt-name", help="a prompt saved with the model, e.g. query or document")
     enc.add_argument("--prompt", help="an instruction put in front of every input")
-    enc.add_argument("--batch-size", type=_positive_int, default=32)
-    enc.add_argument("--truncate-dim", type=_positive_int, help="keep the first N dimensions (Matryoshka)")
+    enc.add_argument("--batch-size", type=positive_int, default=32)
+    enc.add_argument("--truncate-dim", type=positive_int, help="keep the first N dimensions (Matryoshka)")
     enc.add_argument("--no-normalize", action="store_true", help="do not L2-normalise the embeddings")
     enc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model_args(enc)

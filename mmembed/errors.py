@@ -60,3 +60,16 @@ def one_line(message: str | BaseException, limit: int | None = None) -> str:
 def is_int(value: object, minimum: int | None = None) -> bool:
     """Whether ``value`` is an integer (not a bool, not a float such as 4.0), at least ``minimum`` when given."""
     return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type (the command lines of :mod:`mmembed.cli` and its subcommands): a whole number >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value

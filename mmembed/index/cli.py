@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, InputError, MMEmbedError
+from ..errors import DataError, InputError, MMEmbedError, positive_int
 
 EPILOG_BUILD = """examples:
   mmembed index build --corpus corpus.jsonl -o my-index --model ./my-model
@@ -40,16 +40,6 @@ line is a text, or {"id": ..., "text": ... and/or "image": ...}. Output: one JSO
 top-k without faiss; the default without it)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def add_index_parser(sub: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``index build`` and ``index search`` to the subcommands ``sub`` (``model_args`` adds the model options)."""
     index = sub.add_parser("index", help="build a sharded embedding index of a corpus (resumable, multi-process), "
@@ -62,9 +52,9 @@ def add_index_parser(sub: Any, model_args: Callable[[argparse.ArgumentParser], N
     b.add_argument("-o", "--output", required=True, help="index folder (a rerun resumes it)")
     b.add_argument("--image-root", help="folder image paths are relative to and must stay in (default: the "
                                         "corpus file's folder)")
-    b.add_argument("--shard-size", "--shard_size", type=_positive_int, default=50_000, help="records a shard")
+    b.add_argument("--shard-size", "--shard_size", type=positive_int, default=50_000, help="records a shard")
     b.add_argument("--vector-dtype", choices=["float16", "float32"], default="float16", help="stored vectors")
-    b.add_argument("--batch-size", type=_positive_int, default=32)
+    b.add_argument("--batch-size", type=positive_int, default=32)
     b.add_argument("--prompt-name", help="a prompt saved with the model (default: its 'document' prompt, if any)")
     b.add_argument("--prompt", help="an instruction put in front of every record")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -77,19 +67,19 @@ def add_index_parser(sub: Any, model_args: Callable[[argparse.ArgumentParser], N
     s.add_argument("queries", nargs="*", help="query texts")
     s.add_argument("--queries-file", help="one query a line: a text or a JSON object {id, text and/or image}")
     s.add_argument("--image-root", help="folder image paths in --queries-file are relative to (default: its folder)")
-    s.add_argument("-k", type=_positive_int, default=10, help="results a query")
+    s.add_argument("-k", type=positive_int, default=10, help="results a query")
     s.add_argument("--faiss", choices=["auto", "flat", "ivf", "hnsw", "pq", "none"], default="auto")
-    s.add_argument("--nlist", type=_positive_int, help="ivf/pq cells (default about 4 sqrt(n))")
-    s.add_argument("--nprobe", type=_positive_int, help="ivf/pq cells searched (default max(8, nlist/16))")
-    s.add_argument("--hnsw-m", type=_positive_int, default=32, help="hnsw links a node")
-    s.add_argument("--ef-construction", type=_positive_int, default=128,
+    s.add_argument("--nlist", type=positive_int, help="ivf/pq cells (default about 4 sqrt(n))")
+    s.add_argument("--nprobe", type=positive_int, help="ivf/pq cells searched (default max(8, nlist/16))")
+    s.add_argument("--hnsw-m", type=positive_int, default=32, help="hnsw links a node")
+    s.add_argument("--ef-construction", type=positive_int, default=128,
                    help="hnsw candidates kept while building (more: better recall, slower build)")
-    s.add_argument("--ef-search", type=_positive_int, help="hnsw candidates kept while searching (max(64, 2k))")
-    s.add_argument("--pq-m", type=_positive_int, help="pq bytes a vector (default dimension / 4)")
+    s.add_argument("--ef-search", type=positive_int, help="hnsw candidates kept while searching (max(64, 2k))")
+    s.add_argument("--pq-m", type=positive_int, help="pq bytes a vector (default dimension / 4)")
     s.add_argument("--id-prefix", help="only records whose id starts with this")
     s.add_argument("--prompt-name", help="a prompt saved with the model (default: its 'query' prompt, if any)")
     s.add_argument("--prompt", help="an instruction put in front of every query")
-    s.add_argument("--batch-size", type=_positive_int, default=32)
+    s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("-o", "--output", help="write the results here (.jsonl) instead of stdout")
     s.add_argument("--model", help="the index's model from another place (checked against its fingerprint)")
     s.add_argument("--device", help="cpu, cuda ... for the query encoder and the blocked search")
