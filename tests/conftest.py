@@ -13,6 +13,13 @@ import pytest
 from mmembed import testing
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_torch_extensions(tmp_path_factory):
+    """DeepSpeed JIT-builds its CPU shared-memory op under TORCH_EXTENSIONS_DIR, behind a lock file that a killed
+    build leaves behind, after which every DeepSpeed launch waits on it forever. Each test session builds its own."""
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
+
+
 @pytest.fixture(scope="session")
 def qwen2_path(tmp_path_factory):
     return testing.build_tiny_qwen2(tmp_path_factory.mktemp("qwen2"))
