@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import AdapterMismatchError, ModelFolderError, ModelNotFoundError, one_line
 from .model_folder import read_json
+from .parallel import full_shape
 from .quantize import quiet_torchao
 
 quiet_torchao()  # PEFT imports torchao when it is installed
@@ -73,7 +74,7 @@ def _checked_token_indices(model: nn.Module, indices) -> list[int] | None:
         indices = list(dict.fromkeys(operator.index(i) for i in indices))
     except TypeError:
         raise ValueError(f"trainable_token_indices={indices!r}: give a list of token ids.") from None
-    rows = base_model(model).get_input_embeddings().weight.shape[0]
+    rows = full_shape(base_model(model).get_input_embeddings().weight)[0]
     bad = [i for i in indices if not 0 <= i < rows]
     if bad:
         raise ValueError(f"trainable_token_indices {bad} are not rows of the input embeddings ({rows} rows). Add new "
@@ -192,7 +193,7 @@ def _check_token_rows(model: nn.Module, indices, adapter: Path) -> None:
             (f"'{name}' weights", module) for name, module in model.named_modules()
             if (name == key or name.endswith(f".{key}")) and hasattr(module, "weight")]
         for what, layer in layers:
-            rows = layer.weight.shape[0]
+            rows = full_shape(layer.weight)[0]
             if max(ids) >= rows:
                 raise AdapterMismatchError(
                     f"LoRA adapter '{adapter}' trains token id {max(ids)}, but the {what} of "

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import lora
+from .parallel import full_shape, gathered
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def grow_input_embeddings(model: nn.Module, num_tokens: int) -> bool:
     """
     base = lora.base_model(model)
     embeddings = base.get_input_embeddings()
-    old = embeddings.weight.shape[0]
+    old = full_shape(embeddings.weight)[0]
     if num_tokens <= old:
         return False
     if lora.has_adapter(model):
@@ -85,9 +86,9 @@ def grow_input_embeddings(model: nn.Module, num_tokens: int) -> bool:
     output = base.get_output_embeddings()
     tied = output is not None and output.weight is embeddings.weight
     with torch.no_grad():
-        means = [_row_mean(embeddings.weight)]
-        if output is not None and not tied:
-            means.append(_row_mean(output.weight))
+        olds = [embeddings.weight] + ([output.weight] if output is not None and not tied else [])
+        with gathered(olds):
+            means = [_row_mean(weight) for weight in olds]
         device = embeddings.weight.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # transformers' non-mean init draws random numbers; they are overwritten below
@@ -96,8 +97,9 @@ def grow_input_embeddings(model: nn.Module, num_tokens: int) -> bool:
         if output is not None and not tied:
             layers.append(base.get_output_embeddings())
         for layer, mean in zip(layers, means):
-            if layer.weight.shape[0] >= num_tokens:
-                layer.weight[old:num_tokens] = mean.to(layer.weight.dtype)
+            with gathered([layer.weight], modify=True):
+                if layer.weight.shape[0] >= num_tokens:
+                    layer.weight[old:num_tokens] = mean.to(layer.weight.dtype)
     logger.info("grew the input embeddings of %s from %d to %d rows (new rows: the mean of the old ones).",
                 type(base).__name__, old, num_tokens)
     return True

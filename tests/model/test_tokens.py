@@ -183,3 +183,48 @@ def test_bad_trainable_token_indices_are_named(qwen2_path):
     backbone.model = lora.attach(backbone.model, lora.lora_config(backbone.model, r=2))
     with pytest.raises(ValueError, match="before attaching"):
         add_special_tokens(backbone)
+
+
+_ZERO3_LOAD = """
+import os, socket, sys
+import torch
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import deepspeed
+from transformers.integrations import HfDeepSpeedConfig
+import mmembed
+from mmembed.parallel import full_shape, gathered
+from mmembed.tokens import add_special_tokens
+deepspeed.init_distributed(dist_backend="gloo")
+plain = mmembed.load(sys.argv[1], dtype="float32", device="cpu")
+config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+partitioned = mmembed.load(sys.argv[1], dtype="float32", device="cpu")  # under deepspeed.zero.Init
+assert partitioned.backbone.model.get_input_embeddings().weight.numel() == 0  # really partitioned
+rows = []
+for model in (plain, partitioned):
+    add_special_tokens(model)
+    weight = model.backbone.model.get_input_embeddings().weight
+    with gathered([weight]):
+        rows.append(weight.detach().clone())
+print(tuple(full_shape(partitioned.backbone.model.get_input_embeddings().weight)), tuple(rows[0].shape),
+      torch.equal(rows[0], rows[1]), bool(torch.isfinite(rows[1]).all()))
+"""
+
+
+def test_zero3_partitioned_load_keeps_the_embeddings_and_grows_them_like_a_plain_load(qwen2_path, tmp_path):
+    """transformers loads under deepspeed.zero.Init once a ZeRO-3 config exists (GRACE's GRPOConfig): each process
+    then holds empty parameter shards, which must not read as an empty vocabulary (that once filled every embedding
+    row with the mean of zero rows, NaN). One gloo process, as ZeRO-3 runs on the CPU."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "zero3_load.py"
+    script.write_text(_ZERO3_LOAD)
+    run = subprocess.run([sys.executable, str(script), str(qwen2_path)], capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    vocabulary = len(mmembed.load(str(qwen2_path), device="cpu").backbone.tokenizer)
+    shape = f"({vocabulary + 2}, 64)"
+    assert run.stdout.strip().splitlines()[-1] == f"{shape} {shape} True True"

@@ -262,3 +262,20 @@ def test_recipe_two_processes_under_deepspeed_zero2(tiny_path, tmp_path):
     summary = _summary(run)
     assert summary["steps"] == 2
     assert mmembed.load(str(tmp_path / "out" / "final")).rationale is not None
+
+
+def test_zero3_two_processes_give_the_rewards_of_one_process(tiny_path, tmp_path):
+    """Under ZeRO-3 the model loads partitioned (deepspeed.zero.Init): its first step's rollouts (sampled at a
+    temperature that makes them greedy) and their reward terms equal those of one process without DeepSpeed."""
+    common = ["recipes/grace.py", "--config", "recipes/configs/grace_tiny.yaml", "--model_name_or_path",
+              str(tiny_path), "--max_steps", "1", "--temperature", "1e-4", "--max_train_samples", "2"]
+    one = _launch(["--num_processes", "1", *common, "--per_device_train_batch_size", "8",
+                   "--output_dir", str(tmp_path / "one")], tmp_path)
+    two = _launch(["--config_file", "ds_configs/accelerate/zero3.yaml", *common, "--per_device_train_batch_size",
+                   "4", "--output_dir", str(tmp_path / "two")], tmp_path)
+    assert _summary(one)["steps"] == _summary(two)["steps"] == 1
+    first, second = (json.loads((tmp_path / name / "reward_history.json").read_text())[0] for name in ("one", "two"))
+    assert first.keys() == second.keys() and {"positive", "negative", "clustering", "cross_group"} <= first.keys()
+    for name, value in first.items():
+        assert np.isfinite(second[name]) and abs(second[name] - value) < 1e-4, (name, first, second)
+    assert abs(first["cross_group"]) > 1e-3 and first["truncated"] == 1.0  # two prompts; 8 tokens never end
