@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import mmembed
 from mmembed.data.formats import read_grace
 from mmembed.eval.retrieval import read_beir
+from mmembed.rationale import restatement_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "data" / "wordnet"
@@ -105,3 +107,10 @@ def test_quickstart_runs_from_a_clone_without_shared(tmp_path, qwen2_path):
     task = json.loads((tmp_path / "report" / "retrieval.json").read_text())["tasks"]["eval"]
     assert (round(task["mrr@10"], 2), round(task["recall@1"], 2)) == (summary["retrieval_mrr10"],
                                                                        summary["retrieval_acc1"])
+    # the printed restatement share is that of the saved model's rationales for the held-apart queries
+    texts = list(read_beir(clone / "recipes" / "data" / "wordnet" / "eval")[0].values())
+    _, rationales = mmembed.load(str(clone / "out" / "grace" / "final")).encode(texts, batch_size=16,
+                                                                                  return_rationales=True)
+    stats = restatement_stats(rationales, texts)
+    assert summary["restatement_pct"] == round(100 * stats["restatement_share"], 2)
+    assert summary["rationale_words"] == round(stats["rationale_words"], 1) and "restatement_pct_before" in summary

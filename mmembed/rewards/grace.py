@@ -8,8 +8,14 @@ over prompt + rationale, leaving out the system-prompt prefix, L2-normalised. Fo
     negative      -cos(m_i, n_i)                                     (supervised data only)
     clustering    mean over j in g, j != i of cos(m_i, m_j)          (in-group consistency)
     cross_group   -mean over other groups g' of cos(m_i, q_g')       (other prompts' queries are negatives)
-    reward        (positive + w_n * negative + w_c * clustering + w_x * cross_group) / tau
+    reward        (positive + w_n * negative + w_c * clustering + w_x * cross_group) / tau - w_r * rouge_l
                   or ``truncation_reward`` (-1) for a rationale cut at the length limit without an end token
+                  (with ``truncation_penalty`` p set: that rationale's own reward - p, a soft limit, not a cliff)
+
+``rouge_l`` is the rationale's ROUGE-L F1 with the policy text (:func:`mmembed.rationale.rouge_l`); its weight
+``w_r`` (``restatement_weight``, 0 by default as in GRACE) makes restating the input cost reward. With GRACE's -1
+cliff and short limits a small policy learns to echo its input (the shortest answer that never gets cut and whose
+embedding is the input's): the reward logs ``restatement``, the share of rationales with ROUGE-L >= 0.6.
 
 **The cancellation fix.** GRACE's code computes its negative term as -cos(q_g, n_g) and its cross-group term from the
 group's query, the same value for every rollout of a group: GRPO subtracts the group mean, so both vanish from the
@@ -30,7 +36,7 @@ from torch import Tensor
 
 from ..inputs import to_items
 from ..parallel import is_zero3
-from ..rationale import stop_token_ids
+from ..rationale import RESTATEMENT_THRESHOLD, rouge_l, stop_token_ids
 
 TERMS = ("positive", "negative", "clustering", "cross_group")
 
@@ -44,14 +50,21 @@ class GraceRewardConfig:
     clustering_weight: float = 0.2
     cross_group_weight: float = 0.2
     truncation_reward: float = -1.0
+    truncation_penalty: float | None = None  # set: a cut rationale keeps its reward minus this (soft limit)
+    restatement_weight: float = 0.0  # reward -= weight * ROUGE-L(rationale, input)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"GraceRewardConfig.temperature={self.temperature}; it must be positive.")
+        if self.truncation_penalty is not None and self.truncation_penalty < 0:
+            raise ValueError(f"GraceRewardConfig.truncation_penalty={self.truncation_penalty}; it must be >= 0.")
+        if self.restatement_weight < 0:
+            raise ValueError(f"GraceRewardConfig.restatement_weight={self.restatement_weight}; it must be >= 0.")
 
 
 def grace_rewards(main: Tensor, query: Tensor, groups: Tensor, negative: Tensor | None = None,
-                  truncated: Tensor | None = None, config: GraceRewardConfig | None = None) -> dict[str, Tensor]:
+                  truncated: Tensor | None = None, config: GraceRewardConfig | None = None,
+                  overlap: Tensor | None = None) -> dict[str, Tensor]:
     """The reward of each completion and its terms (see the module docstring); embeddings are L2-normalised here.
 
     Args:
@@ -60,6 +73,7 @@ def grace_rewards(main: Tensor, query: Tensor, groups: Tensor, negative: Tensor 
         groups: ``(n,)`` group id (the prompt's row) of each completion.
         negative: ``(n, d)`` the negative's embedding of each completion's row, or None (unsupervised).
         truncated: ``(n,)`` True where the rationale hit the length limit without an end token.
+        overlap: ``(n,)`` each rationale's ROUGE-L with its input (needed when ``restatement_weight`` > 0).
     """
     config = config or GraceRewardConfig()
     main, query = F.normalize(main.float(), dim=-1), F.normalize(query.float(), dim=-1)
@@ -78,8 +92,14 @@ def grace_rewards(main: Tensor, query: Tensor, groups: Tensor, negative: Tensor 
         negative_term = torch.zeros_like(positive)
     reward = (positive + config.negative_weight * negative_term + config.clustering_weight * clustering
               + config.cross_group_weight * cross_group) / config.temperature
+    if config.restatement_weight > 0:
+        if overlap is None:
+            raise ValueError("restatement_weight > 0 needs each rationale's overlap with its input (overlap=...).")
+        reward = reward - config.restatement_weight * overlap.to(reward)
     if truncated is not None:
-        reward = torch.where(truncated.to(main.device), torch.full_like(reward, config.truncation_reward), reward)
+        cut = reward - config.truncation_penalty if config.truncation_penalty is not None else \
+            torch.full_like(reward, config.truncation_reward)
+        reward = torch.where(truncated.to(main.device), cut, reward)
     return {"reward": reward, "positive": positive, "negative": negative_term, "clustering": clustering,
             "cross_group": cross_group}
 
@@ -201,16 +221,22 @@ class GraceReward:
         query_vectors = others[:len(query)]
         negative_vectors = others[len(query):] if negative is not None else None
         local = len(completion_ids)
+        tokenizer = self.embedder.backbone.tokenizer
+        overlap = torch.tensor([rouge_l(tokenizer.decode(c, skip_special_tokens=True), t)
+                                for c, t in zip(completion_ids, text)])
         gathered = {
             "main": self._gather(main), "query": self._gather(query_vectors),
             "groups": self._gather(torch.tensor(group, dtype=torch.long)), "truncated": self._gather(truncated),
+            "rouge_l": self._gather(overlap),
         }
         if negative_vectors is not None:
             gathered["negative"] = self._gather(negative_vectors)
         terms = grace_rewards(gathered["main"], gathered["query"], gathered["groups"], gathered.get("negative"),
-                              gathered["truncated"], self.config)
+                              gathered["truncated"], self.config, gathered["rouge_l"])
         summary = {name: float(terms[name].mean()) for name in ("reward", *TERMS)}
         summary["truncated"] = float(gathered["truncated"].float().mean())
+        summary["rouge_l"] = float(gathered["rouge_l"].mean())  # rationale vs its input: restating, not explaining
+        summary["restatement"] = float((gathered["rouge_l"] >= RESTATEMENT_THRESHOLD).float().mean())
         self.history.append(summary)
         if log_metric is not None:
             for name, value in summary.items():
@@ -219,3 +245,4 @@ class GraceReward:
         rank = self._accelerator.process_index if self._accelerator is not None else 0
         self.seconds += time.perf_counter() - start
         return terms["reward"][rank * local:(rank + 1) * local].tolist()
+

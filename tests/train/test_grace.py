@@ -23,7 +23,7 @@ import mmembed
 from mmembed import testing
 from mmembed.data.formats import DataError, read_grace
 from mmembed.errors import InputError
-from mmembed.rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
+from mmembed.rationale import GRACE_SYSTEM_PROMPT, RESTATEMENT_THRESHOLD, RationaleConfig, restatement_stats, rouge_l
 from mmembed.rewards import GraceReward, GraceRewardConfig, grace_rewards, group_advantages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +77,15 @@ def test_rewards_match_hand_computed_values():
     unsupervised = grace_rewards(torch.tensor(M), torch.tensor(Q), torch.tensor(G), None, None, config)
     assert unsupervised["negative"].tolist() == [0.0] * 4
     assert unsupervised["reward"].tolist() == pytest.approx(hand_rewards(0.1, 0.0, 0.2, 0.2, [False] * 4), abs=1e-5)
+    soft = GraceRewardConfig(truncation_penalty=1.5, restatement_weight=2.0)  # GRACE's weights, tau 0.1
+    overlap = [0.0, 1.0, 0.5, 0.25]
+    terms = grace_rewards(torch.tensor(M), torch.tensor(Q), torch.tensor(G), torch.tensor(N),
+                          torch.tensor(truncated), soft, torch.tensor(overlap))
+    expected = [r - 2.0 * o for r, o in zip(hand_rewards(0.1, 1.0, 0.2, 0.2, [False] * 4), overlap)]
+    expected[2] -= 1.5  # cut at the limit: its own reward minus the penalty, not -1
+    assert terms["reward"].tolist() == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="overlap"):
+        grace_rewards(torch.tensor(M), torch.tensor(Q), torch.tensor(G), config=soft)
 
 
 def test_negative_and_cross_group_terms_survive_the_group_mean():
@@ -171,8 +180,27 @@ def test_reward_object_matches_the_formula_on_its_own_embeddings(tiny_path):
     assert values == pytest.approx(expected["reward"].tolist(), abs=1e-4)
     assert values[-1] == -1.0
     assert set(logged) == {"grace/positive", "grace/negative", "grace/clustering", "grace/cross_group",
-                           "grace/truncated"}
+                           "grace/truncated", "grace/rouge_l", "grace/restatement"}
     assert logged["grace/truncated"] == pytest.approx(1 / 8)
+    rationales = [model.backbone.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+    overlaps = [rouge_l(r, t) for r, t in zip(rationales, CALL["text"])]
+    assert logged["grace/rouge_l"] == pytest.approx(np.mean(overlaps))
+    assert logged["grace/restatement"] == pytest.approx(np.mean([v >= RESTATEMENT_THRESHOLD for v in overlaps]))
+
+
+def test_rouge_l_and_restatement_share_by_hand():
+    assert rouge_l("A man is playing a guitar", "A man is playing a guitar.") == 1.0  # an echo
+    # words "the man plays music" vs "a man is playing a guitar": LCS "man" -> 2 * 1 / (4 + 6)
+    assert rouge_l("<think>The man plays music</think>", "A man is playing a guitar.") == pytest.approx(0.2)
+    assert rouge_l("", "text") == 0.0
+    stats = restatement_stats(["A dog runs.", "It is about a dog running in snow", "Rain falls"],
+                              ["A dog runs in the snow.", "A dog runs in the snow.", "Rain."])
+    # ROUGE-L: 2*3/(3+6) = 0.667 (>= 0.6), "a dog in snow" 2*4/(8+6) = 0.571, "rain" 2*1/(2+1) = 0.667
+    assert stats["restatement_share"] == pytest.approx(2 / 3)
+    assert stats["rouge_l"] == pytest.approx((6 / 9 + 8 / 14 + 2 / 3) / 3)
+    assert stats["rationale_words"] == pytest.approx((3 + 8 + 2) / 3)
+    with pytest.raises(ValueError, match="one rationale per input"):
+        restatement_stats(["a"], ["a", "b"])
 
 
 

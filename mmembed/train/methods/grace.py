@@ -36,10 +36,10 @@ from ...data.readers import read_rows
 from ...data.rows import grace_row
 from ...embedder import Embedder
 from ...errors import ConfigError, DataError
-from ...eval.retrieval import evaluate_retrieval
+from ...eval.retrieval import evaluate_retrieval, read_beir
 from ...eval.sts import read_sts_benchmark, spearman_of_pairs
 from ...inputs import to_items
-from ...rationale import GRACE_SYSTEM_PROMPT, RationaleConfig
+from ...rationale import GRACE_SYSTEM_PROMPT, RationaleConfig, restatement_stats
 from ...rewards import GraceReward, GraceRewardConfig
 from ..arguments import TRAINER_RULES, ModelArguments
 from ..build import build_embedder
@@ -76,6 +76,11 @@ class GraceArguments:
     clustering_weight: float = 0.2
     cross_group_weight: float = 0.2
     truncation_reward: float = field(default=-1.0, metadata={"help": "reward of a rationale cut off at the limit"})
+    truncation_penalty: float | None = field(default=None, metadata={
+        "help": "set: a rationale cut off at the limit keeps its own reward minus this (a soft limit instead of "
+                "truncation_reward)"})
+    restatement_weight: float = field(default=0.0, metadata={
+        "help": "reward -= this x ROUGE-L(rationale, input): restating the input costs reward"})
     query_rationale: bool = field(default=True, metadata={"help": "embed query and negative with a greedy "
                                                                   "rationale of the current policy"})
     reward_batch_size: int = 16
@@ -94,6 +99,7 @@ class GraceArguments:
                             "max_prompt_tokens": POSITIVE_INT, "reward_temperature": POSITIVE,
                             "negative_weight": NON_NEGATIVE, "clustering_weight": NON_NEGATIVE,
                             "cross_group_weight": NON_NEGATIVE, "reward_batch_size": POSITIVE_INT,
+                            "truncation_penalty": NON_NEGATIVE, "restatement_weight": NON_NEGATIVE,
                             "infonce_weight": NON_NEGATIVE, "infonce_temperature": POSITIVE,
                             "rationale_max_tokens": POSITIVE_INT, "eval_max_pairs": POSITIVE_INT})
 
@@ -245,7 +251,8 @@ def build_grace_trainer(embedder: Embedder, args: GraceArguments, training_args)
     dataset = grace_dataset(embedder, grace_rows(args), args.max_prompt_tokens)
     reward = GraceReward(
         embedder, GraceRewardConfig(args.reward_temperature, args.negative_weight, args.clustering_weight,
-                                    args.cross_group_weight, args.truncation_reward),
+                                    args.cross_group_weight, args.truncation_reward,
+                                    args.truncation_penalty, args.restatement_weight),
         training_args.max_completion_length, query_rationale=args.query_rationale,
         batch_size=args.reward_batch_size)
     return GraceTrainer(model=embedder.backbone.model, args=training_args, train_dataset=dataset,
@@ -271,6 +278,7 @@ def held_apart_scores(embedder: Embedder, args: GraceArguments, before: dict | N
     if args.eval_retrieval_dir:
         task = next(iter(evaluate_retrieval(embedder, args.eval_retrieval_dir, batch_size=16).tasks.values()))
         out.update(retrieval_mrr10=round(task["mrr@10"], 2), retrieval_acc1=round(task["recall@1"], 2))
+        out.update(rationale_overlap(embedder, list(read_beir(args.eval_retrieval_dir)[0].values())))
     if args.eval_sts_file:
         out["sts_spearman"] = sts_spearman(embedder, args)
     if before is None and out:
@@ -279,6 +287,17 @@ def held_apart_scores(embedder: Embedder, args: GraceArguments, before: dict | N
     for key in before or {}:
         logger.warning("%s x100 on held-apart data: %.2f (untrained) -> %.2f (trained)", key, before[key], out[key])
     return out
+
+
+def rationale_overlap(embedder: Embedder, texts: list[str], examples: int = 2) -> dict:
+    """How far the greedy rationales of ``texts`` are from restating them (:func:`~mmembed.rationale.restatement_stats`:
+    ``restatement_pct``, ``rationale_rouge_l`` x 100, ``rationale_words``); logs the first ``examples``."""
+    _, rationales = embedder.encode(texts, batch_size=16, return_rationales=True)
+    stats = restatement_stats(rationales, texts)
+    for text, rationale in list(zip(texts, rationales))[:examples]:
+        logger.warning("rationale example: %r -> %r", text, rationale)
+    return {"restatement_pct": round(100 * stats["restatement_share"], 2),
+            "rationale_rouge_l": round(100 * stats["rouge_l"], 2), "rationale_words": round(stats["rationale_words"], 1)}
 
 
 def train_grace(trainer: GraceTrainer, training_args: GraceConfig, before: dict) -> tuple[dict, Path]:
