@@ -47,7 +47,10 @@ def run(args: argparse.Namespace, query_rationale: bool) -> dict[str, float]:
                                                                query_rationale=query_rationale), config)
         trainer.train()
     timed = trainer.step_times[1:]  # the first step warms up
-    return {k: float(np.mean([t[k] for t in timed])) for k in ("step", "generation", "reward", "update")}
+    result = {k: float(np.mean([t[k] for t in timed])) for k in ("step", "generation", "reward", "update")}
+    history = trainer.grace_reward.history  # the rollouts' overlap with their input (restating, not explaining)
+    result.update({k: float(np.mean([h[k] for h in history])) for k in ("rouge_l", "restatement", "truncated")})
+    return result
 
 
 def main() -> None:
@@ -67,6 +70,9 @@ def main() -> None:
     for name, r in results.items():
         parts = " ".join(f"{r[k]:7.2f} ({100 * r[k] / r['step']:3.0f}%)" for k in ("generation", "reward", "update"))
         print(f"{name:28s} {r['step']:7.2f} {parts}")
+    for name, r in results.items():
+        print(f"{name:28s} rollouts: ROUGE-L with the input {r['rouge_l']:.3f}, restatements (>= 0.6) "
+              f"{100 * r['restatement']:.1f}%, cut at the limit {100 * r['truncated']:.1f}%")
     a, b = results["query rationale (default)"], results["query text only"]
     print(f"reward time, query rationale vs text only: {a['reward'] / b['reward']:.2f}x; "
           f"step time: {a['step'] / b['step']:.2f}x")

@@ -12,7 +12,8 @@ over prompt + rationale, leaving out the system-prompt prefix, L2-normalised. Fo
                   or ``truncation_reward`` (-1) for a rationale cut at the length limit without an end token
                   (with ``truncation_penalty`` p set: that rationale's own reward - p, a soft limit, not a cliff)
 
-``rouge_l`` is the rationale's ROUGE-L F1 with the policy text (:func:`mmembed.rationale.rouge_l`); its weight
+Two more optional terms: ``- w_s * max(0, L - length) / L`` for a rationale of fewer than ``L`` tokens
+(``min_rationale_tokens`` L, ``short_weight`` w_s), and ``- w_r * rouge_l`` (below). ``rouge_l`` is the rationale's ROUGE-L F1 with the policy text (:func:`mmembed.rationale.rouge_l`); its weight
 ``w_r`` (``restatement_weight``, 0 by default as in GRACE) makes restating the input cost reward. With GRACE's -1
 cliff and short limits a small policy learns to echo its input (the shortest answer that never gets cut and whose
 embedding is the input's): the reward logs ``restatement``, the share of rationales with ROUGE-L >= 0.6.
@@ -52,6 +53,8 @@ class GraceRewardConfig:
     truncation_reward: float = -1.0
     truncation_penalty: float | None = None  # set: a cut rationale keeps its reward minus this (soft limit)
     restatement_weight: float = 0.0  # reward -= weight * ROUGE-L(rationale, input)
+    min_rationale_tokens: int = 0  # > 0: reward -= short_weight * (its shortfall / this) for a shorter rationale
+    short_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -60,11 +63,14 @@ class GraceRewardConfig:
             raise ValueError(f"GraceRewardConfig.truncation_penalty={self.truncation_penalty}; it must be >= 0.")
         if self.restatement_weight < 0:
             raise ValueError(f"GraceRewardConfig.restatement_weight={self.restatement_weight}; it must be >= 0.")
+        if self.min_rationale_tokens < 0 or self.short_weight < 0:
+            raise ValueError(f"GraceRewardConfig: min_rationale_tokens={self.min_rationale_tokens} and short_weight="
+                             f"{self.short_weight} must be >= 0.")
 
 
 def grace_rewards(main: Tensor, query: Tensor, groups: Tensor, negative: Tensor | None = None,
                   truncated: Tensor | None = None, config: GraceRewardConfig | None = None,
-                  overlap: Tensor | None = None) -> dict[str, Tensor]:
+                  overlap: Tensor | None = None, lengths: Tensor | None = None) -> dict[str, Tensor]:
     """The reward of each completion and its terms (see the module docstring); embeddings are L2-normalised here.
 
     Args:
@@ -74,6 +80,7 @@ def grace_rewards(main: Tensor, query: Tensor, groups: Tensor, negative: Tensor 
         negative: ``(n, d)`` the negative's embedding of each completion's row, or None (unsupervised).
         truncated: ``(n,)`` True where the rationale hit the length limit without an end token.
         overlap: ``(n,)`` each rationale's ROUGE-L with its input (needed when ``restatement_weight`` > 0).
+        lengths: ``(n,)`` each rationale's number of tokens (needed when ``min_rationale_tokens`` > 0).
     """
     config = config or GraceRewardConfig()
     main, query = F.normalize(main.float(), dim=-1), F.normalize(query.float(), dim=-1)
@@ -96,6 +103,11 @@ def grace_rewards(main: Tensor, query: Tensor, groups: Tensor, negative: Tensor 
         if overlap is None:
             raise ValueError("restatement_weight > 0 needs each rationale's overlap with its input (overlap=...).")
         reward = reward - config.restatement_weight * overlap.to(reward)
+    if config.min_rationale_tokens > 0:
+        if lengths is None:
+            raise ValueError("min_rationale_tokens > 0 needs each rationale's length in tokens (lengths=...).")
+        shortfall = (config.min_rationale_tokens - lengths.to(reward)).clamp(min=0) / config.min_rationale_tokens
+        reward = reward - config.short_weight * shortfall
     if truncated is not None:
         cut = reward - config.truncation_penalty if config.truncation_penalty is not None else \
             torch.full_like(reward, config.truncation_reward)
@@ -227,12 +239,13 @@ class GraceReward:
         gathered = {
             "main": self._gather(main), "query": self._gather(query_vectors),
             "groups": self._gather(torch.tensor(group, dtype=torch.long)), "truncated": self._gather(truncated),
-            "rouge_l": self._gather(overlap),
+            "rouge_l": self._gather(overlap), "lengths": self._gather(torch.tensor([len(c) for c in completion_ids])),
         }
         if negative_vectors is not None:
             gathered["negative"] = self._gather(negative_vectors)
         terms = grace_rewards(gathered["main"], gathered["query"], gathered["groups"], gathered.get("negative"),
-                              gathered["truncated"], self.config, gathered["rouge_l"])
+                              gathered["truncated"], self.config, gathered["rouge_l"],
+                              gathered["lengths"])
         summary = {name: float(terms[name].mean()) for name in ("reward", *TERMS)}
         summary["truncated"] = float(gathered["truncated"].float().mean())
         summary["rouge_l"] = float(gathered["rouge_l"].mean())  # rationale vs its input: restating, not explaining

@@ -86,6 +86,12 @@ def test_rewards_match_hand_computed_values():
     assert terms["reward"].tolist() == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="overlap"):
         grace_rewards(torch.tensor(M), torch.tensor(Q), torch.tensor(G), config=soft)
+    short = GraceRewardConfig(min_rationale_tokens=8, short_weight=2.0)
+    terms = grace_rewards(torch.tensor(M), torch.tensor(Q), torch.tensor(G), torch.tensor(N), None, short,
+                          lengths=torch.tensor([2, 8, 12, 6]))
+    shortfall = [6 / 8, 0.0, 0.0, 2 / 8]  # max(0, 8 - length) / 8
+    expected = [r - 2.0 * f for r, f in zip(hand_rewards(0.1, 1.0, 0.2, 0.2, [False] * 4), shortfall)]
+    assert terms["reward"].tolist() == pytest.approx(expected, abs=1e-5)
 
 
 def test_negative_and_cross_group_terms_survive_the_group_mean():

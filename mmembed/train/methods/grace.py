@@ -81,6 +81,9 @@ class GraceArguments:
                 "truncation_reward)"})
     restatement_weight: float = field(default=0.0, metadata={
         "help": "reward -= this x ROUGE-L(rationale, input): restating the input costs reward"})
+    min_rationale_tokens: int = field(default=0, metadata={
+        "help": "> 0: a rationale of fewer tokens loses short_weight x its shortfall / this (0: off)"})
+    short_weight: float = 1.0
     query_rationale: bool = field(default=True, metadata={"help": "embed query and negative with a greedy "
                                                                   "rationale of the current policy"})
     reward_batch_size: int = 16
@@ -100,6 +103,7 @@ class GraceArguments:
                             "negative_weight": NON_NEGATIVE, "clustering_weight": NON_NEGATIVE,
                             "cross_group_weight": NON_NEGATIVE, "reward_batch_size": POSITIVE_INT,
                             "truncation_penalty": NON_NEGATIVE, "restatement_weight": NON_NEGATIVE,
+                            "min_rationale_tokens": integer(ge=0), "short_weight": NON_NEGATIVE,
                             "infonce_weight": NON_NEGATIVE, "infonce_temperature": POSITIVE,
                             "rationale_max_tokens": POSITIVE_INT, "eval_max_pairs": POSITIVE_INT})
 
@@ -252,7 +256,8 @@ def build_grace_trainer(embedder: Embedder, args: GraceArguments, training_args)
     reward = GraceReward(
         embedder, GraceRewardConfig(args.reward_temperature, args.negative_weight, args.clustering_weight,
                                     args.cross_group_weight, args.truncation_reward,
-                                    args.truncation_penalty, args.restatement_weight),
+                                    args.truncation_penalty, args.restatement_weight, args.min_rationale_tokens,
+                                    args.short_weight),
         training_args.max_completion_length, query_rationale=args.query_rationale,
         batch_size=args.reward_batch_size)
     return GraceTrainer(model=embedder.backbone.model, args=training_args, train_dataset=dataset,
@@ -285,7 +290,8 @@ def held_apart_scores(embedder: Embedder, args: GraceArguments, before: dict | N
         logger.warning("held-apart scores x100 of the untrained model (rationale mode): %s",
                        ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
     for key in before or {}:
-        logger.warning("%s x100 on held-apart data: %.2f (untrained) -> %.2f (trained)", key, before[key], out[key])
+        scale = "" if key == "rationale_words" else " x100"
+        logger.warning("%s%s on held-apart data: %.2f (untrained) -> %.2f (trained)", key, scale, before[key], out[key])
     return out
 
 
