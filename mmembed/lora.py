@@ -120,6 +120,27 @@ def attach(model: nn.Module, config) -> nn.Module:
         return get_peft_model(model, config)
 
 
+def _body_key_mapping(model: nn.Module, adapter: Path) -> dict[str, str] | None:
+    """PEFT's ``key_mapping`` for an adapter saved on a base model (weights ``layers.N...``, as every mmembed encoder
+    is loaded) put on the same model with its language-modelling head (``LlamaForCausalLM``: ``model.layers.N...``,
+    as rationale mode loads it): the body's prefix in front of each key. None when the keys already fit."""
+    from safetensors import SafetensorError, safe_open
+
+    prefix = getattr(model, "base_model_prefix", "")
+    weights = adapter / "adapter_model.safetensors"
+    if not prefix or not isinstance(getattr(model, prefix, None), nn.Module) or not weights.is_file():
+        return None
+    try:
+        with safe_open(str(weights), "pt") as f:
+            names = list(f.keys())
+    except (SafetensorError, OSError):  # unreadable: PeftModel.from_pretrained reports it with the file's name
+        return None
+    keys = [k.removeprefix("base_model.model.") for k in names]
+    if not keys or any(k.startswith(f"{prefix}.") for k in keys) or any(k.startswith("lm_head") for k in keys):
+        return None
+    return {"^": f"{prefix}."}
+
+
 def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = False) -> nn.Module:
     """Put the PEFT adapter saved in folder ``adapter`` on ``model``; raise if it belongs to another base model.
 
@@ -143,12 +164,14 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     hint = (f"The adapter was trained on '{declared}' but the base model is '{ours}' ({type(model).__name__}). "
             f"Load the adapter onto the base model it was trained on.")
     _check_token_rows(model, adapter_config.get("trainable_token_indices"), adapter)
+    mapping = _body_key_mapping(model, adapter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
         try:
             wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable,
-                                                 autocast_adapter_dtype=is_trainable)
+                                                 autocast_adapter_dtype=is_trainable,
+                                                 key_mapping=mapping)
         except SafetensorError as exc:
             raise ModelFolderError(f"{adapter / 'adapter_model.safetensors'}: cannot be read ({exc}); the file is "
                                    f"corrupt or truncated. Save the adapter again.") from exc
@@ -159,7 +182,7 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     if missing:
         detail = one_line(missing[0], 300)
         raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {detail} {hint}")
-    unused = _unused_adapter_keys(wrapped, adapter)
+    unused = _unused_adapter_keys(wrapped, adapter, mapping)
     if unused:
         raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {len(unused)} adapter weights "
                                    f"have no place in it (e.g. {unused[:2]}). {hint}")
@@ -168,8 +191,9 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
     return wrapped
 
 
-def _unused_adapter_keys(wrapped: nn.Module, adapter: Path) -> list[str]:
-    """Adapter weights that PEFT silently skipped because the model has no such module (e.g. a deeper base)."""
+def _unused_adapter_keys(wrapped: nn.Module, adapter: Path, mapping: dict[str, str] | None = None) -> list[str]:
+    """Adapter weights that PEFT silently skipped because the model has no such module (e.g. a deeper base); with
+    ``mapping`` (:func:`_body_key_mapping`), the saved keys as PEFT renamed them."""
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         return []
@@ -177,6 +201,9 @@ def _unused_adapter_keys(wrapped: nn.Module, adapter: Path) -> list[str]:
 
     with safe_open(str(weights), framework="pt") as f:
         saved = set(f.keys())
+    for pattern, replacement in (mapping or {}).items():
+        saved = {"base_model.model." + re.sub(pattern, replacement, k.removeprefix("base_model.model."))
+                 for k in saved}
     name = re.escape(wrapped.active_adapter)
     # live keys name the adapter: "lora_A.default.weight", "token_adapter.trainable_tokens_delta.default"
     present = {re.sub(rf"\.{name}(?=\.|$)", "", k) for k in wrapped.state_dict()}

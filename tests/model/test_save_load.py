@@ -214,3 +214,27 @@ def test_adapter_folder_moves_to_another_base_path_and_training_goes_on_from_it(
     assert trainable == saved  # the same adapter (rank, modules), now trainable
     trained.eval()
     assert np.abs(trained.encode(TEXTS) - expected).max() < 1e-5
+
+
+def test_an_adapter_trained_on_the_base_model_loads_onto_its_causal_lm(qwen2_path, tmp_path):
+    """An encoder's adapter (saved on Qwen2Model: layers.N...) put on Qwen2ForCausalLM (model.layers.N...), as
+    rationale mode and GRACE's --init_adapter load it: the same token states as on the base model."""
+    from mmembed.backbone import Backbone
+
+    trained = mmembed.load(str(qwen2_path), dtype="float32", device="cpu")
+    trained.backbone.model = lora.attach(trained.backbone.model, lora.lora_config(trained.backbone.model, r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in trained.backbone.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    trained.save(tmp_path / "adapter", adapter_only=True)
+    plain = Backbone.load(str(qwen2_path), dtype="float32", device="cpu")
+    body = Backbone.load(str(qwen2_path), adapter=tmp_path / "adapter", dtype="float32", device="cpu")
+    causal = Backbone.load(str(qwen2_path), adapter=tmp_path / "adapter", causal_lm=True, dtype="float32",
+                           device="cpu")
+    assert type(lora.base_model(causal.model)).__name__ == "Qwen2ForCausalLM"
+    batch = body.pad(body.tokenize_texts(["a dog runs", "the cat sleeps on a mat"]))
+    with torch.no_grad():
+        states, causal_states, plain_states = body(batch), causal(batch), plain(batch)
+    assert torch.allclose(states, causal_states, atol=1e-6)
+    assert (states - plain_states).abs().max() > 0.1  # the adapter is on
