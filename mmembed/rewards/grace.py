@@ -8,15 +8,16 @@ over prompt + rationale, leaving out the system-prompt prefix, L2-normalised. Fo
     negative      -cos(m_i, n_i)                                     (supervised data only)
     clustering    mean over j in g, j != i of cos(m_i, m_j)          (in-group consistency)
     cross_group   -mean over other groups g' of cos(m_i, q_g')       (other prompts' queries are negatives)
-    reward        (positive + w_n * negative + w_c * clustering + w_x * cross_group) / tau - w_r * rouge_l
+    reward        (positive + w_n * negative + w_c * clustering + w_x * cross_group) / tau
+                  - w_r * rouge_l - w_s * max(0, L - length) / L            (both terms off by default, as GRACE)
                   or ``truncation_reward`` (-1) for a rationale cut at the length limit without an end token
                   (with ``truncation_penalty`` p set: that rationale's own reward - p, a soft limit, not a cliff)
 
-Two more optional terms: ``- w_s * max(0, L - length) / L`` for a rationale of fewer than ``L`` tokens
-(``min_rationale_tokens`` L, ``short_weight`` w_s), and ``- w_r * rouge_l`` (below). ``rouge_l`` is the rationale's ROUGE-L F1 with the policy text (:func:`mmembed.rationale.rouge_l`); its weight
-``w_r`` (``restatement_weight``, 0 by default as in GRACE) makes restating the input cost reward. With GRACE's -1
-cliff and short limits a small policy learns to echo its input (the shortest answer that never gets cut and whose
-embedding is the input's): the reward logs ``restatement``, the share of rationales with ROUGE-L >= 0.6.
+``rouge_l`` is the rationale's ROUGE-L F1 with the policy text (:func:`mmembed.rationale.rouge_l`), weighted by
+``restatement_weight`` (w_r); ``length`` is its number of tokens, ``min_rationale_tokens`` L and ``short_weight`` w_s.
+With GRACE's -1 cliff and mean pooling over text + rationale, a small policy on a short run learns to echo its input
+or write two words (the shortest answer is never cut and embeds closest to the input); these terms keep rationales.
+The reward logs ``rouge_l`` and ``restatement``, the share of rationales with ROUGE-L >= 0.6.
 
 **The cancellation fix.** GRACE's code computes its negative term as -cos(q_g, n_g) and its cross-group term from the
 group's query, the same value for every rollout of a group: GRPO subtracts the group mean, so both vanish from the

@@ -1,5 +1,7 @@
 """GRACE on TRL: the policy writes rationales, :class:`~mmembed.rewards.GraceReward` scores their embeddings, and
-``GRPOTrainer`` (LoRA, no KL, no reward-std scaling, clip 0.2) updates the policy.
+``GRPOTrainer`` (LoRA, no KL, no reward-std scaling, clip 0.2: GRACE's settings, the recipe's defaults; the bundled
+Quickstart config adds KL 0.04 and the reward terms that keep rationales, :mod:`mmembed.rewards.grace`) updates the
+policy.
 
 The policy *is* the embedder's backbone model (LoRA attached in place), so the reward embeds with the current
 weights and the saved folder is an Embedder in rationale mode. Optionally, a differentiable InfoNCE term on the
