@@ -51,21 +51,37 @@ def language_model_linear_layers(model: nn.Module, names: list[str] | None = Non
 
 def lora_config(model: nn.Module, r: int = 64, alpha: int = 128, dropout: float = 0.05,
                 target_modules: list[str] | None = None, trainable_token_indices: list[int] | None = None,
-                **kwargs):
+                modules_to_save: list[str] | None = None, **kwargs):
     """A ``peft.LoraConfig`` on the language model's linear layers, chosen by module path (vision tower excluded).
 
     ``target_modules`` lists short names (``q_proj`` ...); by default every linear layer of the language model.
     ``trainable_token_indices`` (e.g. the ids :func:`mmembed.tokens.add_special_tokens` returns) makes those rows of
     the input embeddings trainable too, and only them (PEFT's trainable tokens; MuCo's ``<|emb|>`` / ``<|mask|>``):
     they are stored in an adapter-only save and folded into the embedding matrix by :func:`merged_copy`.
+    ``modules_to_save`` names modules trained in full next to the adapter (PEFT's ``modules_to_save``, matched by the
+    end of their path, e.g. ``["visual"]`` for a small vision tower); they are stored in the adapter too.
     """
     from peft import LoraConfig
 
     if trainable_token_indices is not None:
         trainable_token_indices = _checked_token_indices(model, trainable_token_indices)
+    if modules_to_save:
+        modules_to_save = _checked_module_names(model, modules_to_save)
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                       target_modules=language_model_linear_layers(model, target_modules),
-                      trainable_token_indices=trainable_token_indices, **kwargs)
+                      trainable_token_indices=trainable_token_indices, modules_to_save=modules_to_save or None,
+                      **kwargs)
+
+
+def _checked_module_names(model: nn.Module, names: list[str]) -> list[str]:
+    """``names`` when each is the end of some module path of ``model`` (PEFT's matching), else a ValueError."""
+    paths = [name for name, _ in base_model(model).named_modules() if name]
+    missing = [n for n in names if not any(p == n or p.endswith(f".{n}") for p in paths)]
+    if missing:
+        top = sorted({p.split(".")[0] for p in paths} | {p.split(".")[1] for p in paths if p.count(".") >= 1})
+        raise ValueError(f"modules_to_save {missing}: no module of {type(base_model(model)).__name__} has that name "
+                         f"(names near the top: {', '.join(top[:20])}).")
+    return list(names)
 
 
 def _checked_token_indices(model: nn.Module, indices) -> list[int] | None:
@@ -205,8 +221,9 @@ def _unused_adapter_keys(wrapped: nn.Module, adapter: Path, mapping: dict[str, s
         saved = {"base_model.model." + re.sub(pattern, replacement, k.removeprefix("base_model.model."))
                  for k in saved}
     name = re.escape(wrapped.active_adapter)
-    # live keys name the adapter: "lora_A.default.weight", "token_adapter.trainable_tokens_delta.default"
-    present = {re.sub(rf"\.{name}(?=\.|$)", "", k) for k in wrapped.state_dict()}
+    # live keys name the adapter: "lora_A.default.weight", "token_adapter.trainable_tokens_delta.default",
+    # "visual.modules_to_save.default.blocks..." (a module trained in full, saved as "visual.blocks...")
+    present = {re.sub(rf"\.(?:modules_to_save\.)?{name}(?=\.|$)", "", k) for k in wrapped.state_dict()}
     return sorted(saved - present)
 
 

@@ -76,6 +76,9 @@ class ModelArguments:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = field(default=None, metadata={
         "help": "short names of the language model's linear layers (default: all of them)"})
+    lora_modules_to_save: list[str] | None = field(default=None, metadata={
+        "help": "modules trained in full next to the adapter and saved with it (PEFT modules_to_save, matched by "
+                "the end of their path), e.g. visual: a small vision tower"})
     use_dora: bool = field(default=False, metadata={"help": "DoRA (weight-decomposed LoRA) instead of LoRA"})
     compile_layers: bool = field(default=False, metadata={
         "help": "torch.compile each transformer layer (GPU: 1.74x the Qwen2-VL-2B LoRA step, bench/RESULTS.md)"})

@@ -35,7 +35,8 @@ def attach_lora(embedder: Embedder, args: ModelArguments, trainable_token_indice
     if trainable_token_indices:
         extra["trainable_token_indices"] = trainable_token_indices
     config = lora.lora_config(backbone.model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                              target_modules=args.lora_target_modules, **extra)
+                              target_modules=args.lora_target_modules, modules_to_save=args.lora_modules_to_save,
+                              **extra)
     backbone.model = lora.attach(backbone.model, config)
 
 

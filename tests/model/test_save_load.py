@@ -10,7 +10,7 @@ import torch
 
 import mmembed
 from mmembed import lora
-from mmembed.inputs import PromptTemplate
+from mmembed.inputs import PromptTemplate, to_items
 
 TEXTS = ["A man is playing a guitar.", "A person plays an instrument.", "The stock market fell sharply.", "hi"]
 PROMPTS = {"query": "Instruct: Retrieve semantically similar text.\nQuery: ", "document": ""}
@@ -238,3 +238,36 @@ def test_an_adapter_trained_on_the_base_model_loads_onto_its_causal_lm(qwen2_pat
         states, causal_states, plain_states = body(batch), causal(batch), plain(batch)
     assert torch.allclose(states, causal_states, atol=1e-6)
     assert (states - plain_states).abs().max() > 0.1  # the adapter is on
+
+
+def test_modules_trained_in_full_next_to_lora_are_saved_and_merged(qwen2_vl_path, images, tmp_path):
+    """``modules_to_save=["visual"]`` (MuCo's learning check trains the tiny vision tower this way): the tower's
+    copy trains, the base weights stay frozen, and adapter-only and merged saves both give the trained vectors."""
+    model = mmembed.load(str(qwen2_vl_path), template=PromptTemplate(chat=True), dtype="float32")
+    inputs = [images[0], {"text": "a cat", "image": images[1]}, "a caption"]
+    before = model.encode(inputs)
+    backbone = model.backbone
+    for p in backbone.model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    config = lora.lora_config(backbone.model, r=4, alpha=8, dropout=0.0, modules_to_save=["visual"])
+    backbone.model = lora.attach(backbone.model, config)
+    trainable = [n for n, p in backbone.model.named_parameters() if p.requires_grad]
+    visual = [n for n in trainable if "visual" in n]
+    assert visual and all("modules_to_save" in n for n in visual)
+    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+    optimizer = torch.optim.Adam([p for p in backbone.model.parameters() if p.requires_grad], lr=1e-2)
+    batch = backbone.tokenize([backbone.renderer.render(item, "") for item in to_items(inputs)[0]])
+    vectors, _ = model(batch)
+    (vectors[0] * vectors[1]).sum().neg().backward()
+    optimizer.step()
+    backbone.model.eval()
+    trained = model.encode(inputs)
+    assert np.abs(trained[:2] - before[:2]).max() > 1e-3  # the image inputs moved
+    for kind in ("adapter", "merged"):
+        model.save(tmp_path / kind, adapter_only=kind == "adapter")
+        again = mmembed.load(str(tmp_path / kind))
+        assert lora.has_adapter(again.backbone.model) == (kind == "adapter")
+        assert np.abs(again.encode(inputs) - trained).max() < 1e-5, kind
+    with pytest.raises(ValueError, match=r"modules_to_save \['vision_tower'\]: no module of Qwen2VL"):
+        lora.lora_config(mmembed.load(str(qwen2_vl_path)).backbone.model, modules_to_save=["vision_tower"])
