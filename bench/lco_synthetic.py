@@ -31,6 +31,7 @@ LCO_TEMPLATES = {"text": "{text}\nSummarize the above text in one word:",
 def caption_triplets(captions_file: Path, out_file: Path, seed: int = 0) -> int:
     """Write LCO triplets (anchor: the caption reordered, positive: the caption, negative: one edit) as JSON lines;
     returns how many. A caption with a single object group is its own anchor."""
+    from mmembed.files import write_text
     from mmembed.synthetic.scenes import _GROUP_RE, caption, distinct_edits, parse_caption
 
     rng = np.random.default_rng(seed)
@@ -46,7 +47,7 @@ def caption_triplets(captions_file: Path, out_file: Path, seed: int = 0) -> int:
         negative, _ = distinct_edits(rng, parse_caption(text), 1)[0]
         rows.append({"anchor": anchor, "positive": text, "negative": caption(negative)})
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text(out_file, "".join(json.dumps(r) + "\n" for r in rows))  # temporary name, then renamed
     return len(rows)
 
 
