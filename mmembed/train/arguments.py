@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 from ..data.readers import reader_names
 from ..eval.sts import read_sts_benchmark
 from ..pooling import Pooler
-from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Rule, check_fields, integer, list_of, number, one_of
+from .checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Rule, check_fields, fail, integer, list_of, number, one_of
 from .distributed import pin_memory_field
 
 #: ``pooling`` values (``special_token:<token>`` names the pooled token)
@@ -85,6 +85,9 @@ class ModelArguments:
 
     def __post_init__(self) -> None:
         check_fields(self, MODEL_RULES)
+        if self.init_adapter is not None and self.lora_modules_to_save:
+            raise fail("lora_modules_to_save", self.lora_modules_to_save,
+                       "null with init_adapter (the adapter's own config says which modules it trains)")
 
 
 @dataclass

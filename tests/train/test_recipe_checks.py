@@ -101,6 +101,15 @@ def test_bad_config_value_is_one_line_naming_key_value_and_rule(recipe, key, val
     assert not (tmp_path / "out").exists()
 
 
+def test_modules_to_save_with_an_init_adapter_is_refused(tmp_path):
+    """An adapter that goes on training keeps its own modules_to_save; a second list would be silently ignored."""
+    config = _config(tmp_path, "lco", init_adapter=str(tmp_path), lora_modules_to_save=["visual"])
+    with pytest.raises(ConfigError) as error:
+        _recipe("lco").main(["--config", str(config)])
+    assert str(error.value) == ("lora_modules_to_save must be null with init_adapter (the adapter's own config says "
+                                "which modules it trains), got ['visual']")
+
+
 def test_parse_mistakes_are_one_line(tmp_path):
     """Unknown keys in the YAML or on the command line, a value argparse cannot convert and a missing config file are
     one-line ConfigErrors (not argparse's usage block or TRL's traceback)."""
