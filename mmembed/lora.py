@@ -7,6 +7,7 @@ import copy
 import operator
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
@@ -157,8 +158,10 @@ def _body_key_mapping(model: nn.Module, adapter: Path) -> dict[str, str] | None:
     return {"^": f"{prefix}."}
 
 
-def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = False) -> nn.Module:
-    """Put the PEFT adapter saved in folder ``adapter`` on ``model``; raise if it belongs to another base model.
+def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = False,
+                 adapter_name: str = "default") -> nn.Module:
+    """Put the PEFT adapter saved in folder ``adapter`` on ``model`` (under ``adapter_name``); raise if it belongs to
+    another base model.
 
     For inference the adapter's weights take the base layers' dtype (bfloat16 on a bfloat16 base); PEFT's default
     upcasts them to float32, which on a GPU runs every LoRA product as a float32 GEMM and made bfloat16 encoding
@@ -185,8 +188,8 @@ def load_adapter(model: nn.Module, adapter: str | Path, is_trainable: bool = Fal
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
         try:
-            wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable,
-                                                 autocast_adapter_dtype=is_trainable,
+            wrapped = PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter_name,
+                                                 is_trainable=is_trainable, autocast_adapter_dtype=is_trainable,
                                                  key_mapping=mapping)
         except SafetensorError as exc:
             raise ModelFolderError(f"{adapter / 'adapter_model.safetensors'}: cannot be read ({exc}); the file is "
@@ -245,6 +248,30 @@ def _check_token_rows(model: nn.Module, indices, adapter: Path) -> None:
                     f"as <|emb|>) that this model's vocabulary lacks. Load it with the tokenizer it was saved with "
                     f"(mmembed.load of the adapter folder grows the embeddings to that tokenizer), or add the tokens "
                     f"first (mmembed.tokens.add_special_tokens).")
+
+
+def soup(model: nn.Module, adapters: Sequence[str | Path], weights: Sequence[float], rank: int) -> nn.Module:
+    """``model`` (without adapter) wrapped with one LoRA adapter, ``default``, whose update is the weighted sum of the
+    saved ``adapters``' updates (a model soup: Wortsman et al. 2022; task arithmetic when the weights do not sum to
+    1), brought to ``rank`` by SVD -- PEFT's ``add_weighted_adapter`` with ``combination_type="svd"``. Exact when
+    ``rank`` is at least the sum of the adapters' ranks; otherwise the best rank-``rank`` approximation per layer."""
+    if len(adapters) != len(weights) or not adapters:
+        raise ValueError(f"soup: {len(adapters)} adapters but {len(weights)} weights; give one weight per adapter.")
+    names = [f"part{i}" for i in range(len(adapters))]
+    wrapped = load_adapter(model, adapters[0], adapter_name=names[0])
+    for name, adapter in zip(names[1:], adapters[1:]):
+        mapping = _body_key_mapping(base_model(wrapped), Path(adapter))
+        wrapped.load_adapter(str(adapter), adapter_name=name, autocast_adapter_dtype=False, key_mapping=mapping)
+        unused = _unused_adapter_keys(wrapped, Path(adapter), mapping)
+        if unused:
+            raise AdapterMismatchError(f"LoRA adapter '{adapter}' does not fit this model: {len(unused)} adapter "
+                                       f"weights have no place in it (e.g. {unused[:2]}).")
+    wrapped.add_weighted_adapter(names, [float(w) for w in weights], "default", combination_type="svd",
+                                 svd_rank=rank)
+    wrapped.set_adapter("default")
+    for name in names:
+        wrapped.delete_adapter(name)
+    return wrapped
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

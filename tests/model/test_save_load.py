@@ -271,3 +271,35 @@ def test_modules_trained_in_full_next_to_lora_are_saved_and_merged(qwen2_vl_path
         assert np.abs(again.encode(inputs) - trained).max() < 1e-5, kind
     with pytest.raises(ValueError, match=r"modules_to_save \['vision_tower'\]: no module of Qwen2VL"):
         lora.lora_config(mmembed.load(str(qwen2_vl_path)).backbone.model, modules_to_save=["vision_tower"])
+
+
+def _lora_updates(model) -> dict[str, torch.Tensor]:
+    return {name: module.get_delta_weight("default").detach() for name, module in model.named_modules()
+            if hasattr(module, "lora_A") and "default" in module.lora_A}
+
+
+def test_a_soup_of_adapters_is_their_weighted_update_and_reloads(qwen2_path, tmp_path):
+    """lora.soup (PEFT's add_weighted_adapter, "svd"): at the summed rank the soup's update of every layer is exactly
+    0.3 x the first adapter's + 0.7 x the second's; at a lower rank it is that sum's best rank-r approximation."""
+    folders, updates = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = _with_random_lora(mmembed.load(str(qwen2_path), dtype="float32"))
+        updates.append(_lora_updates(model.backbone.model))
+        folders.append(model.save(tmp_path / f"adapter{seed}", adapter_only=True))
+    for rank in (8, 2):
+        model = mmembed.load(str(qwen2_path), dtype="float32")
+        model.backbone.model = lora.soup(model.backbone.model, folders, [0.3, 0.7], rank=rank)
+        got = _lora_updates(model.backbone.model)
+        assert sorted(got) == sorted(updates[0]) and len(got) == 4 * 2  # 4 projections x 2 layers
+        for name, update in got.items():
+            want = 0.3 * updates[0][name] + 0.7 * updates[1][name]
+            u, s, vh = torch.linalg.svd(want.double())
+            best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+            assert (update.double() - best).abs().max() < 1e-5
+            if rank == 8:
+                assert (update - want).abs().max() < 1e-5
+    vectors = model.encode(TEXTS)
+    reloaded = mmembed.load(str(model.save(tmp_path / "soup", adapter_only=True)))
+    assert json.loads((tmp_path / "soup" / "adapter_config.json").read_text())["r"] == 2
+    assert np.abs(reloaded.encode(TEXTS) - vectors).max() < 1e-5
