@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,26 @@ def quantize_model(model: nn.Module, mode: str, keep_first_layer: bool = True) -
     quantization = _torchao()
     quantization.quantize_(model, quantization.Int8DynamicActivationInt8WeightConfig(),
                            filter_fn=_quantizable(model, keep_first_layer))
+    warn_if_slow_int8(model)
     return model
+
+
+#: CPU capabilities (``torch.backends.cpu.get_cpu_capability()``) whose int8 kernels are slower than float32
+SLOW_INT8_CPUS = ("AVX2", "NO AVX")
+
+
+def warn_if_slow_int8(model: nn.Module) -> None:
+    """Warn, once per load, when ``model`` runs on a CPU whose int8 matrix products are slower than float32: on an
+    x86 CPU without AVX-512 (AVX2 only), torchao's dynamic int8 encoded the default model at 1.3 sentences/s against
+    25 in float32 (2 cores, 2026-12-08); with AVX-512 it is 1.8x faster than float32 (``bench/SPEED.md``)."""
+    import torch
+
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if on_cpu and capability in SLOW_INT8_CPUS:
+        warnings.warn(f"quantize='int8': this CPU has {capability} and no AVX-512, where int8 matrix products are "
+                      f"much slower than float32 (about 20x on the default model); load without quantize here.",
+                      stacklevel=3)
 
 
 def is_quantized_weight(weight: Any) -> bool:

@@ -46,6 +46,19 @@ def test_int8_keeps_the_tiny_models_vectors_and_quantizes_every_linear_but_the_h
     assert not np.allclose(model.encode(TEXTS), float_model.encode(TEXTS), atol=1e-6)  # it really is another path
 
 
+def test_int8_warns_on_a_cpu_without_avx512_only(qwen2_path, monkeypatch):
+    """torchao's int8 kernels are ~20x slower than float32 on an AVX2-only CPU: loading says so there, not elsewhere."""
+    import warnings
+
+    for capability, warned in (("AVX2", True), ("AVX512", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mmembed.load(str(qwen2_path), device="cpu", quantize="int8")
+        slow = [w for w in caught if "no AVX-512" in str(w.message)]
+        assert len(slow) == int(warned), capability
+
+
 def test_int8_merges_a_lora_adapter_first(qwen2_path, tmp_path):
     from peft import LoraConfig, get_peft_model
 
